@@ -1,0 +1,79 @@
+//! The admin listener: liveness, readiness, the config in force, metrics, and drain.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{self, Body};
+use crate::config::Config;
+use crate::discovery::Discovery;
+use crate::metrics::Metrics;
+
+pub struct Admin {
+    pub config: Arc<Config>,
+    pub discovery: Arc<Discovery>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+impl Admin {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        Ok(match (req.method(), req.uri().path()) {
+            (&Method::GET, "/live") => text(StatusCode::OK, "live"),
+            (&Method::GET, "/ready") => {
+                if self.shutdown.is_cancelled() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else if self.discovery.has_config() {
+                    text(StatusCode::OK, "ready")
+                } else {
+                    let msg = format!(
+                        "not ready: waiting for config from the control plane at {}",
+                        self.config.control_plane
+                    );
+                    text(StatusCode::SERVICE_UNAVAILABLE, &msg)
+                }
+            }
+            (&Method::GET, "/config") => {
+                let snapshot = self.discovery.snapshot();
+                // The snapshot's own fields (version, mesh, services, unknown, inbound), plus
+                // this proxy's settings.
+                let mut doc = serde_json::to_value(&*snapshot).unwrap_or_default();
+                if let Some(obj) = doc.as_object_mut() {
+                    obj.insert("proxy".into(), serde_json::to_value(&*self.config).unwrap_or_default());
+                }
+                match serde_json::to_string_pretty(&doc) {
+                    Ok(json) => with_type(StatusCode::OK, json, "application/json"),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            }
+            (&Method::GET, "/metrics") => with_type(
+                StatusCode::OK,
+                self.metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            (&Method::POST, "/shutdown") => {
+                tracing::info!("drain requested through the admin listener");
+                self.shutdown.cancel();
+                text(StatusCode::OK, "draining")
+            }
+            (_, "/live" | "/ready" | "/config" | "/metrics" | "/shutdown") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found: try /live, /ready, /config, /metrics, POST /shutdown"),
+        })
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    with_type(status, format!("{msg}\n"), "text/plain; charset=utf-8")
+}
+
+fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
+    let mut rsp = Response::new(body::full(body));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    rsp
+}

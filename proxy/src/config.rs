@@ -1,0 +1,321 @@
+//! The proxy's settings: flags and `WEFT_PROXY_*` environment variables (CONTRACT.md).
+//!
+//! Every setting is read as text first, then all are checked together, so that one run reports
+//! every bad value (name and value) before the process exits with status 64.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::routes::ServiceKey;
+
+/// `weft-proxy run` flags, as given. Checked into a [`Config`] by [`Config::from_args`].
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Args {
+    /// Control plane gRPC URL.
+    #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE", default_value = "https://127.0.0.1:15012")]
+    pub control_plane: String,
+    /// PEM file of trust anchors (the mesh CA).
+    #[arg(long, env = "WEFT_PROXY_TRUST_ANCHORS")]
+    pub trust_anchors: Option<PathBuf>,
+    /// The workload's namespace.
+    #[arg(long, env = "WEFT_PROXY_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The workload's service account.
+    #[arg(long, env = "WEFT_PROXY_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    /// The Service this instance serves [default: the service account].
+    #[arg(long, env = "WEFT_PROXY_SERVICE")]
+    pub service: Option<String>,
+    /// Join token proving the workload's identity.
+    #[arg(long, env = "WEFT_PROXY_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Kubernetes service-account token file proving the workload's identity.
+    #[arg(long, env = "WEFT_PROXY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// mTLS listener for traffic from other proxies.
+    #[arg(long, env = "WEFT_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
+    pub inbound_addr: String,
+    /// Listener for traffic from the local app.
+    #[arg(long, env = "WEFT_PROXY_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound_addr: String,
+    /// Admin HTTP listener.
+    #[arg(long, env = "WEFT_PROXY_ADMIN_ADDR", default_value = "127.0.0.1:15020")]
+    pub admin_addr: String,
+    /// Where inbound traffic goes when it was not redirected transparently.
+    #[arg(long, env = "WEFT_PROXY_APP_ADDR", default_value = "127.0.0.1:8080")]
+    pub app_addr: String,
+    /// LOCAL_ADDR=SERVICE[.NAMESPACE]:PORT — a plain local listener for one service.
+    #[arg(long, env = "WEFT_PROXY_UPSTREAM", value_delimiter = ',')]
+    pub upstream: Vec<String>,
+    /// The address peers use to reach this proxy's inbound listener, reported to the control
+    /// plane [default: inbound-addr].
+    #[arg(long, env = "WEFT_PROXY_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// How long a drain waits for in-flight requests before exiting.
+    #[arg(long, env = "WEFT_PROXY_DRAIN_TIMEOUT", default_value = "10s")]
+    pub drain_timeout: String,
+    /// Worker threads of the proxy's runtime.
+    #[arg(long, env = "WEFT_PROXY_WORKERS", default_value = "1")]
+    pub workers: String,
+}
+
+/// A local listener bound to one service (the `upstream` setting).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Upstream {
+    pub listen: SocketAddr,
+    /// `None` namespace: the proxy's own.
+    pub service: String,
+    pub namespace: Option<String>,
+    pub port: u16,
+}
+
+impl Upstream {
+    pub fn key(&self, own_namespace: &str) -> ServiceKey {
+        ServiceKey::new(&self.service, self.namespace.as_deref().unwrap_or(own_namespace))
+    }
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, target) =
+            s.split_once('=').ok_or("expected LOCAL_ADDR=SERVICE[.NAMESPACE]:PORT")?;
+        let listen = addr.parse().map_err(|e| format!("local address {addr:?}: {e}"))?;
+        let (svc, port) = target.rsplit_once(':').ok_or("missing :PORT after the service")?;
+        let port = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
+        let (service, namespace) = match svc.split_once('.') {
+            Some((s, ns)) => (s.to_string(), Some(ns.to_string())),
+            None => (svc.to_string(), None),
+        };
+        if service.is_empty() || namespace.as_deref().is_some_and(|ns| ns.is_empty() || ns.contains('.')) {
+            return Err(format!("service {svc:?}: expected NAME or NAME.NAMESPACE"));
+        }
+        Ok(Self { listen, service, namespace, port })
+    }
+}
+
+/// How the proxy proves its identity to the control plane.
+#[derive(Clone, Debug, Serialize)]
+pub enum Proof {
+    /// A join token (never dumped).
+    JoinToken(#[serde(skip)] String),
+    TokenFile(PathBuf),
+    None,
+}
+
+/// The proxy's checked settings; dumped at `/config`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub control_plane: String,
+    pub trust_anchors: Option<PathBuf>,
+    pub namespace: String,
+    pub service_account: String,
+    pub service: String,
+    pub proof: Proof,
+    pub inbound_addr: SocketAddr,
+    pub outbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub app_addr: SocketAddr,
+    pub advertise_addr: SocketAddr,
+    pub upstreams: Vec<Upstream>,
+    pub drain_timeout: Duration,
+    pub workers: usize,
+}
+
+impl Config {
+    /// Checks every setting; on failure returns one line per bad setting.
+    pub fn from_args(a: Args) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut addr = |name: &str, v: &str| -> SocketAddr {
+            v.parse().unwrap_or_else(|e| {
+                errors.push(format!("{name}={v:?}: {e} (expected IP:PORT)"));
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            })
+        };
+        let inbound_addr = addr("inbound-addr", &a.inbound_addr);
+        let outbound_addr = addr("outbound-addr", &a.outbound_addr);
+        let admin_addr = addr("admin-addr", &a.admin_addr);
+        let app_addr = addr("app-addr", &a.app_addr);
+        let advertise_addr = match &a.advertise_addr {
+            Some(v) => addr("advertise-addr", v),
+            None => inbound_addr,
+        };
+
+        let mut required = |name: &str, v: Option<String>| -> String {
+            match v.filter(|s| !s.is_empty()) {
+                Some(v) if is_dns_label(&v) => v,
+                Some(v) => {
+                    errors.push(format!("{name}={v:?}: not a valid name (lowercase letters, digits, '-')"));
+                    String::new()
+                }
+                None => {
+                    errors.push(format!("{name}: required"));
+                    String::new()
+                }
+            }
+        };
+        let namespace = required("namespace", a.namespace);
+        let service_account = required("service-account", a.service_account);
+        let service = match a.service {
+            Some(s) => required("service", Some(s)),
+            None => service_account.clone(),
+        };
+
+        let mut upstreams = Vec::new();
+        for u in &a.upstream {
+            match u.parse::<Upstream>() {
+                Ok(u) => upstreams.push(u),
+                Err(e) => errors.push(format!("upstream={u:?}: {e}")),
+            }
+        }
+
+        let control_plane = a.control_plane.clone();
+        match control_plane.split_once("://") {
+            Some(("http", _)) => {}
+            Some(("https", _)) => errors.push(format!(
+                "control-plane={control_plane:?}: TLS to the control plane is not available in this \
+                 build yet; use an http:// URL"
+            )),
+            _ => errors.push(format!("control-plane={control_plane:?}: expected an http:// URL")),
+        }
+
+        let proof = match (a.join_token, a.token_file) {
+            (Some(t), None) => Proof::JoinToken(t),
+            (None, Some(f)) => Proof::TokenFile(f),
+            (None, None) => Proof::None,
+            (Some(_), Some(_)) => {
+                errors.push("join-token and token-file: give one, not both".into());
+                Proof::None
+            }
+        };
+
+        let drain_timeout = parse_duration(&a.drain_timeout).unwrap_or_else(|e| {
+            errors.push(format!("drain-timeout={:?}: {e}", a.drain_timeout));
+            Duration::ZERO
+        });
+        let workers = match a.workers.parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => n,
+            _ => {
+                errors.push(format!("workers={:?}: expected a whole number from 1 to 64", a.workers));
+                1
+            }
+        };
+
+        if errors.is_empty() {
+            Ok(Self {
+                control_plane,
+                trust_anchors: a.trust_anchors,
+                namespace,
+                service_account,
+                service,
+                proof,
+                inbound_addr,
+                outbound_addr,
+                admin_addr,
+                app_addr,
+                advertise_addr,
+                upstreams,
+                drain_timeout,
+                workers,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Parses durations the way weft's resources write them: `250ms`, `2s`, `1m`, `1h`, `1.5s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 250ms, 2s, 1m)"))?;
+    let unit_secs = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err(format!("{s:?} has no unit (expected ms, s, m or h)")),
+        u => return Err(format!("unknown unit {u:?} in {s:?} (expected ms, s, m or h)")),
+    };
+    let secs = value * unit_secs;
+    if !secs.is_finite() || secs > 10.0 * 365.0 * 86400.0 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> Args {
+        Args {
+            control_plane: "http://127.0.0.1:15012".into(),
+            namespace: Some("shop".into()),
+            service_account: Some("orders".into()),
+            inbound_addr: "0.0.0.0:15006".into(),
+            outbound_addr: "127.0.0.1:15001".into(),
+            admin_addr: "127.0.0.1:15020".into(),
+            app_addr: "127.0.0.1:8080".into(),
+            drain_timeout: "10s".into(),
+            workers: "1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn service_defaults_to_service_account() {
+        let c = Config::from_args(args()).unwrap();
+        assert_eq!(c.service, "orders");
+    }
+
+    #[test]
+    fn every_bad_setting_is_reported() {
+        let mut a = args();
+        a.inbound_addr = "nope".into();
+        a.namespace = None;
+        a.upstream = vec!["127.0.0.1:1=orders".into()];
+        a.drain_timeout = "10".into();
+        let errs = Config::from_args(a).unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs[0].starts_with("inbound-addr=\"nope\""));
+        assert!(errs.iter().any(|e| e == "namespace: required"));
+    }
+
+    #[test]
+    fn upstream_mapping_parses() {
+        let u: Upstream = "127.0.0.1:9000=orders.shop:8080".parse().unwrap();
+        assert_eq!(u.key("default"), ServiceKey::new("orders", "shop"));
+        assert_eq!(u.port, 8080);
+        let u: Upstream = "127.0.0.1:9000=orders:8080".parse().unwrap();
+        assert_eq!(u.key("default"), ServiceKey::new("orders", "default"));
+        assert!("127.0.0.1:9000=orders".parse::<Upstream>().is_err());
+        assert!("orders:8080".parse::<Upstream>().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("ms").is_err());
+        assert!(parse_duration("1e400s").is_err());
+    }
+}

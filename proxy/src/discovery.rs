@@ -1,0 +1,284 @@
+//! The config stream from the control plane, and the snapshot of config in force.
+//!
+//! [`Discovery`] has exactly one writer, the task in [`Discovery::run`], which swaps in a new
+//! immutable [`Snapshot`] for each accepted update and wakes waiters through a `watch` channel.
+//! The request path only reads snapshots.
+//!
+//! A proxy asks only for the services it calls: the `upstream` mappings up front, and any other
+//! service the first time the app addresses it (on-demand subscription, [`Discovery::resolve`]).
+//! Every update is checked in [`convert`] before it takes effect; a rejected update is NACKed
+//! with the reason and the last-good snapshot stays in force. See docs/protocol.md.
+
+mod convert;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use weft_proto::discovery::{
+    discovery_client::DiscoveryClient, DiscoveryRequest, DiscoveryResponse, Node,
+};
+
+use crate::errors::ProxyError;
+use crate::metrics::{Metrics, OutcomeLabels};
+use crate::routes::{LogicalService, Port, ServiceKey, ServiceMap};
+
+pub use convert::EndpointRegistry;
+
+/// How long a request waits for the control plane to resolve a service it has not seen yet.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most services one proxy subscribes to; beyond it, unknown names get `no-route` at once.
+const MAX_SUBSCRIPTIONS: usize = 4096;
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The config in force: immutable once built.
+#[derive(Debug, Default, Serialize)]
+pub struct Snapshot {
+    /// The mesh generation this view came from; empty before the first update.
+    pub version: String,
+    pub mesh: MeshSettings,
+    #[serde(serialize_with = "ser_services")]
+    pub services: ServiceMap,
+    pub unknown: HashSet<ServiceKey>,
+    pub inbound: Option<Inbound>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSettings {
+    pub trust_domain: String,
+    pub certificate_ttl: Duration,
+    pub mtls_permissive: bool,
+    pub otlp_endpoint: String,
+    pub sampling_ratio: f64,
+    pub access_log_json: bool,
+}
+
+/// This proxy's own service, as the control plane knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inbound {
+    pub service: ServiceKey,
+    pub ports: Vec<Port>,
+}
+
+fn ser_services<S: serde::Serializer>(m: &ServiceMap, s: S) -> Result<S::Ok, S::Error> {
+    let mut v: Vec<_> = m.values().collect();
+    v.sort_by(|a, b| a.key.cmp(&b.key));
+    s.collect_seq(v)
+}
+
+pub struct Discovery {
+    snapshot: ArcSwap<Snapshot>,
+    updates: watch::Sender<u64>,
+    subscriptions: Mutex<BTreeSet<ServiceKey>>,
+    subscribe_tx: mpsc::UnboundedSender<ServiceKey>,
+    subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<ServiceKey>>>,
+    registry: EndpointRegistry,
+    metrics: Arc<Metrics>,
+}
+
+impl Discovery {
+    /// `initial` services are subscribed from the start (the `upstream` mappings).
+    pub fn new(initial: impl IntoIterator<Item = ServiceKey>, metrics: Arc<Metrics>) -> Self {
+        let (subscribe_tx, subscribe_rx) = mpsc::unbounded_channel();
+        Self {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            updates: watch::channel(0).0,
+            subscriptions: Mutex::new(initial.into_iter().collect()),
+            subscribe_tx,
+            subscribe_rx: Mutex::new(Some(subscribe_rx)),
+            registry: EndpointRegistry::default(),
+            metrics,
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// True once a config update has been accepted.
+    pub fn has_config(&self) -> bool {
+        *self.updates.borrow() > 0
+    }
+
+    /// Waits until a config is in force.
+    pub async fn ready(&self) {
+        let mut rx = self.updates.subscribe();
+        let _ = rx.wait_for(|n| *n > 0).await;
+    }
+
+    /// Finds a service, subscribing to it and waiting for the control plane's answer if this
+    /// proxy has not asked for it before.
+    pub async fn resolve(&self, key: &ServiceKey) -> Result<Arc<LogicalService>, ProxyError> {
+        let mut updates = self.updates.subscribe();
+        if let Some(found) = self.lookup(key) {
+            return found;
+        }
+        self.subscribe(key)?;
+        let wait = async {
+            loop {
+                if updates.changed().await.is_err() {
+                    return Err(ProxyError::NoEndpoints("proxy is shutting down".into()));
+                }
+                if let Some(found) = self.lookup(key) {
+                    return found;
+                }
+            }
+        };
+        tokio::time::timeout(RESOLVE_TIMEOUT, wait).await.unwrap_or_else(|_| {
+            Err(ProxyError::NoEndpoints(format!(
+                "the control plane has not resolved {key} within {RESOLVE_TIMEOUT:?}; is it running?"
+            )))
+        })
+    }
+
+    fn lookup(&self, key: &ServiceKey) -> Option<Result<Arc<LogicalService>, ProxyError>> {
+        let snap = self.snapshot.load();
+        if let Some(svc) = snap.services.get(key) {
+            return Some(Ok(svc.clone()));
+        }
+        if snap.unknown.contains(key) {
+            return Some(Err(ProxyError::NoRoute(format!("{key}: no such Service in the mesh"))));
+        }
+        None
+    }
+
+    fn subscribe(&self, key: &ServiceKey) -> Result<(), ProxyError> {
+        let mut subs = self.subscriptions.lock().map_err(|_| poisoned())?;
+        if subs.contains(key) {
+            return Ok(());
+        }
+        if subs.len() >= MAX_SUBSCRIPTIONS {
+            return Err(ProxyError::NoRoute(format!(
+                "{key}: this proxy already tracks {MAX_SUBSCRIPTIONS} services"
+            )));
+        }
+        subs.insert(key.clone());
+        let _ = self.subscribe_tx.send(key.clone());
+        Ok(())
+    }
+
+    /// Runs the config stream until `shutdown`: connects, reconnects with exponential backoff
+    /// and jitter, applies updates. Keeps serving the last-good snapshot while disconnected.
+    pub async fn run(self: Arc<Self>, url: String, node: Node, shutdown: CancellationToken) {
+        let Some(mut subscribe_rx) = self.subscribe_rx.lock().ok().and_then(|mut r| r.take())
+        else {
+            tracing::error!("discovery is already running");
+            return;
+        };
+        let mut failures = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                r = self.stream(&url, &node, &mut subscribe_rx, &mut failures) => r,
+                () = shutdown.cancelled() => return,
+            };
+            self.metrics.control_plane_connected.set(0);
+            let err = match outcome {
+                Ok(()) => "stream closed by the control plane".to_string(),
+                Err(e) => e,
+            };
+            failures = failures.saturating_add(1);
+            let cap = BACKOFF_BASE.saturating_mul(1 << failures.min(16)).min(BACKOFF_MAX);
+            let delay = rand::rng().random_range(cap / 2..=cap);
+            if failures == 1 {
+                tracing::warn!(control_plane = %url, error = %err, "config stream lost; serving the last-good config and reconnecting");
+            } else {
+                tracing::debug!(control_plane = %url, error = %err, ?delay, "reconnecting");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn stream(
+        &self,
+        url: &str,
+        node: &Node,
+        subscribe_rx: &mut mpsc::UnboundedReceiver<ServiceKey>,
+        failures: &mut u32,
+    ) -> Result<(), String> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("bad control-plane URL: {e}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {}", crate::transport::error_chain(&e)))?;
+        let mut client = DiscoveryClient::new(channel);
+        let (tx, rx) = mpsc::channel(16);
+        // Everything subscribed so far goes in the first request: queued notices are redundant.
+        while subscribe_rx.try_recv().is_ok() {}
+        let subscribe = self
+            .subscriptions
+            .lock()
+            .map_err(|_| "poisoned".to_string())?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let hello = DiscoveryRequest { node: Some(node.clone()), subscribe, ..Default::default() };
+        tx.send(hello).await.map_err(|_| "request stream closed")?;
+        let mut responses = client
+            .stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("open stream: {}", s.message()))?
+            .into_inner();
+        self.metrics.control_plane_connected.set(1);
+        tracing::info!(control_plane = %url, "config stream open");
+        loop {
+            tokio::select! {
+                msg = responses.message() => {
+                    let rsp = msg.map_err(|s| format!("stream: {} ({:?})", s.message(), s.code()))?;
+                    let Some(rsp) = rsp else { return Ok(()) };
+                    *failures = 0;
+                    let reply = self.apply(rsp);
+                    tx.send(reply).await.map_err(|_| "request stream closed")?;
+                }
+                Some(key) = subscribe_rx.recv() => {
+                    let req = DiscoveryRequest { subscribe: vec![key.to_string()], ..Default::default() };
+                    tx.send(req).await.map_err(|_| "request stream closed")?;
+                }
+            }
+        }
+    }
+
+    /// Checks and applies one update; returns its ACK or NACK.
+    fn apply(&self, rsp: DiscoveryResponse) -> DiscoveryRequest {
+        let mut reply = DiscoveryRequest {
+            version: rsp.version.clone(),
+            response_nonce: rsp.nonce.clone(),
+            ..Default::default()
+        };
+        match convert::snapshot(&rsp, &self.registry) {
+            Ok(snap) => {
+                tracing::debug!(version = %snap.version, services = snap.services.len(), "config applied");
+                if let Ok(v) = snap.version.parse::<i64>() {
+                    self.metrics.config_version.set(v);
+                }
+                self.snapshot.store(Arc::new(snap));
+                self.updates.send_modify(|n| *n += 1);
+                self.metrics.config_updates.get_or_create(&OutcomeLabels { outcome: "accepted" }).inc();
+            }
+            Err(e) => {
+                tracing::warn!(version = %rsp.version, error = %e, "config update rejected; the last-good config stays in force");
+                self.metrics.config_updates.get_or_create(&OutcomeLabels { outcome: "rejected" }).inc();
+                reply.error_detail = e;
+            }
+        }
+        reply
+    }
+}
+
+fn poisoned() -> ProxyError {
+    ProxyError::NoEndpoints("internal error: subscription lock poisoned".into())
+}

@@ -1,0 +1,140 @@
+//! Errors the proxy raises on the request path, and the one place that turns them into responses.
+//!
+//! Leaf code returns a [`ProxyError`] where it detects the failure; [`rescue`] alone maps it to a
+//! status, an `x-weft-error` reason (CONTRACT.md) and, for gRPC callers, a `grpc-status`.
+
+use std::net::SocketAddr;
+
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+
+/// The header that marks a response the proxy made up itself.
+pub const ERROR_HEADER: &str = "x-weft-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no service matches {0}")]
+    NoRoute(String),
+    #[error("{0}")]
+    NoEndpoints(String),
+    #[error("connect to {addr} failed: {reason}; is the peer's sidecar running?")]
+    ConnectFailed { addr: SocketAddr, reason: String },
+    #[error("connection to {addr} was reset: {reason}")]
+    UpstreamReset { addr: SocketAddr, reason: String },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// The `x-weft-error` reason (CONTRACT.md, "Errors the proxy itself produces").
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoRoute(_) => "no-route",
+            Self::NoEndpoints(_) => "no-endpoints",
+            Self::ConnectFailed { .. } => "connect-failed",
+            Self::UpstreamReset { .. } => "upstream-reset",
+            Self::Timeout(_) => "timeout",
+            Self::BadRequest(_) => "bad-request",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConnectFailed { .. } | Self::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The gRPC status code a gRPC caller sees instead of the HTTP status.
+    fn grpc_status(&self) -> u16 {
+        match self {
+            Self::NoRoute(_) => 12,          // UNIMPLEMENTED
+            Self::Timeout(_) => 4,           // DEADLINE_EXCEEDED
+            Self::BadRequest(_) => 13,       // INTERNAL
+            _ => 14,                         // UNAVAILABLE
+        }
+    }
+}
+
+/// Turns an error into the response the caller sees.
+pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
+    let reason = HeaderValue::from_static(err.reason());
+    let message = err.to_string();
+    let mut rsp = if grpc {
+        // A trailers-only gRPC response: HTTP 200 with the status in the headers.
+        let mut rsp = Response::new(body::empty());
+        let headers = rsp.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(err.grpc_status()));
+        if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
+            headers.insert("grpc-message", v);
+        }
+        rsp
+    } else {
+        let mut rsp = Response::new(body::full(format!("{message}\n")));
+        *rsp.status_mut() = err.status();
+        rsp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        rsp
+    };
+    rsp.headers_mut().insert(ERROR_HEADER, reason);
+    rsp
+}
+
+/// gRPC's percent-encoding of `grpc-message`: everything outside printable ASCII, and `%`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Whether a request is gRPC (its errors are reported as gRPC statuses).
+pub fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_error_carries_reason_and_status() {
+        let rsp = rescue(&ProxyError::NoRoute("nope.default".into()), false);
+        assert_eq!(rsp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(rsp.headers()[ERROR_HEADER], "no-route");
+    }
+
+    #[test]
+    fn grpc_error_is_trailers_only() {
+        let err = ProxyError::ConnectFailed {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            reason: "refused".into(),
+        };
+        let rsp = rescue(&err, true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        assert_eq!(rsp.headers()[ERROR_HEADER], "connect-failed");
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("a%b\né"), "a%25b%0A%C3%A9");
+    }
+}

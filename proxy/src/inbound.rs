@@ -1,0 +1,181 @@
+//! Traffic from peer proxies to the local app.
+//!
+//! Each connection is classified by its first bytes (`transport::detect`): opaque TCP is relayed
+//! to the app; HTTP/2 and HTTP/1.1 are served, and each request goes to the app in the HTTP
+//! version the calling app used (restored from `weft-orig-proto`), over a pooled connection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::body::{self, Body};
+use crate::errors::{self, ProxyError};
+use crate::headers;
+use crate::metrics::{Metrics, RequestLabels, INBOUND};
+use crate::outbound::{error_label, splice};
+use crate::server::Accepted;
+use crate::transport::{self, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
+
+/// Removed from every request arriving at the inbound listener: only the proxy sets it, and only
+/// for callers it authenticated.
+pub const CLIENT_IDENTITY_HEADER: &str = "x-weft-client-identity";
+/// How long a new connection may take to send its first bytes.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Inbound {
+    app_addr: SocketAddr,
+    service: String,
+    metrics: Arc<Metrics>,
+    http1: Client<AppConnector, Body>,
+    http2: Client<AppConnector, Body>,
+}
+
+impl Inbound {
+    pub fn new(app_addr: SocketAddr, service: String, metrics: Arc<Metrics>) -> Self {
+        let connector = AppConnector { addr: app_addr };
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .http2_initial_stream_window_size(1 << 20)
+            .http2_initial_connection_window_size(4 << 20)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Self { app_addr, service, metrics, http1, http2 }
+    }
+
+    /// Serves one connection from a peer.
+    pub fn accept(self: &Arc<Self>, conn: Accepted) {
+        let inbound = self.clone();
+        let Accepted { mut stream, peer, watcher, http, tracker } = conn;
+        tracker.spawn(async move {
+            let (kind, prefix) = match tokio::time::timeout(DETECT_TIMEOUT, transport::detect(&mut stream)).await {
+                Ok(Ok(detected)) => detected,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "inbound connection failed before its first bytes"),
+                Err(_) => return tracing::debug!(%peer, "inbound connection sent nothing; closed"),
+            };
+            match kind {
+                Detected::Opaque => match OpaqueHeader::read(&mut stream).await {
+                    Ok(header) => crate::tcp::inbound(stream, header, inbound.app_addr, inbound.metrics.clone()).await,
+                    Err(e) => tracing::info!(%peer, error = %e, "bad opaque transport header; connection closed"),
+                },
+                Detected::Http1 | Detected::Http2 => {
+                    let svc = hyper::service::service_fn(move |req| inbound.clone().handle(req));
+                    http.serve(Prefixed::new(prefix, stream), watcher, svc).await;
+                }
+            }
+        });
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let start = Instant::now();
+        let grpc = errors::is_grpc(&req);
+        let rsp = match self.forward(req).await {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                tracing::debug!(error = %e, "inbound request failed");
+                errors::rescue(&e, grpc)
+            }
+        };
+        let labels = RequestLabels {
+            direction: INBOUND,
+            service: self.service.clone(),
+            code: rsp.status().as_u16(),
+            error: error_label(&rsp),
+        };
+        self.metrics.record_request(labels, start.elapsed().as_secs_f64());
+        Ok(rsp)
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        let caller_upgrade = hyper::upgrade::on(&mut req);
+        let (mut parts, body) = req.into_parts();
+        parts.headers.remove(CLIENT_IDENTITY_HEADER);
+        let authority = headers::authority(&parts)
+            .ok_or_else(|| ProxyError::BadRequest("request has no Host header or authority".into()))?;
+
+        if headers::is_upgrade(&parts) {
+            let addr = self.app_addr;
+            let mut sender = transport::connect_http1(addr, transport::DEFAULT_CONNECT_TIMEOUT).await?;
+            let mut rsp = sender
+                .send_request(Request::from_parts(parts, body::boxed(body)))
+                .await
+                .map_err(|e| ProxyError::UpstreamReset { addr, reason: transport::error_chain(&e) })?;
+            if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let app_upgrade = hyper::upgrade::on(&mut rsp);
+                tokio::spawn(splice(caller_upgrade, app_upgrade));
+            }
+            return Ok(rsp.map(body::boxed));
+        }
+
+        let orig_proto = parts.headers.remove(ORIG_PROTO_HEADER);
+        let client = match (parts.version, orig_proto) {
+            (Version::HTTP_2, None) => &self.http2,
+            (_, proto) => {
+                parts.version = if proto.is_some_and(|p| p == "HTTP/1.0") {
+                    Version::HTTP_10
+                } else {
+                    Version::HTTP_11
+                };
+                let host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| ProxyError::BadRequest("authority is not a valid Host".into()))?;
+                parts.headers.insert(header::HOST, host);
+                &self.http1
+            }
+        };
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.uri = headers::absolute_uri(&parts, &authority)?;
+        let addr = self.app_addr;
+        let rsp = client.request(Request::from_parts(parts, body::boxed(body))).await.map_err(|e| {
+            let reason = transport::error_chain(&e);
+            if e.is_connect() {
+                ProxyError::ConnectFailed { addr, reason }
+            } else {
+                ProxyError::UpstreamReset { addr, reason }
+            }
+        })?;
+        let (mut parts, body) = rsp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, body::boxed(body)))
+    }
+}
+
+/// Connects the pooled clients to the app, whatever the request's authority says: the
+/// authority is preserved for the app, the address is always `app-addr`.
+#[derive(Clone)]
+struct AppConnector {
+    addr: SocketAddr,
+}
+
+impl tower::Service<Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let addr = self.addr;
+        Box::pin(async move {
+            let stream = transport::dial(addr, transport::DEFAULT_CONNECT_TIMEOUT).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}

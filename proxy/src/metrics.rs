@@ -1,0 +1,140 @@
+//! The proxy's Prometheus metrics. See docs/metrics.md for the catalog.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+pub const INBOUND: &str = "inbound";
+pub const OUTBOUND: &str = "outbound";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: &'static str,
+    /// Outbound: the logical service called (`name.namespace`); inbound: this proxy's service.
+    pub service: String,
+    /// HTTP status code of the response.
+    pub code: u16,
+    /// The `x-weft-error` reason when the proxy made the response up; empty otherwise.
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: &'static str,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// Latency buckets, in seconds: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub tcp_opened: Family<TcpLabels, Counter>,
+    pub tcp_closed: Family<TcpLabels, Counter>,
+    pub tcp_open: Family<TcpLabels, Gauge>,
+    pub tcp_bytes_sent: Family<TcpLabels, Counter>,
+    pub tcp_bytes_received: Family<TcpLabels, Counter>,
+    pub config_updates: Family<OutcomeLabels, Counter>,
+    pub config_version: Gauge,
+    pub control_plane_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft_proxy");
+        let requests = Family::default();
+        registry.register("requests", "HTTP requests handled", requests.clone());
+        let request_duration =
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            request_duration.clone(),
+        );
+        let tcp_opened = Family::default();
+        registry.register("tcp_connections_opened", "Opaque TCP connections opened", tcp_opened.clone());
+        let tcp_closed = Family::default();
+        registry.register("tcp_connections_closed", "Opaque TCP connections closed", tcp_closed.clone());
+        let tcp_open = Family::default();
+        registry.register("tcp_connections_open", "Opaque TCP connections open now", tcp_open.clone());
+        let tcp_bytes_sent = Family::default();
+        registry.register(
+            "tcp_sent_bytes",
+            "Bytes sent toward the destination on opaque TCP connections",
+            tcp_bytes_sent.clone(),
+        );
+        let tcp_bytes_received = Family::default();
+        registry.register(
+            "tcp_received_bytes",
+            "Bytes received from the destination on opaque TCP connections",
+            tcp_bytes_received.clone(),
+        );
+        let config_updates = Family::default();
+        registry.register(
+            "config_updates",
+            "Config updates from the control plane, by outcome (accepted, rejected)",
+            config_updates.clone(),
+        );
+        let config_version = Gauge::default();
+        registry.register(
+            "config_version",
+            "Mesh config generation of the config in force (0 before the first)",
+            config_version.clone(),
+        );
+        let control_plane_connected = Gauge::default();
+        registry.register(
+            "control_plane_connected",
+            "1 while the config stream to the control plane is up",
+            control_plane_connected.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            tcp_opened,
+            tcp_closed,
+            tcp_open,
+            tcp_bytes_sent,
+            tcp_bytes_received,
+            config_updates,
+            config_version,
+            control_plane_connected,
+        }
+    }
+
+    pub fn record_request(&self, labels: RequestLabels, seconds: f64) {
+        self.request_duration.get_or_create(&labels).observe(seconds);
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

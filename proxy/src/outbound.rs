@@ -1,0 +1,182 @@
+//! Traffic from the local app: find the service, pick a route, a backend and an endpoint, and
+//! carry the request to the endpoint's proxy.
+//!
+//! The request path, in order: target (`upstream` listener, or the request's authority) →
+//! discovery ([`Discovery::resolve`]) → port → HTTPRoute rule → weighted split → load balancer →
+//! peer connection (`transport`). Errors from any step reach the caller through
+//! [`errors::rescue`] only.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::balance::Endpoint;
+use crate::body::{self, Body};
+use crate::discovery::Discovery;
+use crate::errors::{self, ProxyError};
+use crate::headers;
+use crate::metrics::{Metrics, RequestLabels, OUTBOUND};
+use crate::routes::{LogicalService, ServiceKey};
+use crate::transport::{self, ORIG_PROTO_HEADER};
+
+/// Where an outbound listener sends its traffic.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// By the request's authority (the outbound listener; `HTTP_PROXY`).
+    Authority,
+    /// Always one service port (an `upstream` listener).
+    Fixed { service: ServiceKey, port: u16 },
+}
+
+pub struct Outbound {
+    pub discovery: Arc<Discovery>,
+    pub metrics: Arc<Metrics>,
+    pub namespace: String,
+}
+
+/// A request on its way out, after routing.
+struct Routed {
+    service: Arc<LogicalService>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl Outbound {
+    pub async fn handle(
+        self: Arc<Self>,
+        target: Target,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let start = Instant::now();
+        let grpc = errors::is_grpc(&req);
+        let mut service = String::new();
+        let rsp = match self.proxy(&target, req, &mut service).await {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                tracing::debug!(%service, error = %e, "outbound request failed");
+                errors::rescue(&e, grpc)
+            }
+        };
+        let labels = RequestLabels {
+            direction: OUTBOUND,
+            service,
+            code: rsp.status().as_u16(),
+            error: error_label(&rsp),
+        };
+        self.metrics.record_request(labels, start.elapsed().as_secs_f64());
+        Ok(rsp)
+    }
+
+    async fn proxy(
+        &self,
+        target: &Target,
+        mut req: Request<Incoming>,
+        service_label: &mut String,
+    ) -> Result<Response<Body>, ProxyError> {
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let (mut parts, body) = req.into_parts();
+        let authority = headers::authority(&parts)
+            .ok_or_else(|| ProxyError::BadRequest("request has no Host header or authority".into()))?;
+        let (key, port) = match target {
+            Target::Fixed { service, port } => (service.clone(), Some(*port)),
+            Target::Authority => {
+                let key = ServiceKey::from_host(authority.host(), &self.namespace)
+                    .ok_or_else(|| ProxyError::NoRoute(format!("host {:?}", authority.host())))?;
+                (key, authority.port_u16())
+            }
+        };
+        *service_label = key.to_string();
+        let service = self.discovery.resolve(&key).await?;
+        let port = service.port(port).ok_or_else(|| {
+            ProxyError::NoRoute(format!("{key} on port {}", port.map_or("(none)".into(), |p| p.to_string())))
+        })?;
+        let rule = service.route(port.port, &parts).ok_or_else(|| {
+            ProxyError::NoRoute(format!("{key}: no HTTPRoute rule matches {} {}", parts.method, parts.uri.path()))
+        })?;
+        let backend = rule
+            .split
+            .pick()
+            .ok_or_else(|| ProxyError::NoEndpoints(format!("{key}: rule {} has no backend", rule.name)))?;
+        let endpoint = backend
+            .balancer
+            .pick()
+            .ok_or_else(|| ProxyError::NoEndpoints(format!("{} has no endpoints", backend.key)))?
+            .clone();
+        let routed = Routed { service: service.clone(), endpoint };
+
+        if headers::is_upgrade(&parts) {
+            return upgrade(&routed, parts, body, client_upgrade).await;
+        }
+
+        // HTTP/1.x travels as an HTTP/2 stream, marked so the peer restores it.
+        match parts.version {
+            Version::HTTP_2 => {}
+            Version::HTTP_10 => {
+                parts.headers.insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.0"));
+            }
+            _ => {
+                parts.headers.insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
+            }
+        }
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        parts.uri = headers::absolute_uri(&parts, &authority)?;
+        parts.version = Version::HTTP_2;
+        let req = Request::from_parts(parts, body::boxed(body));
+
+        let inflight = routed.endpoint.start();
+        let rsp = routed.endpoint.conn.send(req, transport::DEFAULT_CONNECT_TIMEOUT).await?;
+        inflight.responded();
+        let (mut parts, body) = rsp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        tracing::trace!(service = %routed.service.key, endpoint = %routed.endpoint.addr, status = %parts.status, "forwarded");
+        Ok(Response::from_parts(parts, body::boxed(body::guarded(body, inflight))))
+    }
+}
+
+/// Forwards a request that upgrades (WebSocket) over a dedicated HTTP/1.1 connection to the
+/// peer, then splices the two upgraded connections together.
+async fn upgrade(
+    routed: &Routed,
+    parts: http::request::Parts,
+    body: Incoming,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+) -> Result<Response<Body>, ProxyError> {
+    let addr = routed.endpoint.addr;
+    let mut sender = transport::connect_http1(addr, transport::DEFAULT_CONNECT_TIMEOUT).await?;
+    let req = Request::from_parts(parts, body::boxed(body));
+    let mut rsp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ProxyError::UpstreamReset { addr, reason: transport::error_chain(&e) })?;
+    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut rsp);
+        tokio::spawn(splice(client_upgrade, upstream_upgrade));
+    }
+    Ok(rsp.map(body::boxed))
+}
+
+/// Copies bytes both ways between two upgraded connections until both sides close.
+pub async fn splice(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(a, b) {
+        Ok((a, b)) => {
+            let mut a = hyper_util::rt::TokioIo::new(a);
+            let mut b = hyper_util::rt::TokioIo::new(b);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+    }
+}
+
+/// The `error` metric label: the proxy's own error reason, if it made the response up.
+pub fn error_label<B>(rsp: &Response<B>) -> String {
+    rsp.headers()
+        .get(errors::ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
