@@ -1,0 +1,104 @@
+//! weft: the control plane and CLI. See ARCHITECTURE.md.
+//!
+//! [`start`] takes already-bound listeners so tests run control planes on port 0 in-process;
+//! `main.rs` parses the command line.
+
+pub mod api;
+pub mod demo;
+pub mod discovery;
+pub mod files;
+pub mod mesh;
+pub mod metrics;
+pub mod resources;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::discovery::{DiscoveryService, Proxies};
+use crate::mesh::Mesh;
+use crate::metrics::Metrics;
+use crate::state::State;
+
+/// `weft serve` settings.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub config: Vec<PathBuf>,
+    pub data_dir: PathBuf,
+    pub trust_domain: String,
+}
+
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub state: Arc<State>,
+    pub proxies: Arc<Proxies>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.cancelled().await;
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Loads the config and starts serving. Invalid config: every problem, one per line.
+pub fn start(cfg: ServeConfig, grpc: TcpListener, api: TcpListener) -> Result<Running, Vec<String>> {
+    let resources = files::load(&cfg.config)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| vec![format!("data-dir {}: {e}", cfg.data_dir.display())])?;
+    let mesh = Mesh::compile(resources, &cfg.trust_domain, 1);
+    for w in mesh.dangling_references() {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(resources = mesh.resources.len(), "config loaded");
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(State::new(mesh, cfg.trust_domain.clone(), metrics));
+    let proxies = Arc::new(Proxies::default());
+    let shutdown = CancellationToken::new();
+    let local = |l: &TcpListener| l.local_addr().map_err(|e| vec![e.to_string()]);
+    let (grpc_addr, api_addr) = (local(&grpc)?, local(&api)?);
+    let mut tasks = JoinSet::new();
+
+    tasks.spawn(files::watch(cfg.config.clone(), state.clone(), shutdown.clone()));
+
+    let discovery = DiscoveryService::new(state.clone(), proxies.clone(), shutdown.clone()).into_server();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(discovery)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.cancelled())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    let api_svc = Arc::new(api::Api { state: state.clone(), proxies: proxies.clone(), shutdown: shutdown.clone() });
+    tasks.spawn(weft_proxy::server::accept_loop("api", api, shutdown.clone(), Duration::from_secs(5), move |conn| {
+        let api_svc = api_svc.clone();
+        let svc = hyper::service::service_fn(move |req| api_svc.clone().handle(req));
+        conn.tracker.spawn(async move { conn.http.serve(conn.stream, conn.watcher, svc).await });
+    }));
+
+    Ok(Running { grpc_addr, api_addr, state, proxies, shutdown, tasks })
+}

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod errors;

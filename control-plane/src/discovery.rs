@@ -1,0 +1,256 @@
+//! The config stream to proxies (gRPC `weft.discovery.v1.Discovery/Stream`).
+//!
+//! Each stream gets its own task, which owns that proxy's subscriptions and reads the mesh
+//! through a `watch` receiver, so a change is published once and never waits for any proxy. A
+//! proxy that stops reading is cut off after [`SEND_TIMEOUT`]; one that NACKs is sent nothing new
+//! for a backoff that doubles with each consecutive NACK. See docs/protocol.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use weft_proto::discovery::{self as pb, discovery_server};
+
+use crate::state::State;
+
+/// How long a proxy may leave a snapshot unread before its stream is closed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const NACK_BACKOFF_BASE: Duration = Duration::from_millis(250);
+const NACK_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Subscriptions one proxy may hold (it enforces the same limit itself).
+const MAX_SUBSCRIPTIONS: usize = 4096;
+
+/// A connected proxy, as `GET /api/v1/proxies` shows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    pub id: String,
+    pub identity: String,
+    pub service: String,
+    pub namespace: String,
+    pub address: String,
+    pub remote: Option<SocketAddr>,
+    pub version: String,
+    pub connected_at: u64,
+    pub acked_version: Option<String>,
+    pub last_nack: Option<String>,
+    pub subscriptions: usize,
+}
+
+#[derive(Default)]
+pub struct Proxies {
+    by_stream: Mutex<BTreeMap<u64, ProxyStatus>>,
+}
+
+impl Proxies {
+    pub fn list(&self) -> Vec<ProxyStatus> {
+        self.by_stream.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn update(&self, stream: u64, f: impl FnOnce(&mut ProxyStatus)) {
+        if let Ok(mut m) = self.by_stream.lock() {
+            if let Some(p) = m.get_mut(&stream) {
+                f(p);
+            }
+        }
+    }
+}
+
+pub struct DiscoveryService {
+    state: Arc<State>,
+    proxies: Arc<Proxies>,
+    shutdown: CancellationToken,
+    next_stream: std::sync::atomic::AtomicU64,
+}
+
+impl DiscoveryService {
+    pub fn new(state: Arc<State>, proxies: Arc<Proxies>, shutdown: CancellationToken) -> Self {
+        Self { state, proxies, shutdown, next_stream: Default::default() }
+    }
+
+    pub fn into_server(self) -> discovery_server::DiscoveryServer<Self> {
+        discovery_server::DiscoveryServer::new(self)
+    }
+}
+
+fn check_node(node: &pb::Node) -> Result<(), Status> {
+    let label = |what: &str, v: &str| {
+        if crate::resources::is_dns_label(v) {
+            Ok(())
+        } else {
+            Err(Status::invalid_argument(format!("node.{what} {v:?} is not a valid name")))
+        }
+    };
+    label("namespace", &node.namespace)?;
+    label("service_account", &node.service_account)?;
+    label("service", &node.service)
+}
+
+#[tonic::async_trait]
+impl discovery_server::Discovery for DiscoveryService {
+    type StreamStream = ReceiverStream<Result<pb::DiscoveryResponse, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let remote = request.remote_addr();
+        let mut requests = request.into_inner();
+        let first = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
+        let node = first.node.clone().ok_or_else(|| Status::invalid_argument("the first request must carry node"))?;
+        check_node(&node)?;
+        let stream_id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mesh = self.state.mesh();
+        let status = ProxyStatus {
+            id: node.id.clone(),
+            identity: mesh.identity(&node.namespace, &node.service_account),
+            service: node.service.clone(),
+            namespace: node.namespace.clone(),
+            address: node.inbound_addr.clone(),
+            remote,
+            version: node.proxy_version.clone(),
+            connected_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            acked_version: None,
+            last_nack: None,
+            subscriptions: 0,
+        };
+        if let Ok(mut m) = self.proxies.by_stream.lock() {
+            m.insert(stream_id, status);
+        }
+        self.state.metrics.proxies_connected.inc();
+        tracing::info!(proxy = %node.id, service = %node.service, namespace = %node.namespace, ?remote, "proxy connected");
+        let (tx, rx) = mpsc::channel(4);
+        let conn = Connection {
+            stream_id,
+            node,
+            state: self.state.clone(),
+            proxies: self.proxies.clone(),
+            subscriptions: BTreeSet::new(),
+            nonce: 0,
+            nacks: 0,
+            quiet_until: None,
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(conn.run(first, requests, tx, shutdown));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Connection {
+    stream_id: u64,
+    node: pb::Node,
+    state: Arc<State>,
+    proxies: Arc<Proxies>,
+    subscriptions: BTreeSet<String>,
+    nonce: u64,
+    nacks: u32,
+    /// After a NACK: send nothing new before this.
+    quiet_until: Option<Instant>,
+}
+
+impl Connection {
+    async fn run(
+        mut self,
+        first: pb::DiscoveryRequest,
+        mut requests: Streaming<pb::DiscoveryRequest>,
+        tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut mesh_rx = self.state.subscribe();
+        self.handle(first);
+        let mut dirty = true;
+        let reason = loop {
+            let quiet = self.quiet_until.filter(|t| *t > Instant::now());
+            if dirty && quiet.is_none() {
+                let mesh = mesh_rx.borrow_and_update().clone();
+                self.nonce += 1;
+                let rsp = pb::DiscoveryResponse {
+                    version: mesh.generation.to_string(),
+                    nonce: self.nonce.to_string(),
+                    config: Some(mesh.view(&self.node, &self.subscriptions)),
+                };
+                match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(rsp))).await {
+                    Ok(Ok(())) => {
+                        dirty = false;
+                        self.state.metrics.pushes.inc();
+                    }
+                    Ok(Err(_)) => break "proxy went away",
+                    Err(_) => {
+                        self.state.metrics.slow_streams_closed.inc();
+                        break "proxy did not read its config stream; closed so it cannot hold the control plane up";
+                    }
+                }
+            }
+            tokio::select! {
+                msg = requests.message() => match msg {
+                    Ok(Some(req)) => dirty |= self.handle(req),
+                    Ok(None) => break "stream closed by the proxy",
+                    Err(_) => break "stream failed",
+                },
+                changed = mesh_rx.changed() => {
+                    if changed.is_err() { break "control plane stopping" }
+                    dirty = true;
+                }
+                () = sleep_until(quiet), if dirty && quiet.is_some() => {}
+                () = shutdown.cancelled() => break "control plane stopping",
+            }
+        };
+        if let Ok(mut m) = self.proxies.by_stream.lock() {
+            m.remove(&self.stream_id);
+        }
+        self.state.metrics.proxies_connected.dec();
+        tracing::info!(proxy = %self.node.id, reason, "proxy disconnected");
+    }
+
+    /// Applies one request; returns whether the proxy's view changed.
+    fn handle(&mut self, req: pb::DiscoveryRequest) -> bool {
+        let mut changed = false;
+        for s in req.subscribe {
+            if self.subscriptions.len() < MAX_SUBSCRIPTIONS && valid_service_name(&s) {
+                changed |= self.subscriptions.insert(s);
+            }
+        }
+        for s in &req.unsubscribe {
+            changed |= self.subscriptions.remove(s);
+        }
+        let subs = self.subscriptions.len();
+        self.proxies.update(self.stream_id, |p| p.subscriptions = subs);
+        if !req.response_nonce.is_empty() {
+            if req.error_detail.is_empty() {
+                self.nacks = 0;
+                self.quiet_until = None;
+                self.state.metrics.acks.inc();
+                self.proxies.update(self.stream_id, |p| p.acked_version = Some(req.version.clone()));
+            } else {
+                self.nacks = self.nacks.saturating_add(1);
+                let backoff = NACK_BACKOFF_BASE.saturating_mul(1 << self.nacks.min(8)).min(NACK_BACKOFF_MAX);
+                self.quiet_until = Some(Instant::now() + backoff);
+                self.state.metrics.nacks.inc();
+                tracing::warn!(proxy = %self.node.id, version = %req.version, reason = %req.error_detail, ?backoff, "proxy rejected config");
+                self.proxies.update(self.stream_id, |p| p.last_nack = Some(req.error_detail.clone()));
+            }
+        }
+        changed
+    }
+}
+
+fn valid_service_name(s: &str) -> bool {
+    s.split_once('.').is_some_and(|(n, ns)| crate::resources::is_dns_label(n) && crate::resources::is_dns_label(ns))
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,302 @@
+//! Checks that types cannot express: names, ranges, duplicates, and references between kinds.
+//! Every problem names its resource and field; all are reported at once.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{
+    AuthorizationPolicySpec, HttpRouteSpec, MeshConfigSpec, Problem, Resource, ServiceSpec,
+    Sourced, TargetRef, TrafficPolicySpec,
+};
+
+const RETRY_ON: [&str; 4] = ["5xx", "gateway-error", "connect-failure", "reset"];
+const MAX_WEIGHT: u32 = 1_000_000;
+
+struct Checker<'a> {
+    item: &'a Sourced,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            source: self.item.source.clone(),
+            document: self.item.document,
+            resource: Some(self.item.resource.id()),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn name(&mut self, field: &str, v: &str) {
+        if !is_dns_label(v) {
+            self.fail(field, format!("{v:?} is not a valid name (lowercase letters, digits and '-', at most 63)"));
+        }
+    }
+
+    fn percent(&mut self, field: &str, v: f64) {
+        if !(0.0..=100.0).contains(&v) {
+            self.fail(field, format!("{v} is not a percentage (0 to 100)"));
+        }
+    }
+
+    fn target(&mut self, field: &str, t: &TargetRef) {
+        if let Some(k) = t.kind.as_deref().filter(|k| *k != "Service") {
+            self.fail(format!("{field}.kind"), format!("{k:?} is not supported; a policy targets a Service"));
+        }
+        self.name(&format!("{field}.name"), &t.name);
+    }
+}
+
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Checks a whole set of resources; returns every problem.
+pub fn validate(items: &[Sourced]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut seen: HashMap<String, (String, usize)> = HashMap::new();
+    for item in items {
+        let mut c = Checker { item, problems: &mut problems };
+        let id = item.resource.id();
+        if let Some((src, doc)) = seen.get(&id) {
+            c.fail("metadata.name", format!("defined twice: also in {src}, document {doc}"));
+        } else {
+            seen.insert(id, (item.source.clone(), item.document));
+        }
+        let meta = item.resource.metadata();
+        c.name("metadata.name", &meta.name);
+        c.name("metadata.namespace", &meta.namespace);
+        match &item.resource {
+            Resource::MeshConfig(o) => mesh_config(&mut c, &o.metadata.name, &o.spec),
+            Resource::Service(o) => service(&mut c, &o.spec),
+            Resource::HttpRoute(o) => http_route(&mut c, &o.spec),
+            Resource::TrafficPolicy(o) => traffic_policy(&mut c, &o.spec),
+            Resource::AuthorizationPolicy(o) => authorization(&mut c, &o.spec),
+        }
+    }
+    problems
+}
+
+fn mesh_config(c: &mut Checker<'_>, name: &str, s: &MeshConfigSpec) {
+    if name != "default" {
+        c.fail("metadata.name", format!("{name:?}: the mesh has one MeshConfig, named \"default\""));
+    }
+    if let Some(td) = &s.trust_domain {
+        let ok = !td.is_empty() && td.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        if !ok {
+            c.fail("spec.trustDomain", format!("{td:?} is not a valid trust domain (a DNS name)"));
+        }
+    }
+    if let Some(ttl) = s.certificate_ttl {
+        if ttl.0.as_secs() < 1 {
+            c.fail("spec.certificateTTL", "must be at least 1s");
+        }
+    }
+    if let Some(t) = &s.tracing {
+        if let Some(r) = t.sampling_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                c.fail("spec.tracing.samplingRatio", format!("{r} is not within 0 and 1"));
+            }
+        }
+        if let Some(e) = &t.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                c.fail("spec.tracing.otlpEndpoint", format!("{e:?} is not an http:// or https:// URL"));
+            }
+        }
+    }
+}
+
+fn service(c: &mut Checker<'_>, s: &ServiceSpec) {
+    if s.ports.is_empty() {
+        c.fail("spec.ports", "a Service needs at least one port");
+    }
+    let mut ports = HashSet::new();
+    for (i, p) in s.ports.iter().enumerate() {
+        if p.port == 0 {
+            c.fail(format!("spec.ports[{i}].port"), "must be 1 to 65535");
+        }
+        if !ports.insert(p.port) {
+            c.fail(format!("spec.ports[{i}].port"), format!("port {} is listed twice", p.port));
+        }
+    }
+    if let Some(sa) = &s.service_account {
+        c.name("spec.serviceAccount", sa);
+    }
+    let mut addrs = HashSet::new();
+    for (i, e) in s.endpoints.iter().enumerate() {
+        if e.address.port() == 0 || e.address.ip().is_unspecified() {
+            c.fail(format!("spec.endpoints[{i}].address"), format!("{} cannot be dialed", e.address));
+        }
+        if !addrs.insert(e.address) {
+            c.fail(format!("spec.endpoints[{i}].address"), format!("{} is listed twice", e.address));
+        }
+    }
+}
+
+fn http_route(c: &mut Checker<'_>, s: &HttpRouteSpec) {
+    if s.parent_refs.is_empty() {
+        c.fail("spec.parentRefs", "a mesh route needs a parent Service");
+    }
+    for (i, p) in s.parent_refs.iter().enumerate() {
+        if let Some(k) = p.kind.as_deref().filter(|k| *k != "Service") {
+            c.fail(format!("spec.parentRefs[{i}].kind"), format!("{k:?} is not supported; a mesh route's parent is a Service"));
+        }
+        c.name(&format!("spec.parentRefs[{i}].name"), &p.name);
+    }
+    for (r, rule) in s.rules.iter().enumerate() {
+        for (m, mat) in rule.matches.iter().enumerate() {
+            let at = format!("spec.rules[{r}].matches[{m}]");
+            if let Some(p) = &mat.path {
+                if !p.value.starts_with('/') {
+                    c.fail(format!("{at}.path.value"), format!("{:?} must start with '/'", p.value));
+                }
+            }
+            for (h, hm) in mat.headers.iter().enumerate() {
+                if http::HeaderName::from_bytes(hm.name.as_bytes()).is_err() {
+                    c.fail(format!("{at}.headers[{h}].name"), format!("{:?} is not a valid header name", hm.name));
+                }
+                if http::HeaderValue::from_str(&hm.value).is_err() {
+                    c.fail(format!("{at}.headers[{h}].value"), "not a valid header value");
+                }
+            }
+            if let Some(method) = &mat.method {
+                if http::Method::from_bytes(method.as_bytes()).is_err() || method.chars().any(|ch| ch.is_ascii_lowercase()) {
+                    c.fail(format!("{at}.method"), format!("{method:?} is not an HTTP method (GET, POST, ...)"));
+                }
+            }
+        }
+        for (b, br) in rule.backend_refs.iter().enumerate() {
+            let at = format!("spec.rules[{r}].backendRefs[{b}]");
+            if let Some(k) = br.kind.as_deref().filter(|k| *k != "Service") {
+                c.fail(format!("{at}.kind"), format!("{k:?} is not supported; a backend is a Service"));
+            }
+            c.name(&format!("{at}.name"), &br.name);
+            if br.weight > MAX_WEIGHT {
+                c.fail(format!("{at}.weight"), format!("{} is over the maximum of {MAX_WEIGHT}", br.weight));
+            }
+        }
+        if let Some(retry) = &rule.retry {
+            for (i, code) in retry.codes.iter().enumerate() {
+                if !(400..600).contains(code) {
+                    c.fail(format!("spec.rules[{r}].retry.codes[{i}]"), format!("{code} is not a 4xx or 5xx status"));
+                }
+            }
+        }
+    }
+}
+
+fn traffic_policy(c: &mut Checker<'_>, s: &TrafficPolicySpec) {
+    c.target("spec.targetRef", &s.target_ref);
+    if let Some(r) = &s.retries {
+        for (i, on) in r.on.iter().enumerate() {
+            let ok = RETRY_ON.contains(&on.as_str())
+                || on.strip_prefix("retriable-status:").and_then(|c| c.parse::<u16>().ok()).is_some_and(|c| (400..600).contains(&c));
+            if !ok {
+                c.fail(format!("spec.retries.on[{i}]"), format!("{on:?}: expected one of {}, or retriable-status:CODE", RETRY_ON.join(", ")));
+            }
+        }
+        if let Some(b) = &r.backoff {
+            if let (Some(base), Some(max)) = (b.base, b.max) {
+                if base > max {
+                    c.fail("spec.retries.backoff", "base is longer than max");
+                }
+            }
+        }
+        if let Some(ratio) = r.budget.as_ref().and_then(|b| b.ratio) {
+            if !(0.0..=10.0).contains(&ratio) {
+                c.fail("spec.retries.budget.ratio", format!("{ratio} is not within 0 and 10"));
+            }
+        }
+    }
+    if let Some(cb) = &s.circuit_breaker {
+        if let Some(p) = cb.max_ejected_percent {
+            c.percent("spec.circuitBreaker.maxEjectedPercent", f64::from(p));
+        }
+        if let (Some(base), Some(max)) = (cb.base_ejection_time, cb.max_ejection_time) {
+            if base > max {
+                c.fail("spec.circuitBreaker", "baseEjectionTime is longer than maxEjectionTime");
+            }
+        }
+    }
+    if let Some(rl) = &s.rate_limit {
+        if !(rl.requests_per_second > 0.0 && rl.requests_per_second.is_finite()) {
+            c.fail("spec.rateLimit.requestsPerSecond", "must be above 0");
+        }
+    }
+    if let Some(f) = &s.fault_injection {
+        if let Some(d) = &f.delay {
+            c.percent("spec.faultInjection.delay.percent", d.percent);
+        }
+        if let Some(a) = &f.abort {
+            c.percent("spec.faultInjection.abort.percent", a.percent);
+            if !(200..600).contains(&a.status) {
+                c.fail("spec.faultInjection.abort.status", format!("{} is not an HTTP status", a.status));
+            }
+        }
+    }
+}
+
+fn authorization(c: &mut Checker<'_>, s: &AuthorizationPolicySpec) {
+    c.target("spec.targetRef", &s.target_ref);
+    for (r, rule) in s.rules.iter().enumerate() {
+        if let Some(from) = &rule.from {
+            for (i, id) in from.identities.iter().enumerate() {
+                if !(id == "*" || id.starts_with("spiffe://")) {
+                    c.fail(format!("spec.rules[{r}].from.identities[{i}]"), format!("{id:?} is not a SPIFFE ID (spiffe://...) or \"*\""));
+                }
+            }
+        }
+        if let Some(to) = &rule.to {
+            for (i, p) in to.paths.iter().enumerate() {
+                if !p.starts_with('/') && p != "*" {
+                    c.fail(format!("spec.rules[{r}].to.paths[{i}]"), format!("{p:?} must start with '/'"));
+                }
+            }
+            for (i, m) in to.methods.iter().enumerate() {
+                if http::Method::from_bytes(m.as_bytes()).is_err() {
+                    c.fail(format!("spec.rules[{r}].to.methods[{i}]"), format!("{m:?} is not an HTTP method"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        validate(&parse("f.yaml", text).unwrap()).iter().map(|p| format!("{}: {}", p.field, p.message)).collect()
+    }
+
+    #[test]
+    fn duplicate_resources_are_refused() {
+        let svc = "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n";
+        let p = problems(&format!("{svc}---\n{svc}"));
+        assert_eq!(p.len(), 1);
+        assert!(p[0].contains("defined twice"), "{p:?}");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let p = problems(
+            "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: Bad}\nspec:\n  targetRef: {name: a, kind: Deployment}\n  retries: {on: [sometimes]}\n  faultInjection: {abort: {percent: 120, status: 503}}\n",
+        );
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p.iter().any(|p| p.starts_with("metadata.name")));
+        assert!(p.iter().any(|p| p.starts_with("spec.targetRef.kind")));
+        assert!(p.iter().any(|p| p.starts_with("spec.retries.on[0]")));
+        assert!(p.iter().any(|p| p.starts_with("spec.faultInjection.abort.percent")));
+    }
+
+    #[test]
+    fn mesh_config_is_named_default() {
+        let p = problems("apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mine}\nspec: {tracing: {samplingRatio: 2}}\n");
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+}
