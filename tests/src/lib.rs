@@ -1,0 +1,299 @@
+//! The end-to-end harness: real control planes, real proxies and real upstream apps on loopback,
+//! every listener on port 0, every file in a fresh temp folder that is removed afterwards.
+//!
+//! A [`Mesh`] is built in two steps because standalone Service endpoints are proxy addresses:
+//! [`Sidecar::bind`] binds a proxy's listeners first, the test writes config naming those
+//! addresses, then [`Mesh::start`] starts the control plane and [`Sidecar::start`] the proxies.
+
+pub mod apps;
+pub mod grpc {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("weft.test.v1");
+}
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+pub use weft_proxy::config::Upstream;
+
+/// Waits until `f` returns `Some`, polling every 10 ms; panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn init_logging() {
+    weft_proxy::logging::init_with_default("warn");
+}
+
+/// A temp folder removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "weft-test-{}-{}-{:x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            rand_u64()
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
+/// A control plane watching one config file.
+pub struct Mesh {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    running: Option<weft::Running>,
+}
+
+impl Mesh {
+    pub async fn start(yaml: &str) -> Self {
+        init_logging();
+        let dir = TempDir::new();
+        let config = dir.0.join("mesh.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (grpc_addr, api_addr) = (grpc.local_addr().unwrap(), api.local_addr().unwrap());
+        let running = weft::start(Self::serve_config(&dir, &config), grpc, api).expect("config accepted");
+        Self { dir, config, grpc_addr, api_addr, running: Some(running) }
+    }
+
+    fn serve_config(dir: &TempDir, config: &std::path::Path) -> weft::ServeConfig {
+        weft::ServeConfig { config: vec![config.to_path_buf()], data_dir: dir.0.join("data"), trust_domain: "weft.local".into() }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub fn state(&self) -> &weft::state::State {
+        &self.running.as_ref().expect("control plane running").state
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.state().mesh().generation
+    }
+
+    /// Replaces the config file atomically (write, then rename), as editors and ConfigMaps do.
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.dir.0.join(".mesh.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("rename config");
+    }
+
+    /// Stops the control plane (its listeners close; proxies lose their streams).
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+
+    /// Starts it again on the same addresses, from the config file as it is now.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let grpc = bind_again(self.grpc_addr).await;
+        let api = bind_again(self.api_addr).await;
+        self.running = Some(weft::start(Self::serve_config(&self.dir, &self.config), grpc, api).expect("config accepted"));
+    }
+
+    /// Proxies connected now, as the control plane reports them.
+    pub fn proxies(&self) -> Vec<weft::discovery::ProxyStatus> {
+        self.running.as_ref().map(|r| r.proxies.list()).unwrap_or_default()
+    }
+}
+
+async fn bind_again(addr: SocketAddr) -> TcpListener {
+    eventually(&format!("{addr} to be free again"), Duration::from_secs(5), || async { TcpListener::bind(addr).await.ok() }).await
+}
+
+/// A proxy whose listeners are bound but which has not started yet.
+pub struct Sidecar {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstreams: Vec<SocketAddr>,
+    listeners: Option<weft_proxy::Listeners>,
+    upstream_specs: Vec<Upstream>,
+    running: Option<weft_proxy::Running>,
+}
+
+impl Sidecar {
+    /// Binds listeners; `upstreams` are `SERVICE[.NS]:PORT` targets for local listeners.
+    pub async fn bind(upstreams: &[&str]) -> Self {
+        let l = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+        let (inbound, outbound, admin) = (l().await, l().await, l().await);
+        let mut ups = Vec::new();
+        let mut specs = Vec::new();
+        for target in upstreams {
+            let listener = l().await;
+            let spec: Upstream = format!("{}={target}", listener.local_addr().unwrap()).parse().expect("upstream spec");
+            specs.push(spec.clone());
+            ups.push((spec, listener));
+        }
+        let addr = |l: &TcpListener| l.local_addr().unwrap();
+        Self {
+            inbound: addr(&inbound),
+            outbound: addr(&outbound),
+            admin: addr(&admin),
+            upstreams: ups.iter().map(|(_, l)| addr(l)).collect(),
+            listeners: Some(weft_proxy::Listeners { inbound, outbound, admin, upstreams: ups }),
+            upstream_specs: specs,
+            running: None,
+        }
+    }
+
+    /// Starts the proxy for workload `ns/name` whose app listens on `app`.
+    pub fn start(&mut self, control_plane: &str, namespace: &str, name: &str, app: SocketAddr) {
+        let args = weft_proxy::config::Args {
+            control_plane: control_plane.to_string(),
+            namespace: Some(namespace.into()),
+            service_account: Some(name.into()),
+            inbound_addr: self.inbound.to_string(),
+            outbound_addr: self.outbound.to_string(),
+            admin_addr: self.admin.to_string(),
+            app_addr: app.to_string(),
+            drain_timeout: "2s".into(),
+            workers: "1".into(),
+            ..Default::default()
+        };
+        let mut config = weft_proxy::config::Config::from_args(args).expect("valid proxy config");
+        config.upstreams = self.upstream_specs.clone();
+        let listeners = self.listeners.take().expect("sidecar started twice");
+        self.running = Some(weft_proxy::start(config, listeners).expect("proxy starts"));
+    }
+
+    pub fn running(&self) -> &weft_proxy::Running {
+        self.running.as_ref().expect("sidecar running")
+    }
+
+    /// Waits for the first config.
+    pub async fn ready(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.running().discovery.ready())
+            .await
+            .expect("proxy got its first config within 10s");
+    }
+
+    /// The generation of the config in force.
+    pub fn version(&self) -> String {
+        self.running().discovery.snapshot().version.clone()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A pooled HTTP/1.1 client, as an app would use.
+pub fn http1_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// A pooled HTTP/2 (prior knowledge) client.
+pub fn http2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// Sends a request to `addr` with `host` as its Host (an app using `HTTP_PROXY` or a local
+/// `upstream` listener) and reads the whole response.
+pub async fn send(client: &HttpClient, addr: SocketAddr, host: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}")).header(http::header::HOST, host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let rsp = tokio::time::timeout(Duration::from_secs(10), client.request(req.body(Full::new(Bytes::new()))?)).await??;
+    let status = rsp.status().as_u16();
+    let headers = rsp.headers().clone();
+    let body = rsp.into_body().collect().await?.to_bytes();
+    Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+pub async fn get(client: &HttpClient, addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Reply> {
+    send(client, addr, host, "GET", path, &[]).await
+}
+
+/// YAML for a Service whose endpoints are the given proxies' inbound listeners.
+pub fn service_yaml(ns: &str, name: &str, protocol: &str, endpoints: &[SocketAddr]) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("{{address: \"{e}\"}}")).collect();
+    format!(
+        "---\napiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: main, port: 8080, protocol: {protocol}}}]\n  endpoints: [{}]\n",
+        eps.join(", ")
+    )
+}
+
+/// A binary of this workspace (built by `cargo build` before the tests run: see scripts/test).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(name);
+    assert!(bin.is_file(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", bin.display());
+    bin
+}
+
+/// An address nothing listens on, for a workload that has no app of its own.
+pub const NO_APP: &str = "127.0.0.1:9";

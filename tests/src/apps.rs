@@ -1,0 +1,188 @@
+//! Upstream apps for the tests: an HTTP app that reports what it saw, a TCP echo server, a
+//! WebSocket echo, and a gRPC echo service.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role};
+
+use crate::grpc;
+
+/// An HTTP/1.1 + HTTP/2 app. It answers with its name, and reports in headers what reached it:
+/// `x-app`, `x-seen-version`, `x-seen-host`, `x-seen-identity`. `/delay/MS` waits first;
+/// `/status/CODE` answers that status; `/ws` is a WebSocket echo.
+pub struct HttpApp {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+}
+
+impl HttpApp {
+    pub async fn start(name: &str) -> Self {
+        Self::with_delay(name, Duration::ZERO).await
+    }
+
+    /// Every request waits `delay` before its answer.
+    pub async fn with_delay(name: &str, delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let (name, counter) = (Arc::<str>::from(name), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (name, counter) = (name.clone(), counter.clone());
+                let svc = hyper::service::service_fn(move |req| respond(name.clone(), delay, counter.clone(), req));
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Self { addr, hits }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+}
+
+async fn respond(name: Arc<str>, delay: Duration, hits: Arc<AtomicU64>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    hits.fetch_add(1, Ordering::Relaxed);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let path = req.uri().path().to_string();
+    if path == "/ws" {
+        return Ok(websocket(&mut req));
+    }
+    let mut status = StatusCode::OK;
+    if let Some(ms) = path.strip_prefix("/delay/").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/").and_then(|v| v.parse::<u16>().ok()) {
+        status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let identity = req.headers().get("x-weft-client-identity").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let version = format!("{:?}", req.version());
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut rsp = Response::new(Full::new(if body.is_empty() { Bytes::from(name.to_string()) } else { body }));
+    *rsp.status_mut() = status;
+    let h = rsp.headers_mut();
+    h.insert("x-app", name.parse().unwrap());
+    h.insert("x-seen-version", version.parse().unwrap());
+    h.insert("x-seen-host", host.parse().unwrap_or_else(|_| "?".parse().unwrap()));
+    h.insert("x-seen-identity", identity.parse().unwrap_or_else(|_| "?".parse().unwrap()));
+    Ok(rsp)
+}
+
+/// Accepts a WebSocket upgrade and echoes every message back.
+fn websocket(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
+        let mut rsp = Response::new(Full::new(Bytes::from_static(b"not a websocket request")));
+        *rsp.status_mut() = StatusCode::BAD_REQUEST;
+        return rsp;
+    };
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut rsp = Response::new(Full::new(Bytes::new()));
+    *rsp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = rsp.headers_mut();
+    h.insert("upgrade", "websocket".parse().unwrap());
+    h.insert("connection", "Upgrade".parse().unwrap());
+    h.insert("sec-websocket-accept", key.parse().unwrap());
+    rsp
+}
+
+/// A TCP echo server: copies everything back, then closes its side after the client's FIN
+/// (so a test can check half-close is carried through).
+pub async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf = vec![0; 16 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.write_all(b"<eof seen>").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A gRPC echo server named `name`.
+pub async fn grpc_echo(name: &str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let svc = grpc::echo_server::EchoServer::new(Echo { name: name.to_string() });
+    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener)));
+    addr
+}
+
+struct Echo {
+    name: String,
+}
+
+type ReplyStream = Pin<Box<dyn futures_util::Stream<Item = Result<grpc::EchoReply, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl grpc::echo_server::Echo for Echo {
+    async fn unary(&self, req: tonic::Request<grpc::EchoRequest>) -> Result<tonic::Response<grpc::EchoReply>, tonic::Status> {
+        let m = req.into_inner().message;
+        if m == "fail" {
+            return Err(tonic::Status::failed_precondition("asked to fail"));
+        }
+        Ok(tonic::Response::new(grpc::EchoReply { message: m, server: self.name.clone(), index: 0 }))
+    }
+
+    type ServerStreamStream = ReplyStream;
+
+    async fn server_stream(&self, req: tonic::Request<grpc::EchoRequest>) -> Result<tonic::Response<ReplyStream>, tonic::Status> {
+        let req = req.into_inner();
+        let server = self.name.clone();
+        let stream = tokio_stream::iter((0..req.count).map(move |index| Ok(grpc::EchoReply { message: req.message.clone(), server: server.clone(), index })));
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
