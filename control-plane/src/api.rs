@@ -19,7 +19,10 @@ pub struct Api {
 }
 
 impl Api {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
         Ok(match (req.method(), req.uri().path()) {
             (&Method::GET, "/admin/live") => text(StatusCode::OK, "live"),
             (&Method::GET, "/admin/ready") => {
@@ -48,7 +51,9 @@ impl Api {
                 self.shutdown.cancel();
                 text(StatusCode::OK, "draining")
             }
-            (&Method::GET, "/api/v1/proxies") => json(&serde_json::json!({ "items": self.proxies.list() })),
+            (&Method::GET, "/api/v1/proxies") => {
+                json(&serde_json::json!({ "items": self.proxies.list() }))
+            }
             _ => text(StatusCode::NOT_FOUND, "not found"),
         })
     }
@@ -68,6 +73,9 @@ fn json(v: &serde_json::Value) -> Response<Body> {
 fn typed(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
     let mut rsp = Response::new(body::full(body));
     *rsp.status_mut() = status;
-    rsp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     rsp
 }

@@ -54,7 +54,13 @@ async fn run_in(dir: &Path, opts: DemoOptions) -> anyhow::Result<()> {
     let proxy_bin = proxy_command()?;
     let mut ports = free_ports(5 * 4).await?.into_iter();
     let mut next = || ports.next().context("ran out of free ports");
-    let calls = [("loadgen", Some("frontend")), ("frontend", Some("orders")), ("orders-v1", Some("inventory")), ("orders-v2", Some("inventory")), ("inventory", None)];
+    let calls = [
+        ("loadgen", Some("frontend")),
+        ("frontend", Some("orders")),
+        ("orders-v1", Some("inventory")),
+        ("orders-v2", Some("inventory")),
+        ("inventory", None),
+    ];
     let mut workloads = Vec::new();
     for (name, callee) in calls {
         workloads.push(Workload {
@@ -70,11 +76,18 @@ async fn run_in(dir: &Path, opts: DemoOptions) -> anyhow::Result<()> {
     }
 
     let config = dir.join("mesh.yaml");
-    std::fs::write(&config, mesh_yaml(&workloads, opts.otlp_endpoint.as_deref()))?;
+    std::fs::write(
+        &config,
+        mesh_yaml(&workloads, opts.otlp_endpoint.as_deref()),
+    )?;
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
     let api = TcpListener::bind("127.0.0.1:0").await?;
     let cp = crate::start(
-        crate::ServeConfig { config: vec![config.clone()], data_dir: dir.join("data"), trust_domain: "weft.local".into() },
+        crate::ServeConfig {
+            config: vec![config.clone()],
+            data_dir: dir.join("data"),
+            trust_domain: "weft.local".into(),
+        },
         grpc,
         api,
     )
@@ -85,10 +98,16 @@ async fn run_in(dir: &Path, opts: DemoOptions) -> anyhow::Result<()> {
         let app = App {
             name: w.name,
             calls: w.upstream.map(|(addr, _)| addr),
-            work_ms: match w.name { "inventory" => (1, 3), "orders-v2" => (2, 6), _ => (0, 1) },
+            work_ms: match w.name {
+                "inventory" => (1, 3),
+                "orders-v2" => (2, 6),
+                _ => (0, 1),
+            },
             error_rate: if w.name == "orders-v2" { 0.05 } else { 0.0 },
         };
-        let listener = TcpListener::bind(w.app).await.with_context(|| format!("bind {}", w.app))?;
+        let listener = TcpListener::bind(w.app)
+            .await
+            .with_context(|| format!("bind {}", w.app))?;
         tokio::spawn(apps::serve(app, listener, shutdown.clone()));
     }
     let mut children = Vec::new();
@@ -105,13 +124,21 @@ async fn run_in(dir: &Path, opts: DemoOptions) -> anyhow::Result<()> {
     result
 }
 
-async fn drive(workloads: &[Workload], opts: &DemoOptions, shutdown: &CancellationToken, children: &mut [Child]) -> anyhow::Result<()> {
+async fn drive(
+    workloads: &[Workload],
+    opts: &DemoOptions,
+    shutdown: &CancellationToken,
+    children: &mut [Child],
+) -> anyhow::Result<()> {
     let client = apps::client();
     let deadline = Instant::now() + Duration::from_secs(20);
     for w in workloads {
         while !ready(&client, w.admin).await {
             if Instant::now() > deadline {
-                bail!("the {} sidecar did not become ready within 20s (see its log above)", w.name);
+                bail!(
+                    "the {} sidecar did not become ready within 20s (see its log above)",
+                    w.name
+                );
             }
             for c in children.iter_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
@@ -121,52 +148,99 @@ async fn drive(workloads: &[Workload], opts: &DemoOptions, shutdown: &Cancellati
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let Some((entry, _)) = workloads[0].upstream else { bail!("loadgen has no upstream") };
+    let Some((entry, _)) = workloads[0].upstream else {
+        bail!("loadgen has no upstream")
+    };
     tokio::spawn(apps::load(entry, opts.rps, shutdown.clone()));
 
     let started = Instant::now();
     let tty = std::io::stdout().is_terminal();
-    let mut previous: Vec<Counts> = Vec::new();
-    let mut last = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(if tty { 1 } else { 5 }));
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => { println!("\ninterrupted; stopping the mesh"); return Ok(()) }
-        }
-        let now = Instant::now();
+    let scrape_all = || async {
         let mut counts = Vec::new();
         for w in workloads {
             counts.push(scrape(&client, w).await);
         }
-        if previous.len() == counts.len() {
-            let screen = render(workloads, &previous, &counts, (now - last).as_secs_f64(), started.elapsed());
+        (Instant::now(), counts)
+    };
+    let first = scrape_all().await;
+    let mut previous = first.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut ticks = 0u64;
+    let interrupted = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break true,
+        }
+        ticks += 1;
+        let now = scrape_all().await;
+        // On a terminal, a live screen each second; in a log, a block every 5 seconds.
+        if tty || ticks.is_multiple_of(5) {
+            let screen = render(
+                workloads,
+                &previous.1,
+                &now.1,
+                (now.0 - previous.0).as_secs_f64(),
+                started.elapsed(),
+            );
             if tty {
                 print!("\x1b[2J\x1b[H{screen}");
             } else {
                 println!("{screen}");
             }
+            previous = now;
         }
-        previous = counts;
-        last = now;
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
-            return Ok(());
+            break false;
         }
+    };
+    let end = scrape_all().await;
+    if interrupted {
+        println!("\ninterrupted; stopping the mesh");
     }
+    println!(
+        "\nsummary of the whole run:\n{}",
+        render(
+            workloads,
+            &first.1,
+            &end.1,
+            (end.0 - first.0).as_secs_f64(),
+            started.elapsed()
+        )
+    );
+    Ok(())
 }
 
-fn render(workloads: &[Workload], before: &[Counts], after: &[Counts], secs: f64, elapsed: Duration) -> String {
-    let mut s = format!("weft demo — {}s — traffic: loadgen → frontend → orders (90% v1 / 10% v2) → inventory\n\n", elapsed.as_secs());
-    let _ = writeln!(s, "{:<12} {:>8} {:>9} {:>9} {:>9}", "SERVICE", "RPS", "SUCCESS", "P50", "P99");
+fn render(
+    workloads: &[Workload],
+    before: &[Counts],
+    after: &[Counts],
+    secs: f64,
+    elapsed: Duration,
+) -> String {
+    let mut s = format!("weft demo — {}s — Ctrl-C to stop — traffic: loadgen → frontend → orders (90% v1 / 10% v2) → inventory\n\n", elapsed.as_secs());
+    let _ = writeln!(
+        s,
+        "{:<12} {:>8} {:>9} {:>9} {:>9}",
+        "SERVICE", "RPS", "SUCCESS", "P50", "P99"
+    );
     for (i, w) in workloads.iter().enumerate().skip(1) {
         let r = summary::rates(&before[i], &after[i], secs);
         let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}ms"));
-        let success = r.success.map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
-        let _ = writeln!(s, "{:<12} {:>8.1} {:>9} {:>9} {:>9}", w.name, r.rps, success, ms(r.p50_ms), ms(r.p99_ms));
+        let success = r
+            .success
+            .map_or("-".into(), |v| format!("{:.1}%", v * 100.0));
+        let _ = writeln!(
+            s,
+            "{:<12} {:>8.1} {:>9} {:>9} {:>9}",
+            w.name,
+            r.rps,
+            success,
+            ms(r.p50_ms),
+            ms(r.p99_ms)
+        );
     }
     s.push_str("\nmeasured by each service's inbound sidecar; orders-v2 is a canary failing 5% of its requests.\n");
-    s.push_str("Ctrl-C to stop.\n");
     s
 }
 
@@ -179,13 +253,20 @@ async fn scrape(client: &apps::HttpClient, w: &Workload) -> Counts {
 }
 
 async fn ready(client: &apps::HttpClient, admin: SocketAddr) -> bool {
-    get(client, admin, "/ready").await.is_some_and(|(status, _)| status == 200)
+    get(client, admin, "/ready")
+        .await
+        .is_some_and(|(status, _)| status == 200)
 }
 
 async fn get(client: &apps::HttpClient, addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use http_body_util::BodyExt;
-    let req = http::Request::get(format!("http://{addr}{path}")).body(Default::default()).ok()?;
-    let rsp = tokio::time::timeout(Duration::from_secs(2), client.request(req)).await.ok()?.ok()?;
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .body(Default::default())
+        .ok()?;
+    let rsp = tokio::time::timeout(Duration::from_secs(2), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
     let status = rsp.status().as_u16();
     let body = rsp.into_body().collect().await.ok()?.to_bytes();
     Some((status, String::from_utf8_lossy(&body).into_owned()))
@@ -207,28 +288,48 @@ fn spawn_proxy(bin: &[PathBuf], w: &Workload, cp: SocketAddr, dir: &Path) -> any
     cmd.args(&bin[1..])
         .arg("run")
         .args(["--control-plane", &format!("http://{cp}")])
-        .args(["--namespace", NS, "--service-account", w.name, "--service", w.name])
+        .args([
+            "--namespace",
+            NS,
+            "--service-account",
+            w.name,
+            "--service",
+            w.name,
+        ])
         .args(["--inbound-addr", &w.inbound.to_string()])
         .args(["--outbound-addr", "127.0.0.1:0"])
         .args(["--admin-addr", &w.admin.to_string()])
         .args(["--app-addr", &w.app.to_string()])
         .args(["--drain-timeout", "2s"])
-        .env("WEFT_LOG", std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "WEFT_LOG",
+            std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("{}.log", w.name)))?))
+        .stderr(Stdio::from(std::fs::File::create(
+            dir.join(format!("{}.log", w.name)),
+        )?))
         .kill_on_drop(true);
     if let Some((addr, callee)) = w.upstream {
         cmd.args(["--upstream", &format!("{addr}={callee}.{NS}:8080")]);
     }
-    cmd.spawn().with_context(|| format!("start the {} sidecar ({})", w.name, bin[0].display()))
+    cmd.spawn()
+        .with_context(|| format!("start the {} sidecar ({})", w.name, bin[0].display()))
 }
 
 async fn stop_child(child: &mut Child) {
     if let Some(pid) = child.id() {
         // SIGTERM first, so each sidecar drains; a kill only if it does not exit in time.
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_ok() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        if tokio::time::timeout(Duration::from_secs(5), child.wait())
+            .await
+            .is_ok()
+        {
             return;
         }
     }
@@ -240,12 +341,17 @@ async fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
     for _ in 0..n {
         listeners.push(TcpListener::bind("127.0.0.1:0").await?);
     }
-    listeners.iter().map(|l| l.local_addr().map_err(Into::into)).collect()
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map_err(Into::into))
+        .collect()
 }
 
 fn mesh_yaml(workloads: &[Workload], otlp: Option<&str>) -> String {
     let mut y = String::new();
-    let tracing = otlp.map(|e| format!("\n  tracing: {{otlpEndpoint: \"{e}\", samplingRatio: 1.0}}")).unwrap_or_default();
+    let tracing = otlp
+        .map(|e| format!("\n  tracing: {{otlpEndpoint: \"{e}\", samplingRatio: 1.0}}"))
+        .unwrap_or_default();
     let _ = write!(y, "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec:\n  accessLog: off{tracing}\n");
     for w in workloads {
         let _ = write!(

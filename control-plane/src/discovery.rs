@@ -51,7 +51,10 @@ pub struct Proxies {
 
 impl Proxies {
     pub fn list(&self) -> Vec<ProxyStatus> {
-        self.by_stream.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.by_stream
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn update(&self, stream: u64, f: impl FnOnce(&mut ProxyStatus)) {
@@ -72,7 +75,12 @@ pub struct DiscoveryService {
 
 impl DiscoveryService {
     pub fn new(state: Arc<State>, proxies: Arc<Proxies>, shutdown: CancellationToken) -> Self {
-        Self { state, proxies, shutdown, next_stream: Default::default() }
+        Self {
+            state,
+            proxies,
+            shutdown,
+            next_stream: Default::default(),
+        }
     }
 
     pub fn into_server(self) -> discovery_server::DiscoveryServer<Self> {
@@ -85,7 +93,9 @@ fn check_node(node: &pb::Node) -> Result<(), Status> {
         if crate::resources::is_dns_label(v) {
             Ok(())
         } else {
-            Err(Status::invalid_argument(format!("node.{what} {v:?} is not a valid name")))
+            Err(Status::invalid_argument(format!(
+                "node.{what} {v:?} is not a valid name"
+            )))
         }
     };
     label("namespace", &node.namespace)?;
@@ -107,9 +117,14 @@ impl discovery_server::Discovery for DiscoveryService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
-        let node = first.node.clone().ok_or_else(|| Status::invalid_argument("the first request must carry node"))?;
+        let node = first
+            .node
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first request must carry node"))?;
         check_node(&node)?;
-        let stream_id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stream_id = self
+            .next_stream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mesh = self.state.mesh();
         let status = ProxyStatus {
             id: node.id.clone(),
@@ -119,7 +134,9 @@ impl discovery_server::Discovery for DiscoveryService {
             address: node.inbound_addr.clone(),
             remote,
             version: node.proxy_version.clone(),
-            connected_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            connected_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             acked_version: None,
             last_nack: None,
             subscriptions: 0,
@@ -224,20 +241,27 @@ impl Connection {
             changed |= self.subscriptions.remove(s);
         }
         let subs = self.subscriptions.len();
-        self.proxies.update(self.stream_id, |p| p.subscriptions = subs);
+        self.proxies
+            .update(self.stream_id, |p| p.subscriptions = subs);
         if !req.response_nonce.is_empty() {
             if req.error_detail.is_empty() {
                 self.nacks = 0;
                 self.quiet_until = None;
                 self.state.metrics.acks.inc();
-                self.proxies.update(self.stream_id, |p| p.acked_version = Some(req.version.clone()));
+                self.proxies.update(self.stream_id, |p| {
+                    p.acked_version = Some(req.version.clone())
+                });
             } else {
                 self.nacks = self.nacks.saturating_add(1);
-                let backoff = NACK_BACKOFF_BASE.saturating_mul(1 << self.nacks.min(8)).min(NACK_BACKOFF_MAX);
+                let backoff = NACK_BACKOFF_BASE
+                    .saturating_mul(1 << self.nacks.min(8))
+                    .min(NACK_BACKOFF_MAX);
                 self.quiet_until = Some(Instant::now() + backoff);
                 self.state.metrics.nacks.inc();
                 tracing::warn!(proxy = %self.node.id, version = %req.version, reason = %req.error_detail, ?backoff, "proxy rejected config");
-                self.proxies.update(self.stream_id, |p| p.last_nack = Some(req.error_detail.clone()));
+                self.proxies.update(self.stream_id, |p| {
+                    p.last_nack = Some(req.error_detail.clone())
+                });
             }
         }
         changed
@@ -245,7 +269,9 @@ impl Connection {
 }
 
 fn valid_service_name(s: &str) -> bool {
-    s.split_once('.').is_some_and(|(n, ns)| crate::resources::is_dns_label(n) && crate::resources::is_dns_label(ns))
+    s.split_once('.').is_some_and(|(n, ns)| {
+        crate::resources::is_dns_label(n) && crate::resources::is_dns_label(ns)
+    })
 }
 
 async fn sleep_until(t: Option<Instant>) {

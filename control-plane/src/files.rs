@@ -47,12 +47,19 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<String>) {
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for p in paths {
-        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if hidden {
             continue; // editors' swap files, `..data` symlink farms of mounted ConfigMaps
         } else if p.is_dir() {
             walk(&p, out, errors);
-        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json")) {
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
             out.push(p);
         }
     }
@@ -91,14 +98,21 @@ pub async fn watch(paths: Vec<PathBuf>, state: Arc<State>, shutdown: Cancellatio
     });
     let mut watcher = match watcher {
         Ok(w) => w,
-        Err(e) => return tracing::error!(error = %e, "cannot watch config files; changes need a restart"),
+        Err(e) => {
+            return tracing::error!(error = %e, "cannot watch config files; changes need a restart")
+        }
     };
     for p in &paths {
         // Watch a file's folder, not the file: editors and ConfigMaps replace files by rename.
         let (target, mode) = if p.is_dir() {
             (p.clone(), RecursiveMode::Recursive)
         } else {
-            (p.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf), RecursiveMode::NonRecursive)
+            (
+                p.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+                RecursiveMode::NonRecursive,
+            )
         };
         if let Err(e) = watcher.watch(&target, mode) {
             tracing::error!(path = %target.display(), error = %e, "cannot watch");
@@ -110,7 +124,9 @@ pub async fn watch(paths: Vec<PathBuf>, state: Arc<State>, shutdown: Cancellatio
             () = shutdown.cancelled() => return,
         }
         let deadline = Instant::now() + MAX_DELAY;
-        while let Ok(Some(())) = tokio::time::timeout_at(deadline.min(Instant::now() + QUIET), rx.recv()).await {}
+        while let Ok(Some(())) =
+            tokio::time::timeout_at(deadline.min(Instant::now() + QUIET), rx.recv()).await
+        {}
         state.reload(&paths);
     }
 }

@@ -60,7 +60,11 @@ impl Running {
 }
 
 /// Loads the config and starts serving. Invalid config: every problem, one per line.
-pub fn start(cfg: ServeConfig, grpc: TcpListener, api: TcpListener) -> Result<Running, Vec<String>> {
+pub fn start(
+    cfg: ServeConfig,
+    grpc: TcpListener,
+    api: TcpListener,
+) -> Result<Running, Vec<String>> {
     let resources = files::load(&cfg.config)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| vec![format!("data-dir {}: {e}", cfg.data_dir.display())])?;
@@ -77,9 +81,14 @@ pub fn start(cfg: ServeConfig, grpc: TcpListener, api: TcpListener) -> Result<Ru
     let (grpc_addr, api_addr) = (local(&grpc)?, local(&api)?);
     let mut tasks = JoinSet::new();
 
-    tasks.spawn(files::watch(cfg.config.clone(), state.clone(), shutdown.clone()));
+    tasks.spawn(files::watch(
+        cfg.config.clone(),
+        state.clone(),
+        shutdown.clone(),
+    ));
 
-    let discovery = DiscoveryService::new(state.clone(), proxies.clone(), shutdown.clone()).into_server();
+    let discovery =
+        DiscoveryService::new(state.clone(), proxies.clone(), shutdown.clone()).into_server();
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()
@@ -93,12 +102,30 @@ pub fn start(cfg: ServeConfig, grpc: TcpListener, api: TcpListener) -> Result<Ru
         }
     });
 
-    let api_svc = Arc::new(api::Api { state: state.clone(), proxies: proxies.clone(), shutdown: shutdown.clone() });
-    tasks.spawn(weft_proxy::server::accept_loop("api", api, shutdown.clone(), Duration::from_secs(5), move |conn| {
-        let api_svc = api_svc.clone();
-        let svc = hyper::service::service_fn(move |req| api_svc.clone().handle(req));
-        conn.tracker.spawn(async move { conn.http.serve(conn.stream, conn.watcher, svc).await });
-    }));
+    let api_svc = Arc::new(api::Api {
+        state: state.clone(),
+        proxies: proxies.clone(),
+        shutdown: shutdown.clone(),
+    });
+    tasks.spawn(weft_proxy::server::accept_loop(
+        "api",
+        api,
+        shutdown.clone(),
+        Duration::from_secs(5),
+        move |conn| {
+            let api_svc = api_svc.clone();
+            let svc = hyper::service::service_fn(move |req| api_svc.clone().handle(req));
+            conn.tracker
+                .spawn(async move { conn.http.serve(conn.stream, conn.watcher, svc).await });
+        },
+    ));
 
-    Ok(Running { grpc_addr, api_addr, state, proxies, shutdown, tasks })
+    Ok(Running {
+        grpc_addr,
+        api_addr,
+        state,
+        proxies,
+        shutdown,
+        tasks,
+    })
 }

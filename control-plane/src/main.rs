@@ -75,7 +75,10 @@ fn main() -> ExitCode {
             // The demo's screen is its output; its logs are for when something goes wrong.
             let quiet = matches!(command, Command::Demo { .. });
             weft_proxy::logging::init_with_default(if quiet { "warn" } else { "info" });
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("weft: cannot start the runtime: {e}");
@@ -89,18 +92,35 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Serve { config, data_dir, grpc_addr, api_addr, trust_domain } => {
-            serve(config, data_dir, grpc_addr, api_addr, trust_domain).await
-        }
-        Command::Demo { duration, rps, otlp_endpoint } => {
-            let duration = match duration.map(|d| weft_proxy::config::parse_duration(&d)).transpose() {
+        Command::Serve {
+            config,
+            data_dir,
+            grpc_addr,
+            api_addr,
+            trust_domain,
+        } => serve(config, data_dir, grpc_addr, api_addr, trust_domain).await,
+        Command::Demo {
+            duration,
+            rps,
+            otlp_endpoint,
+        } => {
+            let duration = match duration
+                .map(|d| weft_proxy::config::parse_duration(&d))
+                .transpose()
+            {
                 Ok(d) => d,
                 Err(e) => {
                     eprintln!("weft demo: --duration: {e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match weft::demo::run(weft::demo::DemoOptions { duration, rps, otlp_endpoint }).await {
+            match weft::demo::run(weft::demo::DemoOptions {
+                duration,
+                rps,
+                otlp_endpoint,
+            })
+            .await
+            {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("weft demo: {e:#}");
@@ -112,17 +132,31 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
-async fn serve(config: Vec<PathBuf>, data_dir: PathBuf, grpc_addr: String, api_addr: String, trust_domain: String) -> ExitCode {
+async fn serve(
+    config: Vec<PathBuf>,
+    data_dir: PathBuf,
+    grpc_addr: String,
+    api_addr: String,
+    trust_domain: String,
+) -> ExitCode {
     let mut errors = Vec::new();
     let mut addr = |name: &str, v: &str| -> Option<SocketAddr> {
-        v.parse().map_err(|e| errors.push(format!("{name}={v:?}: {e} (expected IP:PORT)"))).ok()
+        v.parse()
+            .map_err(|e| errors.push(format!("{name}={v:?}: {e} (expected IP:PORT)")))
+            .ok()
     };
     let (grpc, api) = (addr("grpc-addr", &grpc_addr), addr("api-addr", &api_addr));
     if !errors.is_empty() {
         return config_errors(&errors);
     }
-    let (Some(grpc), Some(api)) = (grpc, api) else { return ExitCode::from(EXIT_CONFIG) };
-    let bind = |a: SocketAddr| async move { tokio::net::TcpListener::bind(a).await.map_err(|e| format!("cannot listen on {a}: {e}")) };
+    let (Some(grpc), Some(api)) = (grpc, api) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let bind = |a: SocketAddr| async move {
+        tokio::net::TcpListener::bind(a)
+            .await
+            .map_err(|e| format!("cannot listen on {a}: {e}"))
+    };
     let (grpc, api) = match (bind(grpc).await, bind(api).await) {
         (Ok(g), Ok(a)) => (g, a),
         (Err(e), _) | (_, Err(e)) => {
@@ -130,12 +164,21 @@ async fn serve(config: Vec<PathBuf>, data_dir: PathBuf, grpc_addr: String, api_a
             return ExitCode::FAILURE;
         }
     };
-    let running = match weft::start(weft::ServeConfig { config, data_dir, trust_domain }, grpc, api) {
+    let running = match weft::start(
+        weft::ServeConfig {
+            config,
+            data_dir,
+            trust_domain,
+        },
+        grpc,
+        api,
+    ) {
         Ok(r) => r,
         Err(problems) => return config_errors(&problems),
     };
     tracing::info!(grpc = %running.grpc_addr, api = %running.api_addr, "weft control plane serving");
-    let Ok(mut sigterm) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+    let Ok(mut sigterm) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
         return ExitCode::FAILURE;
     };
     tokio::select! {
@@ -143,7 +186,9 @@ async fn serve(config: Vec<PathBuf>, data_dir: PathBuf, grpc_addr: String, api_a
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         () = running.shutdown_requested() => {}
     }
-    tokio::time::timeout(Duration::from_secs(10), running.stop()).await.ok();
+    tokio::time::timeout(Duration::from_secs(10), running.stop())
+        .await
+        .ok();
     ExitCode::SUCCESS
 }
 

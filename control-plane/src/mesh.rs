@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use weft_proto::discovery as pb;
 
 use crate::resources::{
-    self, AccessLogMode, HttpRouteSpec, MeshConfigSpec, MtlsMode, Object, PathMatchType,
-    Resource, ServiceSpec, Sourced, TrafficPolicySpec,
+    self, AccessLogMode, HttpRouteSpec, MeshConfigSpec, MtlsMode, Object, PathMatchType, Resource,
+    ServiceSpec, Sourced, TrafficPolicySpec,
 };
 
 /// `(namespace, name)`.
@@ -35,7 +35,11 @@ impl PartialEq for Mesh {
     fn eq(&self, other: &Self) -> bool {
         self.trust_domain == other.trust_domain
             && self.resources.len() == other.resources.len()
-            && self.resources.iter().zip(&other.resources).all(|(a, b)| a.resource == b.resource)
+            && self
+                .resources
+                .iter()
+                .zip(&other.resources)
+                .all(|(a, b)| a.resource == b.resource)
     }
 }
 
@@ -43,7 +47,11 @@ impl Mesh {
     /// Compiles checked resources. `trust_domain` applies unless MeshConfig sets one.
     pub fn compile(mut resources: Vec<Sourced>, trust_domain: &str, generation: u64) -> Self {
         resources.sort_by_key(|s| s.resource.id());
-        let mut mesh = Mesh { generation, trust_domain: trust_domain.to_string(), ..Default::default() };
+        let mut mesh = Mesh {
+            generation,
+            trust_domain: trust_domain.to_string(),
+            ..Default::default()
+        };
         let mut flat: BTreeMap<Key, Vec<(SortKey, pb::RouteRule)>> = BTreeMap::new();
         for s in &resources {
             let ns = &s.resource.metadata().namespace;
@@ -55,19 +63,30 @@ impl Mesh {
                     }
                 }
                 Resource::Service(o) => {
-                    mesh.services.insert(key(ns, &o.metadata.name), o.spec.clone());
+                    mesh.services
+                        .insert(key(ns, &o.metadata.name), o.spec.clone());
                 }
                 Resource::HttpRoute(o) => compile_route(o, &mut flat),
                 Resource::TrafficPolicy(o) => {
                     let t = &o.spec.target_ref;
-                    mesh.policies.insert(key(t.namespace.as_deref().unwrap_or(ns), &t.name), o.spec.clone());
+                    mesh.policies.insert(
+                        key(t.namespace.as_deref().unwrap_or(ns), &t.name),
+                        o.spec.clone(),
+                    );
                 }
                 Resource::AuthorizationPolicy(o) => {
                     let t = &o.spec.target_ref;
-                    let rules = mesh.authorization.entry(key(t.namespace.as_deref().unwrap_or(ns), &t.name)).or_default();
+                    let rules = mesh
+                        .authorization
+                        .entry(key(t.namespace.as_deref().unwrap_or(ns), &t.name))
+                        .or_default();
                     for r in &o.spec.rules {
                         rules.push(pb::AuthorizationRule {
-                            identities: r.from.as_ref().map(|f| f.identities.clone()).unwrap_or_default(),
+                            identities: r
+                                .from
+                                .as_ref()
+                                .map(|f| f.identities.clone())
+                                .unwrap_or_default(),
                             paths: r.to.as_ref().map(|t| t.paths.clone()).unwrap_or_default(),
                             methods: r.to.as_ref().map(|t| t.methods.clone()).unwrap_or_default(),
                         });
@@ -77,7 +96,8 @@ impl Mesh {
         }
         for (parent, mut rules) in flat {
             rules.sort_by(|a, b| a.0.cmp(&b.0));
-            mesh.rules.insert(parent, rules.into_iter().map(|(_, r)| r).collect());
+            mesh.rules
+                .insert(parent, rules.into_iter().map(|(_, r)| r).collect());
         }
         mesh.resources = resources;
         mesh
@@ -89,12 +109,18 @@ impl Mesh {
         let mut out = Vec::new();
         for (parent, rules) in &self.rules {
             if !self.services.contains_key(parent) {
-                out.push(format!("an HTTPRoute is attached to Service {}/{}, which does not exist", parent.0, parent.1));
+                out.push(format!(
+                    "an HTTPRoute is attached to Service {}/{}, which does not exist",
+                    parent.0, parent.1
+                ));
             }
             for r in rules {
                 for b in &r.backends {
                     if !self.services.contains_key(&key(&b.namespace, &b.name)) {
-                        out.push(format!("HTTPRoute {} sends to Service {}/{}, which does not exist", r.route, b.namespace, b.name));
+                        out.push(format!(
+                            "HTTPRoute {} sends to Service {}/{}, which does not exist",
+                            r.route, b.namespace, b.name
+                        ));
                     }
                 }
             }
@@ -105,7 +131,10 @@ impl Mesh {
     }
 
     pub fn identity(&self, namespace: &str, service_account: &str) -> String {
-        format!("spiffe://{}/ns/{namespace}/sa/{service_account}", self.trust_domain)
+        format!(
+            "spiffe://{}/ns/{namespace}/sa/{service_account}",
+            self.trust_domain
+        )
     }
 
     /// The config one proxy receives.
@@ -122,12 +151,17 @@ impl Mesh {
         let inbound = pb::Inbound {
             service: node.service.clone(),
             namespace: node.namespace.clone(),
-            ports: self.services.get(&own).map(|s| ports(s)).unwrap_or_default(),
+            ports: self.services.get(&own).map(ports).unwrap_or_default(),
             policy: self.policies.get(&own).map(policy),
             authorization: self.authorization.get(&own).cloned().unwrap_or_default(),
             authorization_enforced: self.authorization.contains_key(&own),
         };
-        pb::ProxyConfig { mesh: Some(self.mesh_settings()), services, unknown, inbound: Some(inbound) }
+        pb::ProxyConfig {
+            mesh: Some(self.mesh_settings()),
+            services,
+            unknown,
+            inbound: Some(inbound),
+        }
     }
 
     fn mesh_settings(&self) -> pb::MeshSettings {
@@ -140,8 +174,16 @@ impl Mesh {
                 _ => pb::Mtls::Strict.into(),
             },
             tracing: Some(pb::Tracing {
-                otlp_endpoint: s.tracing.as_ref().and_then(|t| t.otlp_endpoint.clone()).unwrap_or_default(),
-                sampling_ratio: s.tracing.as_ref().and_then(|t| t.sampling_ratio).unwrap_or(1.0),
+                otlp_endpoint: s
+                    .tracing
+                    .as_ref()
+                    .and_then(|t| t.otlp_endpoint.clone())
+                    .unwrap_or_default(),
+                sampling_ratio: s
+                    .tracing
+                    .as_ref()
+                    .and_then(|t| t.sampling_ratio)
+                    .unwrap_or(1.0),
             }),
             access_log: match s.access_log {
                 Some(AccessLogMode::Json) => pb::AccessLog::Json.into(),
@@ -175,7 +217,9 @@ impl Mesh {
     /// `no-endpoints`).
     fn backend(&self, k: &Key) -> pb::Backend {
         let spec = self.services.get(k);
-        let sa = spec.and_then(|s| s.service_account.clone()).unwrap_or_else(|| k.1.clone());
+        let sa = spec
+            .and_then(|s| s.service_account.clone())
+            .unwrap_or_else(|| k.1.clone());
         pb::Backend {
             name: k.1.clone(),
             namespace: k.0.clone(),
@@ -239,7 +283,11 @@ fn policy(p: &TrafficPolicySpec) -> pb::TrafficPolicy {
             backoff_base_ms: ms(r.backoff.as_ref().and_then(|b| b.base)),
             backoff_max_ms: ms(r.backoff.as_ref().and_then(|b| b.max)),
             budget_ratio: r.budget.as_ref().and_then(|b| b.ratio).unwrap_or(0.0),
-            budget_min_per_second: r.budget.as_ref().and_then(|b| b.min_per_second).unwrap_or(0),
+            budget_min_per_second: r
+                .budget
+                .as_ref()
+                .and_then(|b| b.min_per_second)
+                .unwrap_or(0),
         }),
         circuit_breaker: p.circuit_breaker.as_ref().map(|c| pb::CircuitBreaker {
             consecutive_failures: c.consecutive_failures.unwrap_or(0),
@@ -268,7 +316,10 @@ fn policy(p: &TrafficPolicySpec) -> pb::TrafficPolicy {
 /// rule order.
 type SortKey = (u8, Reverse<usize>, u8, Reverse<usize>, String, usize, usize);
 
-fn compile_route(o: &Object<HttpRouteSpec>, out: &mut BTreeMap<Key, Vec<(SortKey, pb::RouteRule)>>) {
+fn compile_route(
+    o: &Object<HttpRouteSpec>,
+    out: &mut BTreeMap<Key, Vec<(SortKey, pb::RouteRule)>>,
+) {
     let ns = &o.metadata.namespace;
     let route = format!("{ns}/{}", o.metadata.name);
     for parent in &o.spec.parent_refs {
@@ -285,9 +336,18 @@ fn compile_route(o: &Object<HttpRouteSpec>, out: &mut BTreeMap<Key, Vec<(SortKey
                 })
                 .collect();
             // No matches means one match of everything (PathPrefix "/").
-            let matches = if rule.matches.is_empty() { vec![Default::default()] } else { rule.matches.clone() };
+            let matches = if rule.matches.is_empty() {
+                vec![Default::default()]
+            } else {
+                rule.matches.clone()
+            };
             for (mi, m) in matches.iter().enumerate() {
-                let (kind, value) = m.path.as_ref().map_or((PathMatchType::PathPrefix, "/".to_string()), |p| (p.kind, p.value.clone()));
+                let (kind, value) = m
+                    .path
+                    .as_ref()
+                    .map_or((PathMatchType::PathPrefix, "/".to_string()), |p| {
+                        (p.kind, p.value.clone())
+                    });
                 let sort: SortKey = (
                     u8::from(kind != PathMatchType::Exact),
                     Reverse(value.len()),
@@ -306,7 +366,14 @@ fn compile_route(o: &Object<HttpRouteSpec>, out: &mut BTreeMap<Key, Vec<(SortKey
                         .into(),
                         value,
                     }),
-                    headers: m.headers.iter().map(|h| pb::HeaderMatch { name: h.name.to_ascii_lowercase(), value: h.value.clone() }).collect(),
+                    headers: m
+                        .headers
+                        .iter()
+                        .map(|h| pb::HeaderMatch {
+                            name: h.name.to_ascii_lowercase(),
+                            value: h.value.clone(),
+                        })
+                        .collect(),
                     method: m.method.clone().unwrap_or_default(),
                 };
                 let rt = rule.timeouts.as_ref();
@@ -370,7 +437,11 @@ spec:
 "#;
 
     fn node() -> pb::Node {
-        pb::Node { namespace: "shop".into(), service: "frontend".into(), ..Default::default() }
+        pb::Node {
+            namespace: "shop".into(),
+            service: "frontend".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -383,15 +454,25 @@ spec:
         let svc = &view.services[0];
         let names: Vec<_> = svc.backends.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["orders", "orders-v1", "orders-v2"]);
-        assert_eq!(svc.backends[1].identity, "spiffe://weft.local/ns/shop/sa/orders");
-        assert!(svc.backends[2].endpoints.is_empty(), "a missing backend has no endpoints");
+        assert_eq!(
+            svc.backends[1].identity,
+            "spiffe://weft.local/ns/shop/sa/orders"
+        );
+        assert!(
+            svc.backends[2].endpoints.is_empty(),
+            "a missing backend has no endpoints"
+        );
     }
 
     #[test]
     fn rules_follow_gateway_precedence() {
         let mesh = Mesh::compile(parse("m.yaml", MESH).unwrap(), "weft.local", 1);
         let view = mesh.view(&node(), &BTreeSet::from(["orders.shop".to_string()]));
-        let paths: Vec<_> = view.services[0].rules.iter().map(|r| r.matches[0].path.as_ref().unwrap().value.as_str()).collect();
+        let paths: Vec<_> = view.services[0]
+            .rules
+            .iter()
+            .map(|r| r.matches[0].path.as_ref().unwrap().value.as_str())
+            .collect();
         assert_eq!(paths, ["/health", "/api/v2", "/"]);
         assert_eq!(mesh.dangling_references().len(), 1);
     }

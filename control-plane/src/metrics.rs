@@ -26,20 +26,57 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("weft");
         let proxies_connected = Gauge::default();
-        registry.register("proxies_connected", "Proxies with an open config stream", proxies_connected.clone());
+        registry.register(
+            "proxies_connected",
+            "Proxies with an open config stream",
+            proxies_connected.clone(),
+        );
         let pushes = Counter::default();
-        registry.register("config_pushes", "Config snapshots sent to proxies", pushes.clone());
+        registry.register(
+            "config_pushes",
+            "Config snapshots sent to proxies",
+            pushes.clone(),
+        );
         let acks = Counter::default();
-        registry.register("config_acks", "Config snapshots proxies accepted", acks.clone());
+        registry.register(
+            "config_acks",
+            "Config snapshots proxies accepted",
+            acks.clone(),
+        );
         let nacks = Counter::default();
-        registry.register("config_nacks", "Config snapshots proxies rejected", nacks.clone());
+        registry.register(
+            "config_nacks",
+            "Config snapshots proxies rejected",
+            nacks.clone(),
+        );
         let slow_streams_closed = Counter::default();
-        registry.register("slow_streams_closed", "Config streams closed because the proxy did not read", slow_streams_closed.clone());
+        registry.register(
+            "slow_streams_closed",
+            "Config streams closed because the proxy did not read",
+            slow_streams_closed.clone(),
+        );
         let reloads = Family::default();
-        registry.register("config_reloads", "Config file reloads, by outcome (accepted, refused)", reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Config file reloads, by outcome (accepted, refused)",
+            reloads.clone(),
+        );
         let config_generation = Gauge::default();
-        registry.register("config_generation", "Generation of the mesh config in force", config_generation.clone());
-        Self { registry, proxies_connected, pushes, acks, nacks, slow_streams_closed, reloads, config_generation }
+        registry.register(
+            "config_generation",
+            "Generation of the mesh config in force",
+            config_generation.clone(),
+        );
+        Self {
+            registry,
+            proxies_connected,
+            pushes,
+            acks,
+            nacks,
+            slow_streams_closed,
+            reloads,
+            config_generation,
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub const WEFT_API: &str = "weft.dev/v1alpha1";
 pub const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
 
 /// One resource of any kind.
+// Resources are few and long-lived: boxing the larger specs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Resource {
@@ -102,7 +104,9 @@ pub struct Dur(pub Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        weft_proxy::config::parse_duration(&s).map(Dur).map_err(serde::de::Error::custom)
+        weft_proxy::config::parse_duration(&s)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -120,11 +124,11 @@ impl Dur {
 
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 3_600_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -138,7 +142,11 @@ pub fn format_duration(d: Duration) -> String {
 pub struct MeshConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_domain: Option<String>,
-    #[serde(default, rename = "certificateTTL", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "certificateTTL",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub certificate_ttl: Option<Dur>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MtlsMode>,
@@ -571,7 +579,11 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Sourced>, Vec<Problem>> {
             }
         };
         match parse_value(value) {
-            Ok(resource) => out.push(Sourced { resource, source: source.to_string(), document }),
+            Ok(resource) => out.push(Sourced {
+                resource,
+                source: source.to_string(),
+                document,
+            }),
             Err((resource, field, message)) => problems.push(problem(resource, field, message)),
         }
     }
@@ -588,17 +600,39 @@ fn parse_value(value: serde_yaml::Value) -> Result<Resource, ParseError> {
     let get = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let kind = get("kind").ok_or((None, "kind".into(), "missing; expected one of MeshConfig, Service, HTTPRoute, TrafficPolicy, AuthorizationPolicy".into()))?;
     let api_version = get("apiVersion").ok_or((None, "apiVersion".into(), "missing".into()))?;
-    let name = value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("?");
-    let ns = value.get("metadata").and_then(|m| m.get("namespace")).and_then(|n| n.as_str()).unwrap_or("default");
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("?");
+    let ns = value
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
     let id = Some(format!("{kind}/{ns}/{name}"));
     let Some((_, want_api)) = KINDS.iter().find(|(k, _)| *k == kind) else {
         let known: Vec<_> = KINDS.iter().map(|(k, _)| *k).collect();
-        return Err((None, "kind".into(), format!("unknown kind {kind:?}; expected one of {}", known.join(", "))));
+        return Err((
+            None,
+            "kind".into(),
+            format!(
+                "unknown kind {kind:?}; expected one of {}",
+                known.join(", ")
+            ),
+        ));
     };
     if api_version != *want_api {
-        return Err((id, "apiVersion".into(), format!("{kind} is {want_api}, not {api_version:?}")));
+        return Err((
+            id,
+            "apiVersion".into(),
+            format!("{kind} is {want_api}, not {api_version:?}"),
+        ));
     }
-    fn typed<S: serde::de::DeserializeOwned>(value: serde_yaml::Value, id: &Option<String>) -> Result<Object<S>, ParseError> {
+    fn typed<S: serde::de::DeserializeOwned>(
+        value: serde_yaml::Value,
+        id: &Option<String>,
+    ) -> Result<Object<S>, ParseError> {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
             let field = if field == "." { String::new() } else { field };
@@ -641,14 +675,22 @@ spec:
         let p = one_problem(ROUTE);
         assert_eq!(p.field, "spec.rules[0].backendRefs[1].weight");
         assert_eq!(p.resource.as_deref(), Some("HTTPRoute/shop/orders"));
-        assert!(p.to_string().starts_with("f.yaml: document 1 (HTTPRoute/shop/orders): spec.rules"), "{p}");
+        assert!(
+            p.to_string()
+                .starts_with("f.yaml: document 1 (HTTPRoute/shop/orders): spec.rules"),
+            "{p}"
+        );
     }
 
     #[test]
     fn unknown_field_names_the_field() {
         let p = one_problem("apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 80}]\n  endpoint: []\n");
-        assert_eq!(p.field, "spec");
-        assert!(p.message.contains("unknown field `endpoint`"), "{}", p.message);
+        assert_eq!(p.field, "spec.endpoint");
+        assert!(
+            p.message.contains("unknown field `endpoint`"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]
@@ -660,15 +702,24 @@ spec:
 
     #[test]
     fn unknown_kind_lists_the_known_ones() {
-        let p = one_problem("apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {name: a}\nspec: {}\n");
-        assert!(p.message.contains("MeshConfig, Service, HTTPRoute"), "{}", p.message);
+        let p = one_problem(
+            "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {name: a}\nspec: {}\n",
+        );
+        assert!(
+            p.message.contains("MeshConfig, Service, HTTPRoute"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]
     fn multi_document_reports_each_bad_document() {
         let text = format!("{ROUTE}---\napiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: ok}}\nspec: {{ports: [{{port: 80}}]}}\n---\nkind: Nope\napiVersion: x\n");
         let problems = parse("f.yaml", &text).unwrap_err();
-        assert_eq!(problems.iter().map(|p| p.document).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(
+            problems.iter().map(|p| p.document).collect::<Vec<_>>(),
+            [1, 3]
+        );
     }
 
     #[test]
@@ -676,7 +727,9 @@ spec:
         let text = "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n---\n";
         let r = parse("f.yaml", text).unwrap();
         assert_eq!(r.len(), 1);
-        let Resource::Service(s) = &r[0].resource else { panic!() };
+        let Resource::Service(s) = &r[0].resource else {
+            panic!()
+        };
         assert_eq!(s.metadata.namespace, "default");
         assert_eq!(s.spec.ports[0].protocol, Protocol::Http);
     }

@@ -19,8 +19,15 @@ pub struct State {
 
 impl State {
     pub fn new(mesh: Mesh, trust_domain: String, metrics: Arc<Metrics>) -> Self {
-        metrics.config_generation.set(i64::try_from(mesh.generation).unwrap_or(i64::MAX));
-        Self { mesh: watch::channel(Arc::new(mesh)).0, trust_domain, last_error: Mutex::default(), metrics }
+        metrics
+            .config_generation
+            .set(i64::try_from(mesh.generation).unwrap_or(i64::MAX));
+        Self {
+            mesh: watch::channel(Arc::new(mesh)).0,
+            trust_domain,
+            last_error: Mutex::default(),
+            metrics,
+        }
     }
 
     pub fn mesh(&self) -> Arc<Mesh> {
@@ -33,7 +40,10 @@ impl State {
 
     /// The problems that refused the last reload, if it was refused.
     pub fn last_error(&self) -> Vec<String> {
-        self.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 
     /// Reads the files again; publishes a new generation if they are valid and changed.
@@ -52,9 +62,20 @@ impl State {
                 for warning in next.dangling_references() {
                     tracing::warn!("{warning}");
                 }
-                tracing::info!(generation = next.generation, resources = next.resources.len(), "config reloaded");
-                self.metrics.reloads.get_or_create(&crate::metrics::Outcome { outcome: "accepted" }).inc();
-                self.metrics.config_generation.set(i64::try_from(next.generation).unwrap_or(i64::MAX));
+                tracing::info!(
+                    generation = next.generation,
+                    resources = next.resources.len(),
+                    "config reloaded"
+                );
+                self.metrics
+                    .reloads
+                    .get_or_create(&crate::metrics::Outcome {
+                        outcome: "accepted",
+                    })
+                    .inc();
+                self.metrics
+                    .config_generation
+                    .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
                 self.mesh.send_replace(Arc::new(next));
             }
             Err(problems) => {
@@ -66,7 +87,10 @@ impl State {
                     "config change refused; generation {} stays in force",
                     self.mesh().generation
                 );
-                self.metrics.reloads.get_or_create(&crate::metrics::Outcome { outcome: "refused" }).inc();
+                self.metrics
+                    .reloads
+                    .get_or_create(&crate::metrics::Outcome { outcome: "refused" })
+                    .inc();
                 if let Ok(mut e) = self.last_error.lock() {
                     *e = problems;
                 }

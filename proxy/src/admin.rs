@@ -20,7 +20,10 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
         Ok(match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live"),
             (&Method::GET, "/ready") => {
@@ -42,7 +45,10 @@ impl Admin {
                 // this proxy's settings.
                 let mut doc = serde_json::to_value(&*snapshot).unwrap_or_default();
                 if let Some(obj) = doc.as_object_mut() {
-                    obj.insert("proxy".into(), serde_json::to_value(&*self.config).unwrap_or_default());
+                    obj.insert(
+                        "proxy".into(),
+                        serde_json::to_value(&*self.config).unwrap_or_default(),
+                    );
                 }
                 match serde_json::to_string_pretty(&doc) {
                     Ok(json) => with_type(StatusCode::OK, json, "application/json"),
@@ -62,7 +68,10 @@ impl Admin {
             (_, "/live" | "/ready" | "/config" | "/metrics" | "/shutdown") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
-            _ => text(StatusCode::NOT_FOUND, "not found: try /live, /ready, /config, /metrics, POST /shutdown"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /live, /ready, /config, /metrics, POST /shutdown",
+            ),
         })
     }
 }
@@ -74,6 +83,9 @@ fn text(status: StatusCode, msg: &str) -> Response<Body> {
 fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
     let mut rsp = Response::new(body::full(body));
     *rsp.status_mut() = status;
-    rsp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     rsp
 }

@@ -44,7 +44,11 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn new(endpoints: Vec<Arc<Endpoint>>, kind: LbKind) -> Self {
-        Self { kind, endpoints, next: AtomicUsize::new(0) }
+        Self {
+            kind,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Chooses an endpoint, or `None` when the backend has none.
@@ -103,7 +107,10 @@ impl Endpoint {
             addr,
             labels,
             pending: AtomicUsize::new(0),
-            ewma: Mutex::new(Ewma { cost: 0.0, stamp: Instant::now() }),
+            ewma: Mutex::new(Ewma {
+                cost: 0.0,
+                stamp: Instant::now(),
+            }),
             conn: PeerConn::new(addr),
         }
     }
@@ -115,7 +122,9 @@ impl Endpoint {
     /// Peak-EWMA cost: latency estimate times (outstanding requests + 1).
     fn cost(&self, now: Instant) -> f64 {
         let pending = self.pending() as f64 + 1.0;
-        let Ok(ewma) = self.ewma.lock() else { return f64::MAX };
+        let Ok(ewma) = self.ewma.lock() else {
+            return f64::MAX;
+        };
         let rtt = if ewma.cost == 0.0 {
             DEFAULT_RTT.as_nanos() as f64
         } else {
@@ -126,7 +135,9 @@ impl Endpoint {
     }
 
     fn observe(&self, rtt: Duration, now: Instant) {
-        let Ok(mut ewma) = self.ewma.lock() else { return };
+        let Ok(mut ewma) = self.ewma.lock() else {
+            return;
+        };
         let sample = rtt.as_nanos() as f64;
         if sample > ewma.cost {
             // Peak sensitivity: a slower answer takes effect at once.
@@ -142,7 +153,10 @@ impl Endpoint {
     /// Marks a request as outstanding on this endpoint until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.pending.fetch_add(1, Ordering::Relaxed);
-        InFlight { endpoint: self.clone(), start: Instant::now() }
+        InFlight {
+            endpoint: self.clone(),
+            start: Instant::now(),
+        }
     }
 }
 
@@ -172,7 +186,12 @@ mod tests {
 
     fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
         (0..n)
-            .map(|i| Arc::new(Endpoint::new(([127, 0, 0, 1], 1000 + i).into(), BTreeMap::new())))
+            .map(|i| {
+                Arc::new(Endpoint::new(
+                    ([127, 0, 0, 1], 1000 + i).into(),
+                    BTreeMap::new(),
+                ))
+            })
             .collect()
     }
 
@@ -191,8 +210,13 @@ mod tests {
         eps[1].observe(Duration::from_millis(1), now);
         eps[2].observe(Duration::from_millis(50), now);
         let b = Balancer::new(eps, LbKind::Ewma);
-        let slow = (0..1000).filter(|_| b.pick().unwrap().addr.port() == 1002).count();
-        assert_eq!(slow, 0, "P2C never prefers the slow endpoint over a fast one");
+        let slow = (0..1000)
+            .filter(|_| b.pick().unwrap().addr.port() == 1002)
+            .count();
+        assert_eq!(
+            slow, 0,
+            "P2C never prefers the slow endpoint over a fast one"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -203,7 +227,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(20)).await;
         ep.observe(Duration::from_millis(1), Instant::now());
         let cost_ms = ep.cost(Instant::now()) / 1e6;
-        assert!(cost_ms < 20.0, "cost {cost_ms}ms should have decayed toward 1ms");
+        assert!(
+            cost_ms < 20.0,
+            "cost {cost_ms}ms should have decayed toward 1ms"
+        );
     }
 
     #[test]

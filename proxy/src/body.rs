@@ -11,7 +11,9 @@ pub fn empty() -> Body {
 }
 
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn boxed<B>(body: B) -> Body
@@ -50,5 +52,8 @@ impl<B: http_body::Body + Unpin, G: Unpin> http_body::Body for Guarded<B, G> {
 }
 
 pub fn guarded<B, G>(body: B, guard: G) -> Guarded<B, G> {
-    Guarded { body, _guard: guard }
+    Guarded {
+        body,
+        _guard: guard,
+    }
 }

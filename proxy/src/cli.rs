@@ -3,11 +3,16 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
 use crate::config::{Args, Config};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "weft-proxy", version, about = "weft's sidecar proxy", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "weft-proxy",
+    version,
+    about = "weft's sidecar proxy",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

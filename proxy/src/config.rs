@@ -15,7 +15,11 @@ use crate::routes::ServiceKey;
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
     /// Control plane gRPC URL.
-    #[arg(long, env = "WEFT_PROXY_CONTROL_PLANE", default_value = "https://127.0.0.1:15012")]
+    #[arg(
+        long,
+        env = "WEFT_PROXY_CONTROL_PLANE",
+        default_value = "https://127.0.0.1:15012"
+    )]
     pub control_plane: String,
     /// PEM file of trust anchors (the mesh CA).
     #[arg(long, env = "WEFT_PROXY_TRUST_ANCHORS")]
@@ -39,7 +43,11 @@ pub struct Args {
     #[arg(long, env = "WEFT_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:15006")]
     pub inbound_addr: String,
     /// Listener for traffic from the local app.
-    #[arg(long, env = "WEFT_PROXY_OUTBOUND_ADDR", default_value = "127.0.0.1:15001")]
+    #[arg(
+        long,
+        env = "WEFT_PROXY_OUTBOUND_ADDR",
+        default_value = "127.0.0.1:15001"
+    )]
     pub outbound_addr: String,
     /// Admin HTTP listener.
     #[arg(long, env = "WEFT_PROXY_ADMIN_ADDR", default_value = "127.0.0.1:15020")]
@@ -74,7 +82,10 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn key(&self, own_namespace: &str) -> ServiceKey {
-        ServiceKey::new(&self.service, self.namespace.as_deref().unwrap_or(own_namespace))
+        ServiceKey::new(
+            &self.service,
+            self.namespace.as_deref().unwrap_or(own_namespace),
+        )
     }
 }
 
@@ -82,19 +93,33 @@ impl std::str::FromStr for Upstream {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, target) =
-            s.split_once('=').ok_or("expected LOCAL_ADDR=SERVICE[.NAMESPACE]:PORT")?;
-        let listen = addr.parse().map_err(|e| format!("local address {addr:?}: {e}"))?;
-        let (svc, port) = target.rsplit_once(':').ok_or("missing :PORT after the service")?;
+        let (addr, target) = s
+            .split_once('=')
+            .ok_or("expected LOCAL_ADDR=SERVICE[.NAMESPACE]:PORT")?;
+        let listen = addr
+            .parse()
+            .map_err(|e| format!("local address {addr:?}: {e}"))?;
+        let (svc, port) = target
+            .rsplit_once(':')
+            .ok_or("missing :PORT after the service")?;
         let port = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
         let (service, namespace) = match svc.split_once('.') {
             Some((s, ns)) => (s.to_string(), Some(ns.to_string())),
             None => (svc.to_string(), None),
         };
-        if service.is_empty() || namespace.as_deref().is_some_and(|ns| ns.is_empty() || ns.contains('.')) {
+        if service.is_empty()
+            || namespace
+                .as_deref()
+                .is_some_and(|ns| ns.is_empty() || ns.contains('.'))
+        {
             return Err(format!("service {svc:?}: expected NAME or NAME.NAMESPACE"));
         }
-        Ok(Self { listen, service, namespace, port })
+        Ok(Self {
+            listen,
+            service,
+            namespace,
+            port,
+        })
     }
 }
 
@@ -149,7 +174,9 @@ impl Config {
             match v.filter(|s| !s.is_empty()) {
                 Some(v) if is_dns_label(&v) => v,
                 Some(v) => {
-                    errors.push(format!("{name}={v:?}: not a valid name (lowercase letters, digits, '-')"));
+                    errors.push(format!(
+                        "{name}={v:?}: not a valid name (lowercase letters, digits, '-')"
+                    ));
                     String::new()
                 }
                 None => {
@@ -200,7 +227,10 @@ impl Config {
         let workers = match a.workers.parse::<usize>() {
             Ok(n) if (1..=64).contains(&n) => n,
             _ => {
-                errors.push(format!("workers={:?}: expected a whole number from 1 to 64", a.workers));
+                errors.push(format!(
+                    "workers={:?}: expected a whole number from 1 to 64",
+                    a.workers
+                ));
                 1
             }
         };
@@ -230,7 +260,8 @@ impl Config {
 
 fn is_dns_label(s: &str) -> bool {
     s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -238,7 +269,9 @@ fn is_dns_label(s: &str) -> bool {
 /// Parses durations the way weft's resources write them: `250ms`, `2s`, `1m`, `1h`, `1.5s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
@@ -249,7 +282,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60.0,
         "h" => 3600.0,
         "" => return Err(format!("{s:?} has no unit (expected ms, s, m or h)")),
-        u => return Err(format!("unknown unit {u:?} in {s:?} (expected ms, s, m or h)")),
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?} (expected ms, s, m or h)"
+            ))
+        }
     };
     let secs = value * unit_secs;
     if !secs.is_finite() || secs > 10.0 * 365.0 * 86400.0 {

@@ -145,7 +145,9 @@ impl Discovery {
             return Some(Ok(svc.clone()));
         }
         if snap.unknown.contains(key) {
-            return Some(Err(ProxyError::NoRoute(format!("{key}: no such Service in the mesh"))));
+            return Some(Err(ProxyError::NoRoute(format!(
+                "{key}: no such Service in the mesh"
+            ))));
         }
         None
     }
@@ -185,7 +187,9 @@ impl Discovery {
                 Err(e) => e,
             };
             failures = failures.saturating_add(1);
-            let cap = BACKOFF_BASE.saturating_mul(1 << failures.min(16)).min(BACKOFF_MAX);
+            let cap = BACKOFF_BASE
+                .saturating_mul(1 << failures.min(16))
+                .min(BACKOFF_MAX);
             let delay = rand::rng().random_range(cap / 2..=cap);
             if failures == 1 {
                 tracing::warn!(control_plane = %url, error = %err, "config stream lost; serving the last-good config and reconnecting");
@@ -226,7 +230,11 @@ impl Discovery {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let hello = DiscoveryRequest { node: Some(node.clone()), subscribe, ..Default::default() };
+        let hello = DiscoveryRequest {
+            node: Some(node.clone()),
+            subscribe,
+            ..Default::default()
+        };
         tx.send(hello).await.map_err(|_| "request stream closed")?;
         let mut responses = client
             .stream(ReceiverStream::new(rx))
@@ -267,11 +275,21 @@ impl Discovery {
                 }
                 self.snapshot.store(Arc::new(snap));
                 self.updates.send_modify(|n| *n += 1);
-                self.metrics.config_updates.get_or_create(&OutcomeLabels { outcome: "accepted" }).inc();
+                self.metrics
+                    .config_updates
+                    .get_or_create(&OutcomeLabels {
+                        outcome: "accepted",
+                    })
+                    .inc();
             }
             Err(e) => {
                 tracing::warn!(version = %rsp.version, error = %e, "config update rejected; the last-good config stays in force");
-                self.metrics.config_updates.get_or_create(&OutcomeLabels { outcome: "rejected" }).inc();
+                self.metrics
+                    .config_updates
+                    .get_or_create(&OutcomeLabels {
+                        outcome: "rejected",
+                    })
+                    .inc();
                 reply.error_detail = e;
             }
         }

@@ -54,10 +54,10 @@ impl ProxyError {
     /// The gRPC status code a gRPC caller sees instead of the HTTP status.
     fn grpc_status(&self) -> u16 {
         match self {
-            Self::NoRoute(_) => 12,          // UNIMPLEMENTED
-            Self::Timeout(_) => 4,           // DEADLINE_EXCEEDED
-            Self::BadRequest(_) => 13,       // INTERNAL
-            _ => 14,                         // UNAVAILABLE
+            Self::NoRoute(_) => 12,    // UNIMPLEMENTED
+            Self::Timeout(_) => 4,     // DEADLINE_EXCEEDED
+            Self::BadRequest(_) => 13, // INTERNAL
+            _ => 14,                   // UNAVAILABLE
         }
     }
 }
@@ -70,7 +70,10 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
         // A trailers-only gRPC response: HTTP 200 with the status in the headers.
         let mut rsp = Response::new(body::empty());
         let headers = rsp.headers_mut();
-        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         headers.insert("grpc-status", HeaderValue::from(err.grpc_status()));
         if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
             headers.insert("grpc-message", v);

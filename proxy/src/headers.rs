@@ -45,7 +45,10 @@ pub fn is_upgrade(parts: &Parts) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// The request's authority: the URI's (absolute-form or HTTP/2 `:authority`) or the Host header.

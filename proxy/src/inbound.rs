@@ -56,13 +56,25 @@ impl Inbound {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Self { app_addr, service, metrics, http1, http2 }
+        Self {
+            app_addr,
+            service,
+            metrics,
+            http1,
+            http2,
+        }
     }
 
     /// Serves one connection from a peer.
     pub fn accept(self: &Arc<Self>, conn: Accepted) {
         let inbound = self.clone();
-        let Accepted { mut stream, peer, watcher, http, tracker } = conn;
+        let Accepted {
+            mut stream,
+            peer,
+            watcher,
+            http,
+            tracker,
+        } = conn;
         tracker.spawn(async move {
             let (kind, prefix) = match tokio::time::timeout(DETECT_TIMEOUT, transport::detect(&mut stream)).await {
                 Ok(Ok(detected)) => detected,
@@ -98,7 +110,8 @@ impl Inbound {
             code: rsp.status().as_u16(),
             error: error_label(&rsp),
         };
-        self.metrics.record_request(labels, start.elapsed().as_secs_f64());
+        self.metrics
+            .record_request(labels, start.elapsed().as_secs_f64());
         Ok(rsp)
     }
 
@@ -106,16 +119,21 @@ impl Inbound {
         let caller_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(CLIENT_IDENTITY_HEADER);
-        let authority = headers::authority(&parts)
-            .ok_or_else(|| ProxyError::BadRequest("request has no Host header or authority".into()))?;
+        let authority = headers::authority(&parts).ok_or_else(|| {
+            ProxyError::BadRequest("request has no Host header or authority".into())
+        })?;
 
         if headers::is_upgrade(&parts) {
             let addr = self.app_addr;
-            let mut sender = transport::connect_http1(addr, transport::DEFAULT_CONNECT_TIMEOUT).await?;
+            let mut sender =
+                transport::connect_http1(addr, transport::DEFAULT_CONNECT_TIMEOUT).await?;
             let mut rsp = sender
                 .send_request(Request::from_parts(parts, body::boxed(body)))
                 .await
-                .map_err(|e| ProxyError::UpstreamReset { addr, reason: transport::error_chain(&e) })?;
+                .map_err(|e| ProxyError::UpstreamReset {
+                    addr,
+                    reason: transport::error_chain(&e),
+                })?;
             if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 let app_upgrade = hyper::upgrade::on(&mut rsp);
                 tokio::spawn(splice(caller_upgrade, app_upgrade));
@@ -141,14 +159,17 @@ impl Inbound {
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.uri = headers::absolute_uri(&parts, &authority)?;
         let addr = self.app_addr;
-        let rsp = client.request(Request::from_parts(parts, body::boxed(body))).await.map_err(|e| {
-            let reason = transport::error_chain(&e);
-            if e.is_connect() {
-                ProxyError::ConnectFailed { addr, reason }
-            } else {
-                ProxyError::UpstreamReset { addr, reason }
-            }
-        })?;
+        let rsp = client
+            .request(Request::from_parts(parts, body::boxed(body)))
+            .await
+            .map_err(|e| {
+                let reason = transport::error_chain(&e);
+                if e.is_connect() {
+                    ProxyError::ConnectFailed { addr, reason }
+                } else {
+                    ProxyError::UpstreamReset { addr, reason }
+                }
+            })?;
         let (mut parts, body) = rsp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body::boxed(body)))

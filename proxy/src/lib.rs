@@ -104,18 +104,32 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
     let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
     let inbound_addr = listeners.inbound.local_addr()?;
-    let advertise = if config.advertise_addr.port() == 0 || config.advertise_addr.ip().is_unspecified() {
-        // A peer cannot dial 0.0.0.0: advertise what we actually bound, on loopback if unspecified.
-        let ip = if inbound_addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { inbound_addr.ip() };
-        let port = if config.advertise_addr.port() == 0 { inbound_addr.port() } else { config.advertise_addr.port() };
-        SocketAddr::new(ip, port)
-    } else {
-        config.advertise_addr
-    };
+    let advertise =
+        if config.advertise_addr.port() == 0 || config.advertise_addr.ip().is_unspecified() {
+            // A peer cannot dial 0.0.0.0: advertise what we actually bound, on loopback if unspecified.
+            let ip = if inbound_addr.ip().is_unspecified() {
+                [127, 0, 0, 1].into()
+            } else {
+                inbound_addr.ip()
+            };
+            let port = if config.advertise_addr.port() == 0 {
+                inbound_addr.port()
+            } else {
+                config.advertise_addr.port()
+            };
+            SocketAddr::new(ip, port)
+        } else {
+            config.advertise_addr
+        };
     let initial = config.upstreams.iter().map(|u| u.key(&config.namespace));
     let discovery = Arc::new(Discovery::new(initial, metrics.clone()));
     let node = weft_proto::discovery::Node {
-        id: format!("{}-{}-{:08x}", config.service, std::process::id(), rand::random::<u32>()),
+        id: format!(
+            "{}-{}-{:08x}",
+            config.service,
+            std::process::id(),
+            rand::random::<u32>()
+        ),
         namespace: config.namespace.clone(),
         service_account: config.service_account.clone(),
         service: config.service.clone(),
@@ -126,7 +140,11 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
     let grace = config.drain_timeout;
     let mut tasks = JoinSet::new();
 
-    tasks.spawn(discovery.clone().run(config.control_plane.clone(), node, shutdown.clone()));
+    tasks.spawn(
+        discovery
+            .clone()
+            .run(config.control_plane.clone(), node, shutdown.clone()),
+    );
 
     let outbound = Arc::new(Outbound {
         discovery: discovery.clone(),
@@ -134,19 +152,44 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         namespace: config.namespace.clone(),
     });
     let outbound_addr = listeners.outbound.local_addr()?;
-    tasks.spawn(serve_outbound(outbound.clone(), Target::Authority, listeners.outbound, shutdown.clone(), grace));
+    tasks.spawn(serve_outbound(
+        outbound.clone(),
+        Target::Authority,
+        listeners.outbound,
+        shutdown.clone(),
+        grace,
+    ));
 
     let mut upstream_addrs = Vec::new();
     for (u, listener) in listeners.upstreams {
         upstream_addrs.push(listener.local_addr()?);
-        let target = Target::Fixed { service: u.key(&config.namespace), port: u.port };
-        tasks.spawn(serve_outbound(outbound.clone(), target, listener, shutdown.clone(), grace));
+        let target = Target::Fixed {
+            service: u.key(&config.namespace),
+            port: u.port,
+        };
+        tasks.spawn(serve_outbound(
+            outbound.clone(),
+            target,
+            listener,
+            shutdown.clone(),
+            grace,
+        ));
     }
 
-    let inbound = Arc::new(Inbound::new(config.app_addr, format!("{}.{}", config.service, config.namespace), metrics.clone()));
-    tasks.spawn(server::accept_loop("inbound", listeners.inbound, shutdown.clone(), grace, move |conn| {
-        inbound.accept(conn);
-    }));
+    let inbound = Arc::new(Inbound::new(
+        config.app_addr,
+        format!("{}.{}", config.service, config.namespace),
+        metrics.clone(),
+    ));
+    tasks.spawn(server::accept_loop(
+        "inbound",
+        listeners.inbound,
+        shutdown.clone(),
+        grace,
+        move |conn| {
+            inbound.accept(conn);
+        },
+    ));
 
     let admin_addr = listeners.admin.local_addr()?;
     let admin = Arc::new(Admin {
@@ -157,13 +200,29 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
     });
     // The admin listener outlives the drain of the others only by its own grace period; it
     // stops with them so the process can exit.
-    tasks.spawn(server::accept_loop("admin", listeners.admin, shutdown.clone(), grace, move |conn| {
-        let admin = admin.clone();
-        let svc = hyper::service::service_fn(move |req| admin.clone().handle(req));
-        conn.tracker.spawn(async move { conn.http.serve(conn.stream, conn.watcher, svc).await });
-    }));
+    tasks.spawn(server::accept_loop(
+        "admin",
+        listeners.admin,
+        shutdown.clone(),
+        grace,
+        move |conn| {
+            let admin = admin.clone();
+            let svc = hyper::service::service_fn(move |req| admin.clone().handle(req));
+            conn.tracker
+                .spawn(async move { conn.http.serve(conn.stream, conn.watcher, svc).await });
+        },
+    ));
 
-    Ok(Running { inbound_addr, outbound_addr, admin_addr, upstream_addrs, discovery, metrics, shutdown, tasks })
+    Ok(Running {
+        inbound_addr,
+        outbound_addr,
+        admin_addr,
+        upstream_addrs,
+        discovery,
+        metrics,
+        shutdown,
+        tasks,
+    })
 }
 
 /// An outbound listener: HTTP routing, or opaque TCP when the target service port is TCP.
@@ -184,7 +243,8 @@ async fn serve_outbound(
                     return tcp::outbound(conn.stream, service.clone(), *port, d, m).await;
                 }
             }
-            let svc = hyper::service::service_fn(move |req| outbound.clone().handle(target.clone(), req));
+            let svc =
+                hyper::service::service_fn(move |req| outbound.clone().handle(target.clone(), req));
             conn.http.serve(conn.stream, conn.watcher, svc).await;
         });
     })
@@ -194,7 +254,9 @@ async fn serve_outbound(
 /// Whether a fixed target's port is declared TCP (resolving the service if need be).
 async fn is_tcp(discovery: &Discovery, service: &routes::ServiceKey, port: u16) -> bool {
     match discovery.resolve(service).await {
-        Ok(svc) => svc.port(Some(port)).is_some_and(|p| p.protocol == Protocol::Tcp),
+        Ok(svc) => svc
+            .port(Some(port))
+            .is_some_and(|p| p.protocol == Protocol::Tcp),
         Err(_) => false,
     }
 }

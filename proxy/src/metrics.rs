@@ -34,7 +34,8 @@ pub struct OutcomeLabels {
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 
 fn latency_histogram() -> Histogram {
@@ -76,11 +77,23 @@ impl Metrics {
             request_duration.clone(),
         );
         let tcp_opened = Family::default();
-        registry.register("tcp_connections_opened", "Opaque TCP connections opened", tcp_opened.clone());
+        registry.register(
+            "tcp_connections_opened",
+            "Opaque TCP connections opened",
+            tcp_opened.clone(),
+        );
         let tcp_closed = Family::default();
-        registry.register("tcp_connections_closed", "Opaque TCP connections closed", tcp_closed.clone());
+        registry.register(
+            "tcp_connections_closed",
+            "Opaque TCP connections closed",
+            tcp_closed.clone(),
+        );
         let tcp_open = Family::default();
-        registry.register("tcp_connections_open", "Opaque TCP connections open now", tcp_open.clone());
+        registry.register(
+            "tcp_connections_open",
+            "Opaque TCP connections open now",
+            tcp_open.clone(),
+        );
         let tcp_bytes_sent = Family::default();
         registry.register(
             "tcp_sent_bytes",
@@ -127,7 +140,9 @@ impl Metrics {
     }
 
     pub fn record_request(&self, labels: RequestLabels, seconds: f64) {
-        self.request_duration.get_or_create(&labels).observe(seconds);
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(seconds);
         self.requests.get_or_create(&labels).inc();
     }
 

@@ -65,7 +65,8 @@ impl Outbound {
             code: rsp.status().as_u16(),
             error: error_label(&rsp),
         };
-        self.metrics.record_request(labels, start.elapsed().as_secs_f64());
+        self.metrics
+            .record_request(labels, start.elapsed().as_secs_f64());
         Ok(rsp)
     }
 
@@ -77,8 +78,9 @@ impl Outbound {
     ) -> Result<Response<Body>, ProxyError> {
         let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
-        let authority = headers::authority(&parts)
-            .ok_or_else(|| ProxyError::BadRequest("request has no Host header or authority".into()))?;
+        let authority = headers::authority(&parts).ok_or_else(|| {
+            ProxyError::BadRequest("request has no Host header or authority".into())
+        })?;
         let (key, port) = match target {
             Target::Fixed { service, port } => (service.clone(), Some(*port)),
             Target::Authority => {
@@ -90,21 +92,30 @@ impl Outbound {
         *service_label = key.to_string();
         let service = self.discovery.resolve(&key).await?;
         let port = service.port(port).ok_or_else(|| {
-            ProxyError::NoRoute(format!("{key} on port {}", port.map_or("(none)".into(), |p| p.to_string())))
+            ProxyError::NoRoute(format!(
+                "{key} on port {}",
+                port.map_or("(none)".into(), |p| p.to_string())
+            ))
         })?;
         let rule = service.route(port.port, &parts).ok_or_else(|| {
-            ProxyError::NoRoute(format!("{key}: no HTTPRoute rule matches {} {}", parts.method, parts.uri.path()))
+            ProxyError::NoRoute(format!(
+                "{key}: no HTTPRoute rule matches {} {}",
+                parts.method,
+                parts.uri.path()
+            ))
         })?;
-        let backend = rule
-            .split
-            .pick()
-            .ok_or_else(|| ProxyError::NoEndpoints(format!("{key}: rule {} has no backend", rule.name)))?;
+        let backend = rule.split.pick().ok_or_else(|| {
+            ProxyError::NoEndpoints(format!("{key}: rule {} has no backend", rule.name))
+        })?;
         let endpoint = backend
             .balancer
             .pick()
             .ok_or_else(|| ProxyError::NoEndpoints(format!("{} has no endpoints", backend.key)))?
             .clone();
-        let routed = Routed { service: service.clone(), endpoint };
+        let routed = Routed {
+            service: service.clone(),
+            endpoint,
+        };
 
         if headers::is_upgrade(&parts) {
             return upgrade(&routed, parts, body, client_upgrade).await;
@@ -114,10 +125,14 @@ impl Outbound {
         match parts.version {
             Version::HTTP_2 => {}
             Version::HTTP_10 => {
-                parts.headers.insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.0"));
+                parts
+                    .headers
+                    .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.0"));
             }
             _ => {
-                parts.headers.insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
+                parts
+                    .headers
+                    .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
             }
         }
         headers::strip_hop_by_hop(&mut parts.headers);
@@ -127,12 +142,19 @@ impl Outbound {
         let req = Request::from_parts(parts, body::boxed(body));
 
         let inflight = routed.endpoint.start();
-        let rsp = routed.endpoint.conn.send(req, transport::DEFAULT_CONNECT_TIMEOUT).await?;
+        let rsp = routed
+            .endpoint
+            .conn
+            .send(req, transport::DEFAULT_CONNECT_TIMEOUT)
+            .await?;
         inflight.responded();
         let (mut parts, body) = rsp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         tracing::trace!(service = %routed.service.key, endpoint = %routed.endpoint.addr, status = %parts.status, "forwarded");
-        Ok(Response::from_parts(parts, body::boxed(body::guarded(body, inflight))))
+        Ok(Response::from_parts(
+            parts,
+            body::boxed(body::guarded(body, inflight)),
+        ))
     }
 }
 
@@ -150,7 +172,10 @@ async fn upgrade(
     let mut rsp = sender
         .send_request(req)
         .await
-        .map_err(|e| ProxyError::UpstreamReset { addr, reason: transport::error_chain(&e) })?;
+        .map_err(|e| ProxyError::UpstreamReset {
+            addr,
+            reason: transport::error_chain(&e),
+        })?;
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut rsp);
         tokio::spawn(splice(client_upgrade, upstream_upgrade));

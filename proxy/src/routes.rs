@@ -24,7 +24,10 @@ pub struct ServiceKey {
 
 impl ServiceKey {
     pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
-        Self { name: name.into(), namespace: namespace.into() }
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+        }
     }
 
     /// Parses `name.namespace`.
@@ -39,18 +42,21 @@ impl ServiceKey {
     pub fn from_host(host: &str, own_namespace: &str) -> Option<Self> {
         let host = host.trim_end_matches('.');
         let labels: Vec<&str> = host.split('.').collect();
-        let valid = |l: &&str| {
-            !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        };
+        let valid =
+            |l: &&str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !labels.iter().all(valid) {
             return None;
         }
         match labels.as_slice() {
             [name] => Some(Self::new(name.to_ascii_lowercase(), own_namespace)),
-            [name, ns] => Some(Self::new(name.to_ascii_lowercase(), ns.to_ascii_lowercase())),
-            [name, ns, svc, ..] if svc.eq_ignore_ascii_case("svc") => {
-                Some(Self::new(name.to_ascii_lowercase(), ns.to_ascii_lowercase()))
-            }
+            [name, ns] => Some(Self::new(
+                name.to_ascii_lowercase(),
+                ns.to_ascii_lowercase(),
+            )),
+            [name, ns, svc, ..] if svc.eq_ignore_ascii_case("svc") => Some(Self::new(
+                name.to_ascii_lowercase(),
+                ns.to_ascii_lowercase(),
+            )),
             _ => None,
         }
     }
@@ -102,7 +108,11 @@ impl LogicalService {
     /// when routes attach to the port but none matches, there is no route (Gateway API).
     pub fn route(&self, port: u16, req: &Parts) -> Option<&Rule> {
         let mut attached = false;
-        for rule in self.rules.iter().filter(|r| r.port.is_none_or(|p| p == port)) {
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.port.is_none_or(|p| p == port))
+        {
             attached = true;
             if rule.matches(req) {
                 return Some(rule);
@@ -200,7 +210,11 @@ impl Split {
         let targets: Vec<_> = targets.into_iter().filter(|t| t.weight > 0).collect();
         let total = targets.iter().map(|t| u64::from(t.weight)).sum();
         // Start at a random point so that proxies restarted together do not move in lockstep.
-        Self { targets, total, counter: AtomicU64::new(rand::random()) }
+        Self {
+            targets,
+            total,
+            counter: AtomicU64::new(rand::random()),
+        }
     }
 
     pub fn pick(&self) -> Option<&Arc<Backend>> {
@@ -242,7 +256,10 @@ fn ser_headers<S: serde::Serializer>(
     h: &[(HeaderName, HeaderValue)],
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    s.collect_map(h.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("<binary>"))))
+    s.collect_map(
+        h.iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or("<binary>"))),
+    )
 }
 
 fn ser_method<S: serde::Serializer>(m: &Option<Method>, s: S) -> Result<S::Ok, S::Error> {
@@ -268,8 +285,14 @@ mod tests {
     fn host_resolution_follows_cluster_dns() {
         let k = |n: &str, ns: &str| Some(ServiceKey::new(n, ns));
         assert_eq!(ServiceKey::from_host("orders", "shop"), k("orders", "shop"));
-        assert_eq!(ServiceKey::from_host("orders.other", "shop"), k("orders", "other"));
-        assert_eq!(ServiceKey::from_host("orders.other.svc", "shop"), k("orders", "other"));
+        assert_eq!(
+            ServiceKey::from_host("orders.other", "shop"),
+            k("orders", "other")
+        );
+        assert_eq!(
+            ServiceKey::from_host("orders.other.svc", "shop"),
+            k("orders", "other")
+        );
         assert_eq!(
             ServiceKey::from_host("Orders.other.svc.cluster.local.", "shop"),
             k("orders", "other")
@@ -295,7 +318,10 @@ mod tests {
     fn match_checks_method_path_and_headers() {
         let m = Match {
             path: Some(PathMatch::Prefix("/api".into())),
-            headers: vec![(HeaderName::from_static("x-canary"), HeaderValue::from_static("1"))],
+            headers: vec![(
+                HeaderName::from_static("x-canary"),
+                HeaderValue::from_static("1"),
+            )],
             method: Some(Method::POST),
         };
         assert!(m.matches(&parts("POST", "/api/x", &[("x-canary", "1")])));
@@ -314,13 +340,24 @@ mod tests {
             })
         };
         let split = Split::new(vec![
-            WeightedBackend { weight: 90, backend: backend("a") },
-            WeightedBackend { weight: 10, backend: backend("b") },
-            WeightedBackend { weight: 0, backend: backend("never") },
+            WeightedBackend {
+                weight: 90,
+                backend: backend("a"),
+            },
+            WeightedBackend {
+                weight: 10,
+                backend: backend("b"),
+            },
+            WeightedBackend {
+                weight: 0,
+                backend: backend("never"),
+            },
         ]);
         let mut counts = HashMap::new();
         for _ in 0..1000 {
-            *counts.entry(split.pick().unwrap().key.name.clone()).or_insert(0) += 1;
+            *counts
+                .entry(split.pick().unwrap().key.name.clone())
+                .or_insert(0) += 1;
         }
         let b = counts.get("b").copied().unwrap_or(0);
         assert!((95..=105).contains(&b), "b got {b} of 1000");

@@ -29,7 +29,10 @@ pub struct Http {
 impl Default for Http {
     fn default() -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -46,12 +49,18 @@ impl Http {
     pub async fn serve<I, S>(&self, io: I, watcher: Watcher, service: S)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-            + Send
+        S: hyper::service::Service<
+                Request<Incoming>,
+                Response = Response<Body>,
+                Error = Infallible,
+            > + Send
             + 'static,
         S::Future: Send + 'static,
     {
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
         if let Err(e) = watcher.watch(conn).await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
@@ -112,6 +121,10 @@ pub async fn accept_loop<F>(
         tracker.wait().await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
-        tracing::warn!(listener = name, ?grace, "drain timed out; closing remaining connections");
+        tracing::warn!(
+            listener = name,
+            ?grace,
+            "drain timed out; closing remaining connections"
+        );
     }
 }

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use crate::discovery::Discovery;
 use crate::errors::ProxyError;
-use crate::metrics::{Metrics, TcpLabels, OUTBOUND, INBOUND};
+use crate::metrics::{Metrics, TcpLabels, INBOUND, OUTBOUND};
 use crate::routes::ServiceKey;
 use crate::transport::{self, OpaqueHeader};
 
@@ -21,7 +21,10 @@ pub async fn outbound(
     discovery: Arc<Discovery>,
     metrics: Arc<Metrics>,
 ) {
-    let labels = TcpLabels { direction: OUTBOUND, service: service.to_string() };
+    let labels = TcpLabels {
+        direction: OUTBOUND,
+        service: service.to_string(),
+    };
     let peer = match connect(&service, port, &discovery).await {
         Ok(peer) => peer,
         Err(e) => {
@@ -33,7 +36,11 @@ pub async fn outbound(
     relay(&mut app, peer, &labels, &metrics).await;
 }
 
-async fn connect(service: &ServiceKey, port: u16, discovery: &Discovery) -> Result<TcpStream, ProxyError> {
+async fn connect(
+    service: &ServiceKey,
+    port: u16,
+    discovery: &Discovery,
+) -> Result<TcpStream, ProxyError> {
     let svc = discovery.resolve(service).await?;
     let backend = svc
         .default_rule
@@ -44,19 +51,31 @@ async fn connect(service: &ServiceKey, port: u16, discovery: &Discovery) -> Resu
         .balancer
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoints(format!("{} has no endpoints", backend.key)))?;
-    let header = OpaqueHeader { port, service: service.to_string() };
+    let header = OpaqueHeader {
+        port,
+        service: service.to_string(),
+    };
     transport::connect_opaque(endpoint.addr, transport::DEFAULT_CONNECT_TIMEOUT, &header).await
 }
 
 /// Carries one opaque connection from a peer proxy to the local app.
-pub async fn inbound<I>(mut peer: I, header: OpaqueHeader, app_addr: SocketAddr, metrics: Arc<Metrics>)
-where
+pub async fn inbound<I>(
+    mut peer: I,
+    header: OpaqueHeader,
+    app_addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let labels = TcpLabels { direction: INBOUND, service: header.service.clone() };
+    let labels = TcpLabels {
+        direction: INBOUND,
+        service: header.service.clone(),
+    };
     match transport::dial(app_addr, transport::DEFAULT_CONNECT_TIMEOUT).await {
         Ok(app) => relay(&mut peer, app, &labels, &metrics).await,
-        Err(e) => tracing::info!(service = %header.service, error = %e, "inbound TCP: app unreachable"),
+        Err(e) => {
+            tracing::info!(service = %header.service, error = %e, "inbound TCP: app unreachable")
+        }
     }
 }
 
@@ -73,7 +92,10 @@ where
     match result {
         Ok((sent, received)) => {
             metrics.tcp_bytes_sent.get_or_create(labels).inc_by(sent);
-            metrics.tcp_bytes_received.get_or_create(labels).inc_by(received);
+            metrics
+                .tcp_bytes_received
+                .get_or_create(labels)
+                .inc_by(received);
         }
         Err(e) => tracing::debug!(service = %labels.service, error = %e, "TCP relay ended"),
     }

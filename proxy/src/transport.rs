@@ -61,7 +61,11 @@ pub struct PeerConn {
 
 impl PeerConn {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, h2: Mutex::new(None), dialing: tokio::sync::Mutex::new(()) }
+        Self {
+            addr,
+            h2: Mutex::new(None),
+            dialing: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn cached(&self) -> Option<http2::SendRequest<Body>> {
@@ -87,7 +91,10 @@ impl PeerConn {
             .timer(hyper_util::rt::TokioTimer::new())
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| ProxyError::ConnectFailed { addr: self.addr, reason: e.to_string() })?;
+            .map_err(|e| ProxyError::ConnectFailed {
+                addr: self.addr,
+                reason: e.to_string(),
+            })?;
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -112,7 +119,10 @@ impl PeerConn {
     }
 
     fn reset(&self, e: &hyper::Error) -> ProxyError {
-        ProxyError::UpstreamReset { addr: self.addr, reason: error_chain(e) }
+        ProxyError::UpstreamReset {
+            addr: self.addr,
+            reason: error_chain(e),
+        }
     }
 }
 
@@ -122,9 +132,13 @@ pub async fn connect_http1(
     timeout: Duration,
 ) -> Result<http1::SendRequest<Body>, ProxyError> {
     let stream = dial(addr, timeout).await?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ProxyError::ConnectFailed { addr, reason: e.to_string() })?;
+    let (sender, conn) =
+        http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::ConnectFailed {
+                addr,
+                reason: e.to_string(),
+            })?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upgraded peer connection closed");
@@ -166,7 +180,10 @@ impl OpaqueHeader {
         let mut name = vec![0; len];
         io.read_exact(&mut name).await?;
         let service = String::from_utf8(name).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "opaque header name not UTF-8")
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "opaque header name not UTF-8",
+            )
         })?;
         Ok(Self { port, service })
     }
@@ -182,7 +199,10 @@ pub async fn connect_opaque(
     stream
         .write_all(&header.encode())
         .await
-        .map_err(|e| ProxyError::ConnectFailed { addr, reason: e.to_string() })?;
+        .map_err(|e| ProxyError::ConnectFailed {
+            addr,
+            reason: e.to_string(),
+        })?;
     Ok(stream)
 }
 
@@ -263,10 +283,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -313,7 +330,10 @@ mod tests {
 
     #[tokio::test]
     async fn opaque_header_round_trips() {
-        let h = OpaqueHeader { port: 6379, service: "cache.shop".into() };
+        let h = OpaqueHeader {
+            port: 6379,
+            service: "cache.shop".into(),
+        };
         let bytes = h.encode();
         let mut io = &bytes[..];
         assert_eq!(detect(&mut io).await.unwrap().0, Detected::Opaque);

@@ -43,11 +43,17 @@ impl HttpApp {
         let (name, counter) = (Arc::<str>::from(name), hits.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (name, counter) = (name.clone(), counter.clone());
-                let svc = hyper::service::service_fn(move |req| respond(name.clone(), delay, counter.clone(), req));
+                let svc = hyper::service::service_fn(move |req| {
+                    respond(name.clone(), delay, counter.clone(), req)
+                });
                 tokio::spawn(async move {
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
         });
@@ -59,7 +65,12 @@ impl HttpApp {
     }
 }
 
-async fn respond(name: Arc<str>, delay: Duration, hits: Arc<AtomicU64>, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    name: Arc<str>,
+    delay: Duration,
+    hits: Arc<AtomicU64>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     hits.fetch_add(1, Ordering::Relaxed);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -72,7 +83,10 @@ async fn respond(name: Arc<str>, delay: Duration, hits: Arc<AtomicU64>, mut req:
     if let Some(ms) = path.strip_prefix("/delay/").and_then(|v| v.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if let Some(code) = path.strip_prefix("/status/").and_then(|v| v.parse::<u16>().ok()) {
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|v| v.parse::<u16>().ok())
+    {
         status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     }
     let host = req
@@ -82,22 +96,46 @@ async fn respond(name: Arc<str>, delay: Duration, hits: Arc<AtomicU64>, mut req:
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_default();
-    let identity = req.headers().get("x-weft-client-identity").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let identity = req
+        .headers()
+        .get("x-weft-client-identity")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let version = format!("{:?}", req.version());
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let mut rsp = Response::new(Full::new(if body.is_empty() { Bytes::from(name.to_string()) } else { body }));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut rsp = Response::new(Full::new(if body.is_empty() {
+        Bytes::from(name.to_string())
+    } else {
+        body
+    }));
     *rsp.status_mut() = status;
     let h = rsp.headers_mut();
     h.insert("x-app", name.parse().unwrap());
     h.insert("x-seen-version", version.parse().unwrap());
-    h.insert("x-seen-host", host.parse().unwrap_or_else(|_| "?".parse().unwrap()));
-    h.insert("x-seen-identity", identity.parse().unwrap_or_else(|_| "?".parse().unwrap()));
+    h.insert(
+        "x-seen-host",
+        host.parse().unwrap_or_else(|_| "?".parse().unwrap()),
+    );
+    h.insert(
+        "x-seen-identity",
+        identity.parse().unwrap_or_else(|_| "?".parse().unwrap()),
+    );
     Ok(rsp)
 }
 
 /// Accepts a WebSocket upgrade and echoes every message back.
 fn websocket(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
-    let Some(key) = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes())) else {
+    let Some(key) = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+    else {
         let mut rsp = Response::new(Full::new(Bytes::from_static(b"not a websocket request")));
         *rsp.status_mut() = StatusCode::BAD_REQUEST;
         return rsp;
@@ -105,7 +143,12 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_close() {
                 break;
@@ -131,7 +174,9 @@ pub async fn tcp_echo() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else { continue };
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0; 16 * 1024];
                 loop {
@@ -156,8 +201,14 @@ pub async fn tcp_echo() -> SocketAddr {
 pub async fn grpc_echo(name: &str) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().unwrap();
-    let svc = grpc::echo_server::EchoServer::new(Echo { name: name.to_string() });
-    tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(TcpListenerStream::new(listener)));
+    let svc = grpc::echo_server::EchoServer::new(Echo {
+        name: name.to_string(),
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
     addr
 }
 
@@ -165,24 +216,41 @@ struct Echo {
     name: String,
 }
 
-type ReplyStream = Pin<Box<dyn futures_util::Stream<Item = Result<grpc::EchoReply, tonic::Status>> + Send>>;
+type ReplyStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<grpc::EchoReply, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl grpc::echo_server::Echo for Echo {
-    async fn unary(&self, req: tonic::Request<grpc::EchoRequest>) -> Result<tonic::Response<grpc::EchoReply>, tonic::Status> {
+    async fn unary(
+        &self,
+        req: tonic::Request<grpc::EchoRequest>,
+    ) -> Result<tonic::Response<grpc::EchoReply>, tonic::Status> {
         let m = req.into_inner().message;
         if m == "fail" {
             return Err(tonic::Status::failed_precondition("asked to fail"));
         }
-        Ok(tonic::Response::new(grpc::EchoReply { message: m, server: self.name.clone(), index: 0 }))
+        Ok(tonic::Response::new(grpc::EchoReply {
+            message: m,
+            server: self.name.clone(),
+            index: 0,
+        }))
     }
 
     type ServerStreamStream = ReplyStream;
 
-    async fn server_stream(&self, req: tonic::Request<grpc::EchoRequest>) -> Result<tonic::Response<ReplyStream>, tonic::Status> {
+    async fn server_stream(
+        &self,
+        req: tonic::Request<grpc::EchoRequest>,
+    ) -> Result<tonic::Response<ReplyStream>, tonic::Status> {
         let req = req.into_inner();
         let server = self.name.clone();
-        let stream = tokio_stream::iter((0..req.count).map(move |index| Ok(grpc::EchoReply { message: req.message.clone(), server: server.clone(), index })));
+        let stream = tokio_stream::iter((0..req.count).map(move |index| {
+            Ok(grpc::EchoReply {
+                message: req.message.clone(),
+                server: server.clone(),
+                index,
+            })
+        }));
         Ok(tonic::Response::new(Box::pin(stream)))
     }
 }

@@ -5,6 +5,8 @@
 //! [`Sidecar::bind`] binds a proxy's listeners first, the test writes config naming those
 //! addresses, then [`Mesh::start`] starts the control plane and [`Sidecar::start`] the proxies.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed setup should panic loudly
+
 pub mod apps;
 pub mod grpc {
     #![allow(clippy::all, missing_docs)]
@@ -101,12 +103,23 @@ impl Mesh {
         let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (grpc_addr, api_addr) = (grpc.local_addr().unwrap(), api.local_addr().unwrap());
-        let running = weft::start(Self::serve_config(&dir, &config), grpc, api).expect("config accepted");
-        Self { dir, config, grpc_addr, api_addr, running: Some(running) }
+        let running =
+            weft::start(Self::serve_config(&dir, &config), grpc, api).expect("config accepted");
+        Self {
+            dir,
+            config,
+            grpc_addr,
+            api_addr,
+            running: Some(running),
+        }
     }
 
     fn serve_config(dir: &TempDir, config: &std::path::Path) -> weft::ServeConfig {
-        weft::ServeConfig { config: vec![config.to_path_buf()], data_dir: dir.0.join("data"), trust_domain: "weft.local".into() }
+        weft::ServeConfig {
+            config: vec![config.to_path_buf()],
+            data_dir: dir.0.join("data"),
+            trust_domain: "weft.local".into(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -140,17 +153,28 @@ impl Mesh {
         self.stop().await;
         let grpc = bind_again(self.grpc_addr).await;
         let api = bind_again(self.api_addr).await;
-        self.running = Some(weft::start(Self::serve_config(&self.dir, &self.config), grpc, api).expect("config accepted"));
+        self.running = Some(
+            weft::start(Self::serve_config(&self.dir, &self.config), grpc, api)
+                .expect("config accepted"),
+        );
     }
 
     /// Proxies connected now, as the control plane reports them.
     pub fn proxies(&self) -> Vec<weft::discovery::ProxyStatus> {
-        self.running.as_ref().map(|r| r.proxies.list()).unwrap_or_default()
+        self.running
+            .as_ref()
+            .map(|r| r.proxies.list())
+            .unwrap_or_default()
     }
 }
 
 async fn bind_again(addr: SocketAddr) -> TcpListener {
-    eventually(&format!("{addr} to be free again"), Duration::from_secs(5), || async { TcpListener::bind(addr).await.ok() }).await
+    eventually(
+        &format!("{addr} to be free again"),
+        Duration::from_secs(5),
+        || async { TcpListener::bind(addr).await.ok() },
+    )
+    .await
 }
 
 /// A proxy whose listeners are bound but which has not started yet.
@@ -173,7 +197,9 @@ impl Sidecar {
         let mut specs = Vec::new();
         for target in upstreams {
             let listener = l().await;
-            let spec: Upstream = format!("{}={target}", listener.local_addr().unwrap()).parse().expect("upstream spec");
+            let spec: Upstream = format!("{}={target}", listener.local_addr().unwrap())
+                .parse()
+                .expect("upstream spec");
             specs.push(spec.clone());
             ups.push((spec, listener));
         }
@@ -183,7 +209,12 @@ impl Sidecar {
             outbound: addr(&outbound),
             admin: addr(&admin),
             upstreams: ups.iter().map(|(_, l)| addr(l)).collect(),
-            listeners: Some(weft_proxy::Listeners { inbound, outbound, admin, upstreams: ups }),
+            listeners: Some(weft_proxy::Listeners {
+                inbound,
+                outbound,
+                admin,
+                upstreams: ups,
+            }),
             upstream_specs: specs,
             running: None,
         }
@@ -241,7 +272,9 @@ pub fn http1_client() -> HttpClient {
 
 /// A pooled HTTP/2 (prior knowledge) client.
 pub fn http2_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
 }
 
 /// A response, read whole.
@@ -254,31 +287,60 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
 /// Sends a request to `addr` with `host` as its Host (an app using `HTTP_PROXY` or a local
 /// `upstream` listener) and reads the whole response.
-pub async fn send(client: &HttpClient, addr: SocketAddr, host: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
-    let mut req = http::Request::builder().method(method).uri(format!("http://{addr}{path}")).header(http::header::HOST, host);
+pub async fn send(
+    client: &HttpClient,
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Reply> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header(http::header::HOST, host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let rsp = tokio::time::timeout(Duration::from_secs(10), client.request(req.body(Full::new(Bytes::new()))?)).await??;
+    let rsp = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(req.body(Full::new(Bytes::new()))?),
+    )
+    .await??;
     let status = rsp.status().as_u16();
     let headers = rsp.headers().clone();
     let body = rsp.into_body().collect().await?.to_bytes();
-    Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
-pub async fn get(client: &HttpClient, addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<Reply> {
+pub async fn get(
+    client: &HttpClient,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<Reply> {
     send(client, addr, host, "GET", path, &[]).await
 }
 
 /// YAML for a Service whose endpoints are the given proxies' inbound listeners.
 pub fn service_yaml(ns: &str, name: &str, protocol: &str, endpoints: &[SocketAddr]) -> String {
-    let eps: Vec<String> = endpoints.iter().map(|e| format!("{{address: \"{e}\"}}")).collect();
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|e| format!("{{address: \"{e}\"}}"))
+        .collect();
     format!(
         "---\napiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: main, port: 8080, protocol: {protocol}}}]\n  endpoints: [{}]\n",
         eps.join(", ")
@@ -291,7 +353,11 @@ pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join(name);
-    assert!(bin.is_file(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        bin.display()
+    );
     bin
 }
 

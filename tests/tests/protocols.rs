@@ -1,6 +1,8 @@
 //! Every protocol end to end through two proxies: HTTP/1.1, HTTP/2, gRPC (unary and
 //! server-streaming), opaque TCP with half-close, and WebSocket upgrades.
 
+#![allow(clippy::unwrap_used)]
+
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,18 +28,35 @@ async fn http1_and_http2_reach_the_app_in_the_version_the_caller_used() {
     let app = HttpApp::start("orders").await;
     let (_mesh, client, _server) = pair("HTTP", app.addr).await;
 
-    let r = get(&http1_client(), client.upstreams[0], "orders", "/one").await.unwrap();
-    assert_eq!((r.status, r.header("x-seen-version")), (200, "HTTP/1.1"), "{r:?}");
+    let r = get(&http1_client(), client.upstreams[0], "orders", "/one")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-seen-version")),
+        (200, "HTTP/1.1"),
+        "{r:?}"
+    );
 
-    let r = get(&http2_client(), client.upstreams[0], "orders", "/two").await.unwrap();
-    assert_eq!((r.status, r.header("x-seen-version")), (200, "HTTP/2.0"), "{r:?}");
+    let r = get(&http2_client(), client.upstreams[0], "orders", "/two")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-seen-version")),
+        (200, "HTTP/2.0"),
+        "{r:?}"
+    );
 
     // A body goes through both ways.
     let req = http::Request::post(format!("http://{}/echo", client.upstreams[0]))
-        .body(http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 256 * 1024])))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            vec![b'x'; 256 * 1024],
+        )))
         .unwrap();
     let rsp = http1_client().request(req).await.unwrap();
-    let body = http_body_util::BodyExt::collect(rsp.into_body()).await.unwrap().to_bytes();
+    let body = http_body_util::BodyExt::collect(rsp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(body.len(), 256 * 1024);
 }
 
@@ -45,16 +64,48 @@ async fn http1_and_http2_reach_the_app_in_the_version_the_caller_used() {
 async fn grpc_unary_and_server_streaming() {
     let app = apps::grpc_echo("orders").await;
     let (_mesh, client, _server) = pair("GRPC", app).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.upstreams[0])).unwrap().connect().await.unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", client.upstreams[0]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut echo = EchoClient::new(channel);
 
-    let reply = echo.unary(EchoRequest { message: "hello".into(), count: 0 }).await.unwrap().into_inner();
-    assert_eq!((reply.message.as_str(), reply.server.as_str()), ("hello", "orders"));
+    let reply = echo
+        .unary(EchoRequest {
+            message: "hello".into(),
+            count: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.message.as_str(), reply.server.as_str()),
+        ("hello", "orders")
+    );
 
-    let status = echo.unary(EchoRequest { message: "fail".into(), count: 0 }).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "the app's gRPC status and trailers arrive intact");
+    let status = echo
+        .unary(EchoRequest {
+            message: "fail".into(),
+            count: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::FailedPrecondition,
+        "the app's gRPC status and trailers arrive intact"
+    );
 
-    let mut stream = echo.server_stream(EchoRequest { message: "tick".into(), count: 50 }).await.unwrap().into_inner();
+    let mut stream = echo
+        .server_stream(EchoRequest {
+            message: "tick".into(),
+            count: 50,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let mut indexes = Vec::new();
     while let Some(item) = stream.message().await.unwrap() {
         indexes.push(item.index);
@@ -65,10 +116,21 @@ async fn grpc_unary_and_server_streaming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_errors_from_the_proxy_are_grpc_statuses() {
     let (_mesh, client, _server) = pair("GRPC", NO_APP.parse().unwrap()).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", client.upstreams[0])).unwrap().connect().await.unwrap();
-    let status = EchoClient::new(channel).unary(EchoRequest::default()).await.unwrap_err();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", client.upstreams[0]))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let status = EchoClient::new(channel)
+        .unary(EchoRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    assert_eq!(status.metadata().get("x-weft-error").unwrap(), "connect-failed");
+    assert_eq!(
+        status.metadata().get("x-weft-error").unwrap(),
+        "connect-failed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +161,9 @@ async fn websocket_upgrade_passes_through() {
     let (_mesh, client, _server) = pair("HTTP", app.addr).await;
     // Through the outbound listener by authority, as an app with HTTP_PROXY would.
     let tcp = TcpStream::connect(client.outbound).await.unwrap();
-    let (mut ws, rsp) = tokio_tungstenite::client_async("ws://orders.shop:8080/ws", tcp).await.unwrap();
+    let (mut ws, rsp) = tokio_tungstenite::client_async("ws://orders.shop:8080/ws", tcp)
+        .await
+        .unwrap();
     assert_eq!(rsp.status(), 101);
     for i in 0..10 {
         ws.send(Message::text(format!("ping {i}"))).await.unwrap();

@@ -1,6 +1,8 @@
 //! Routing end to end: by authority and by `upstream` mapping, HTTPRoute matches, weighted
 //! splits, load balancing, and the errors the proxy makes up.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -40,20 +42,52 @@ async fn routes_by_authority_and_by_upstream_mapping() {
     client.ready().await;
     let http = http1_client();
 
-    let r = get(&http, client.upstreams[0], "localhost:1234", "/by-mapping").await.unwrap();
+    let r = get(&http, client.upstreams[0], "localhost:1234", "/by-mapping")
+        .await
+        .unwrap();
     assert_eq!((r.status, r.header("x-app")), (200, "orders"), "{r:?}");
-    assert_eq!(r.header("x-seen-host"), "localhost:1234", "the Host header reaches the app unchanged");
+    assert_eq!(
+        r.header("x-seen-host"),
+        "localhost:1234",
+        "the Host header reaches the app unchanged"
+    );
 
-    for host in ["orders", "orders.shop", "orders.shop:8080", "orders.shop.svc", "orders.shop.svc.cluster.local:8080"] {
-        let r = get(&http, client.outbound, host, "/by-authority").await.unwrap();
-        assert_eq!((r.status, r.header("x-app")), (200, "orders"), "host {host}: {r:?}");
+    for host in [
+        "orders",
+        "orders.shop",
+        "orders.shop:8080",
+        "orders.shop.svc",
+        "orders.shop.svc.cluster.local:8080",
+    ] {
+        let r = get(&http, client.outbound, host, "/by-authority")
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.header("x-app")),
+            (200, "orders"),
+            "host {host}: {r:?}"
+        );
     }
 
-    let r = get(&http, client.outbound, "nothing.shop", "/").await.unwrap();
-    assert_eq!((r.status, r.header("x-weft-error")), (404, "no-route"), "{r:?}");
-    let r = get(&http, client.outbound, "orders.shop:9999", "/").await.unwrap();
-    assert_eq!((r.status, r.header("x-weft-error")), (404, "no-route"), "an unknown port is no route: {r:?}");
-    let r = get(&http, client.outbound, "not_a.valid.host.name", "/").await.unwrap();
+    let r = get(&http, client.outbound, "nothing.shop", "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-weft-error")),
+        (404, "no-route"),
+        "{r:?}"
+    );
+    let r = get(&http, client.outbound, "orders.shop:9999", "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-weft-error")),
+        (404, "no-route"),
+        "an unknown port is no route: {r:?}"
+    );
+    let r = get(&http, client.outbound, "not_a.valid.host.name", "/")
+        .await
+        .unwrap();
     assert_eq!(r.status, 404, "{r:?}");
 }
 
@@ -62,28 +96,54 @@ async fn http_route_matches_path_headers_and_method() {
     let (v1, v2) = (HttpApp::start("v1").await, HttpApp::start("v2").await);
     let mut client = Sidecar::bind(&[]).await;
     let (mut s1, mut s2) = (Sidecar::bind(&[]).await, Sidecar::bind(&[]).await);
-    let yaml = format!("{}{}{ROUTE}", service_yaml("shop", "orders-v1", "HTTP", &[s1.inbound]), service_yaml("shop", "orders-v2", "HTTP", &[s2.inbound]));
+    let yaml = format!(
+        "{}{}{ROUTE}",
+        service_yaml("shop", "orders-v1", "HTTP", &[s1.inbound]),
+        service_yaml("shop", "orders-v2", "HTTP", &[s2.inbound])
+    );
     let mesh = Mesh::start(&yaml).await;
     s1.start(&mesh.url(), "shop", "orders-v1", v1.addr);
     s2.start(&mesh.url(), "shop", "orders-v2", v2.addr);
     client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
-    let app = |method: &'static str, path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+    let app = |method: &'static str,
+               path: &'static str,
+               headers: &'static [(&'static str, &'static str)]| {
         let http = http.clone();
         let addr = client.outbound;
-        async move { send(&http, addr, "orders.shop", method, path, headers).await.unwrap() }
+        async move {
+            send(&http, addr, "orders.shop", method, path, headers)
+                .await
+                .unwrap()
+        }
     };
 
     assert_eq!(app("GET", "/", &[]).await.header("x-app"), "v1");
     assert_eq!(app("GET", "/v2", &[]).await.header("x-app"), "v2");
     assert_eq!(app("GET", "/v2/items", &[]).await.header("x-app"), "v2");
-    assert_eq!(app("GET", "/v2items", &[]).await.header("x-app"), "v1", "a prefix matches whole path segments");
-    assert_eq!(app("GET", "/", &[("x-canary", "yes")]).await.header("x-app"), "v2");
-    assert_eq!(app("GET", "/", &[("x-canary", "no")]).await.header("x-app"), "v1");
+    assert_eq!(
+        app("GET", "/v2items", &[]).await.header("x-app"),
+        "v1",
+        "a prefix matches whole path segments"
+    );
+    assert_eq!(
+        app("GET", "/", &[("x-canary", "yes")])
+            .await
+            .header("x-app"),
+        "v2"
+    );
+    assert_eq!(
+        app("GET", "/", &[("x-canary", "no")]).await.header("x-app"),
+        "v1"
+    );
     assert_eq!(app("DELETE", "/", &[]).await.header("x-app"), "v2");
     let r = app("GET", "/gone", &[]).await;
-    assert_eq!((r.status, r.header("x-weft-error")), (503, "no-endpoints"), "a backend that does not exist: {r:?}");
+    assert_eq!(
+        (r.status, r.header("x-weft-error")),
+        (503, "no-endpoints"),
+        "a backend that does not exist: {r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,12 +180,17 @@ spec:
     let mut counts: HashMap<String, u32> = HashMap::new();
     const N: u32 = 2000;
     for _ in 0..N {
-        let r = get(&http, client.upstreams[0], "orders", "/").await.unwrap();
+        let r = get(&http, client.upstreams[0], "orders", "/")
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
         *counts.entry(r.header("x-app").to_string()).or_default() += 1;
     }
     let v2_share = f64::from(counts.get("v2").copied().unwrap_or(0)) / f64::from(N) * 100.0;
-    assert!((7.0..=13.0).contains(&v2_share), "v2 got {v2_share:.1}% ({counts:?}); want 10 ± 3");
+    assert!(
+        (7.0..=13.0).contains(&v2_share),
+        "v2 got {v2_share:.1}% ({counts:?}); want 10 ± 3"
+    );
     assert_eq!(v1.hits() + v2.hits(), u64::from(N));
 }
 
@@ -135,7 +200,11 @@ async fn ewma_balancer_steers_away_from_a_slow_endpoint() {
     let fast2 = HttpApp::start("fast2").await;
     let slow = HttpApp::with_delay("slow", Duration::from_millis(50)).await;
     let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mut sidecars = [Sidecar::bind(&[]).await, Sidecar::bind(&[]).await, Sidecar::bind(&[]).await];
+    let mut sidecars = [
+        Sidecar::bind(&[]).await,
+        Sidecar::bind(&[]).await,
+        Sidecar::bind(&[]).await,
+    ];
     let eps: Vec<_> = sidecars.iter().map(|s| s.inbound).collect();
     let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &eps)).await;
     for (s, app) in sidecars.iter_mut().zip([&fast1, &fast2, &slow]) {
@@ -160,7 +229,10 @@ async fn ewma_balancer_steers_away_from_a_slow_endpoint() {
     let total = fast1.hits() + fast2.hits() + slow.hits();
     let share = slow.hits() as f64 / total as f64 * 100.0;
     assert_eq!(total, 400);
-    assert!(share < 15.0, "the slow endpoint got {share:.1}% of requests");
+    assert!(
+        share < 15.0,
+        "the slow endpoint got {share:.1}% of requests"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,13 +245,25 @@ async fn proxy_errors_are_marked_and_counted() {
     client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
-    let r = get(&http, client.upstreams[0], "orders", "/").await.unwrap();
-    assert_eq!((r.status, r.header("x-weft-error")), (502, "connect-failed"), "{r:?}");
+    let r = get(&http, client.upstreams[0], "orders", "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-weft-error")),
+        (502, "connect-failed"),
+        "{r:?}"
+    );
 
     // No sidecar at the endpoint at all: the caller's proxy says so itself.
     server.stop().await;
-    let r = get(&http, client.upstreams[0], "orders", "/").await.unwrap();
-    assert_eq!((r.status, r.header("x-weft-error")), (502, "connect-failed"), "{r:?}");
+    let r = get(&http, client.upstreams[0], "orders", "/")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.header("x-weft-error")),
+        (502, "connect-failed"),
+        "{r:?}"
+    );
 
     let metrics = client.running().metrics.encode();
     assert!(

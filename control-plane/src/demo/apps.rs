@@ -47,12 +47,18 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: CancellationToken)
         let (app, client) = (app.clone(), client.clone());
         let svc = hyper::service::service_fn(move |req| handle(app.clone(), client.clone(), req));
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
-async fn handle(app: Arc<App>, client: HttpClient, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    app: Arc<App>,
+    client: HttpClient,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (lo, hi) = app.work_ms;
     let (work, fail) = {
         let mut rng = rand::rng();
@@ -60,7 +66,10 @@ async fn handle(app: Arc<App>, client: HttpClient, req: Request<Incoming>) -> Re
     };
     tokio::time::sleep(Duration::from_millis(work)).await;
     if fail {
-        return Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{}: simulated failure\n", app.name)));
+        return Ok(reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}: simulated failure\n", app.name),
+        ));
     }
     let mut body = format!("{} handled {}\n", app.name, req.uri().path());
     if let Some(next) = app.calls {
@@ -71,11 +80,26 @@ async fn handle(app: Arc<App>, client: HttpClient, req: Request<Incoming>) -> Re
         };
         match downstream {
             Ok(rsp) if rsp.status().is_success() => {
-                let bytes = rsp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let bytes = rsp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 body.push_str(&String::from_utf8_lossy(&bytes));
             }
-            Ok(rsp) => return Ok(reply(StatusCode::BAD_GATEWAY, format!("{}: downstream answered {}\n", app.name, rsp.status()))),
-            Err(e) => return Ok(reply(StatusCode::BAD_GATEWAY, format!("{}: downstream failed: {e}\n", app.name))),
+            Ok(rsp) => {
+                return Ok(reply(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{}: downstream answered {}\n", app.name, rsp.status()),
+                ))
+            }
+            Err(e) => {
+                return Ok(reply(
+                    StatusCode::BAD_GATEWAY,
+                    format!("{}: downstream failed: {e}\n", app.name),
+                ))
+            }
         }
     }
     Ok(reply(StatusCode::OK, body))
@@ -104,10 +128,9 @@ pub async fn load(target: SocketAddr, rps: u32, shutdown: CancellationToken) {
         let uri = format!("http://{target}/orders/{}", n % 1000);
         tokio::spawn(async move {
             if let Ok(req) = Request::get(uri).body(Full::new(Bytes::new())) {
-                if let Ok(rsp) = tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
-                    if let Ok(rsp) = rsp {
-                        let _ = rsp.into_body().collect().await;
-                    }
+                let sent = tokio::time::timeout(Duration::from_secs(5), client.request(req));
+                if let Ok(Ok(rsp)) = sent.await {
+                    let _ = rsp.into_body().collect().await;
                 }
             }
         });

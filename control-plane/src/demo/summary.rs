@@ -25,11 +25,19 @@ pub struct Rates {
 pub fn parse(text: &str, direction: &str, service: &str) -> Counts {
     let mut c = Counts::default();
     for line in text.lines() {
-        let Some((name, rest)) = line.split_once('{') else { continue };
-        let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
-        let Ok(value) = value.trim().parse::<f64>() else { continue };
+        let Some((name, rest)) = line.split_once('{') else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
         let labels = parse_labels(labels);
-        if labels.get("direction").map(String::as_str) != Some(direction) || labels.get("service").map(String::as_str) != Some(service) {
+        if labels.get("direction").map(String::as_str) != Some(direction)
+            || labels.get("service").map(String::as_str) != Some(service)
+        {
             continue;
         }
         match name {
@@ -40,8 +48,14 @@ pub fn parse(text: &str, direction: &str, service: &str) -> Counts {
                 }
             }
             "weft_proxy_request_duration_seconds_bucket" => {
-                let le = labels.get("le").map_or(f64::INFINITY, |le| le.parse().unwrap_or(f64::INFINITY));
-                let key = if le.is_finite() { (le * 1e6) as u64 } else { u64::MAX };
+                let le = labels
+                    .get("le")
+                    .map_or(f64::INFINITY, |le| le.parse().unwrap_or(f64::INFINITY));
+                let key = if le.is_finite() {
+                    (le * 1e6) as u64
+                } else {
+                    u64::MAX
+                };
                 *c.buckets.entry(key).or_default() += value;
             }
             _ => {}
@@ -60,8 +74,11 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
 pub fn rates(before: &Counts, after: &Counts, seconds: f64) -> Rates {
     let n = after.requests - before.requests;
     let failed = after.failures - before.failures;
-    let deltas: Vec<(u64, f64)> =
-        after.buckets.iter().map(|(le, v)| (*le, v - before.buckets.get(le).copied().unwrap_or(0.0))).collect();
+    let deltas: Vec<(u64, f64)> = after
+        .buckets
+        .iter()
+        .map(|(le, v)| (*le, v - before.buckets.get(le).copied().unwrap_or(0.0)))
+        .collect();
     Rates {
         rps: n / seconds.max(1e-9),
         success: (n > 0.0).then(|| 1.0 - failed / n),
@@ -84,7 +101,11 @@ fn quantile(buckets: &[(u64, f64)], q: f64) -> Option<f64> {
                 return Some(prev.0 as f64 / 1e3);
             }
             let width = le - prev.0;
-            let within = if count > prev.1 { (rank - prev.1) / (count - prev.1) } else { 1.0 };
+            let within = if count > prev.1 {
+                (rank - prev.1) / (count - prev.1)
+            } else {
+                1.0
+            };
             return Some((prev.0 as f64 + within * width as f64) / 1e3);
         }
         prev = (le, count);

@@ -29,7 +29,12 @@ impl Checker<'_> {
 
     fn name(&mut self, field: &str, v: &str) {
         if !is_dns_label(v) {
-            self.fail(field, format!("{v:?} is not a valid name (lowercase letters, digits and '-', at most 63)"));
+            self.fail(
+                field,
+                format!(
+                    "{v:?} is not a valid name (lowercase letters, digits and '-', at most 63)"
+                ),
+            );
         }
     }
 
@@ -41,7 +46,10 @@ impl Checker<'_> {
 
     fn target(&mut self, field: &str, t: &TargetRef) {
         if let Some(k) = t.kind.as_deref().filter(|k| *k != "Service") {
-            self.fail(format!("{field}.kind"), format!("{k:?} is not supported; a policy targets a Service"));
+            self.fail(
+                format!("{field}.kind"),
+                format!("{k:?} is not supported; a policy targets a Service"),
+            );
         }
         self.name(&format!("{field}.name"), &t.name);
     }
@@ -50,7 +58,8 @@ impl Checker<'_> {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -60,10 +69,16 @@ pub fn validate(items: &[Sourced]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut seen: HashMap<String, (String, usize)> = HashMap::new();
     for item in items {
-        let mut c = Checker { item, problems: &mut problems };
+        let mut c = Checker {
+            item,
+            problems: &mut problems,
+        };
         let id = item.resource.id();
         if let Some((src, doc)) = seen.get(&id) {
-            c.fail("metadata.name", format!("defined twice: also in {src}, document {doc}"));
+            c.fail(
+                "metadata.name",
+                format!("defined twice: also in {src}, document {doc}"),
+            );
         } else {
             seen.insert(id, (item.source.clone(), item.document));
         }
@@ -83,12 +98,23 @@ pub fn validate(items: &[Sourced]) -> Vec<Problem> {
 
 fn mesh_config(c: &mut Checker<'_>, name: &str, s: &MeshConfigSpec) {
     if name != "default" {
-        c.fail("metadata.name", format!("{name:?}: the mesh has one MeshConfig, named \"default\""));
+        c.fail(
+            "metadata.name",
+            format!("{name:?}: the mesh has one MeshConfig, named \"default\""),
+        );
     }
     if let Some(td) = &s.trust_domain {
-        let ok = !td.is_empty() && td.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+        let ok = !td.is_empty()
+            && td.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
         if !ok {
-            c.fail("spec.trustDomain", format!("{td:?} is not a valid trust domain (a DNS name)"));
+            c.fail(
+                "spec.trustDomain",
+                format!("{td:?} is not a valid trust domain (a DNS name)"),
+            );
         }
     }
     if let Some(ttl) = s.certificate_ttl {
@@ -99,12 +125,18 @@ fn mesh_config(c: &mut Checker<'_>, name: &str, s: &MeshConfigSpec) {
     if let Some(t) = &s.tracing {
         if let Some(r) = t.sampling_ratio {
             if !(0.0..=1.0).contains(&r) {
-                c.fail("spec.tracing.samplingRatio", format!("{r} is not within 0 and 1"));
+                c.fail(
+                    "spec.tracing.samplingRatio",
+                    format!("{r} is not within 0 and 1"),
+                );
             }
         }
         if let Some(e) = &t.otlp_endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                c.fail("spec.tracing.otlpEndpoint", format!("{e:?} is not an http:// or https:// URL"));
+                c.fail(
+                    "spec.tracing.otlpEndpoint",
+                    format!("{e:?} is not an http:// or https:// URL"),
+                );
             }
         }
     }
@@ -120,7 +152,10 @@ fn service(c: &mut Checker<'_>, s: &ServiceSpec) {
             c.fail(format!("spec.ports[{i}].port"), "must be 1 to 65535");
         }
         if !ports.insert(p.port) {
-            c.fail(format!("spec.ports[{i}].port"), format!("port {} is listed twice", p.port));
+            c.fail(
+                format!("spec.ports[{i}].port"),
+                format!("port {} is listed twice", p.port),
+            );
         }
     }
     if let Some(sa) = &s.service_account {
@@ -129,10 +164,16 @@ fn service(c: &mut Checker<'_>, s: &ServiceSpec) {
     let mut addrs = HashSet::new();
     for (i, e) in s.endpoints.iter().enumerate() {
         if e.address.port() == 0 || e.address.ip().is_unspecified() {
-            c.fail(format!("spec.endpoints[{i}].address"), format!("{} cannot be dialed", e.address));
+            c.fail(
+                format!("spec.endpoints[{i}].address"),
+                format!("{} cannot be dialed", e.address),
+            );
         }
         if !addrs.insert(e.address) {
-            c.fail(format!("spec.endpoints[{i}].address"), format!("{} is listed twice", e.address));
+            c.fail(
+                format!("spec.endpoints[{i}].address"),
+                format!("{} is listed twice", e.address),
+            );
         }
     }
 }
@@ -143,7 +184,10 @@ fn http_route(c: &mut Checker<'_>, s: &HttpRouteSpec) {
     }
     for (i, p) in s.parent_refs.iter().enumerate() {
         if let Some(k) = p.kind.as_deref().filter(|k| *k != "Service") {
-            c.fail(format!("spec.parentRefs[{i}].kind"), format!("{k:?} is not supported; a mesh route's parent is a Service"));
+            c.fail(
+                format!("spec.parentRefs[{i}].kind"),
+                format!("{k:?} is not supported; a mesh route's parent is a Service"),
+            );
         }
         c.name(&format!("spec.parentRefs[{i}].name"), &p.name);
     }
@@ -152,37 +196,60 @@ fn http_route(c: &mut Checker<'_>, s: &HttpRouteSpec) {
             let at = format!("spec.rules[{r}].matches[{m}]");
             if let Some(p) = &mat.path {
                 if !p.value.starts_with('/') {
-                    c.fail(format!("{at}.path.value"), format!("{:?} must start with '/'", p.value));
+                    c.fail(
+                        format!("{at}.path.value"),
+                        format!("{:?} must start with '/'", p.value),
+                    );
                 }
             }
             for (h, hm) in mat.headers.iter().enumerate() {
                 if http::HeaderName::from_bytes(hm.name.as_bytes()).is_err() {
-                    c.fail(format!("{at}.headers[{h}].name"), format!("{:?} is not a valid header name", hm.name));
+                    c.fail(
+                        format!("{at}.headers[{h}].name"),
+                        format!("{:?} is not a valid header name", hm.name),
+                    );
                 }
                 if http::HeaderValue::from_str(&hm.value).is_err() {
-                    c.fail(format!("{at}.headers[{h}].value"), "not a valid header value");
+                    c.fail(
+                        format!("{at}.headers[{h}].value"),
+                        "not a valid header value",
+                    );
                 }
             }
             if let Some(method) = &mat.method {
-                if http::Method::from_bytes(method.as_bytes()).is_err() || method.chars().any(|ch| ch.is_ascii_lowercase()) {
-                    c.fail(format!("{at}.method"), format!("{method:?} is not an HTTP method (GET, POST, ...)"));
+                if http::Method::from_bytes(method.as_bytes()).is_err()
+                    || method.chars().any(|ch| ch.is_ascii_lowercase())
+                {
+                    c.fail(
+                        format!("{at}.method"),
+                        format!("{method:?} is not an HTTP method (GET, POST, ...)"),
+                    );
                 }
             }
         }
         for (b, br) in rule.backend_refs.iter().enumerate() {
             let at = format!("spec.rules[{r}].backendRefs[{b}]");
             if let Some(k) = br.kind.as_deref().filter(|k| *k != "Service") {
-                c.fail(format!("{at}.kind"), format!("{k:?} is not supported; a backend is a Service"));
+                c.fail(
+                    format!("{at}.kind"),
+                    format!("{k:?} is not supported; a backend is a Service"),
+                );
             }
             c.name(&format!("{at}.name"), &br.name);
             if br.weight > MAX_WEIGHT {
-                c.fail(format!("{at}.weight"), format!("{} is over the maximum of {MAX_WEIGHT}", br.weight));
+                c.fail(
+                    format!("{at}.weight"),
+                    format!("{} is over the maximum of {MAX_WEIGHT}", br.weight),
+                );
             }
         }
         if let Some(retry) = &rule.retry {
             for (i, code) in retry.codes.iter().enumerate() {
                 if !(400..600).contains(code) {
-                    c.fail(format!("spec.rules[{r}].retry.codes[{i}]"), format!("{code} is not a 4xx or 5xx status"));
+                    c.fail(
+                        format!("spec.rules[{r}].retry.codes[{i}]"),
+                        format!("{code} is not a 4xx or 5xx status"),
+                    );
                 }
             }
         }
@@ -194,9 +261,18 @@ fn traffic_policy(c: &mut Checker<'_>, s: &TrafficPolicySpec) {
     if let Some(r) = &s.retries {
         for (i, on) in r.on.iter().enumerate() {
             let ok = RETRY_ON.contains(&on.as_str())
-                || on.strip_prefix("retriable-status:").and_then(|c| c.parse::<u16>().ok()).is_some_and(|c| (400..600).contains(&c));
+                || on
+                    .strip_prefix("retriable-status:")
+                    .and_then(|c| c.parse::<u16>().ok())
+                    .is_some_and(|c| (400..600).contains(&c));
             if !ok {
-                c.fail(format!("spec.retries.on[{i}]"), format!("{on:?}: expected one of {}, or retriable-status:CODE", RETRY_ON.join(", ")));
+                c.fail(
+                    format!("spec.retries.on[{i}]"),
+                    format!(
+                        "{on:?}: expected one of {}, or retriable-status:CODE",
+                        RETRY_ON.join(", ")
+                    ),
+                );
             }
         }
         if let Some(b) = &r.backoff {
@@ -208,7 +284,10 @@ fn traffic_policy(c: &mut Checker<'_>, s: &TrafficPolicySpec) {
         }
         if let Some(ratio) = r.budget.as_ref().and_then(|b| b.ratio) {
             if !(0.0..=10.0).contains(&ratio) {
-                c.fail("spec.retries.budget.ratio", format!("{ratio} is not within 0 and 10"));
+                c.fail(
+                    "spec.retries.budget.ratio",
+                    format!("{ratio} is not within 0 and 10"),
+                );
             }
         }
     }
@@ -218,7 +297,10 @@ fn traffic_policy(c: &mut Checker<'_>, s: &TrafficPolicySpec) {
         }
         if let (Some(base), Some(max)) = (cb.base_ejection_time, cb.max_ejection_time) {
             if base > max {
-                c.fail("spec.circuitBreaker", "baseEjectionTime is longer than maxEjectionTime");
+                c.fail(
+                    "spec.circuitBreaker",
+                    "baseEjectionTime is longer than maxEjectionTime",
+                );
             }
         }
     }
@@ -234,7 +316,10 @@ fn traffic_policy(c: &mut Checker<'_>, s: &TrafficPolicySpec) {
         if let Some(a) = &f.abort {
             c.percent("spec.faultInjection.abort.percent", a.percent);
             if !(200..600).contains(&a.status) {
-                c.fail("spec.faultInjection.abort.status", format!("{} is not an HTTP status", a.status));
+                c.fail(
+                    "spec.faultInjection.abort.status",
+                    format!("{} is not an HTTP status", a.status),
+                );
             }
         }
     }
@@ -246,19 +331,28 @@ fn authorization(c: &mut Checker<'_>, s: &AuthorizationPolicySpec) {
         if let Some(from) = &rule.from {
             for (i, id) in from.identities.iter().enumerate() {
                 if !(id == "*" || id.starts_with("spiffe://")) {
-                    c.fail(format!("spec.rules[{r}].from.identities[{i}]"), format!("{id:?} is not a SPIFFE ID (spiffe://...) or \"*\""));
+                    c.fail(
+                        format!("spec.rules[{r}].from.identities[{i}]"),
+                        format!("{id:?} is not a SPIFFE ID (spiffe://...) or \"*\""),
+                    );
                 }
             }
         }
         if let Some(to) = &rule.to {
             for (i, p) in to.paths.iter().enumerate() {
                 if !p.starts_with('/') && p != "*" {
-                    c.fail(format!("spec.rules[{r}].to.paths[{i}]"), format!("{p:?} must start with '/'"));
+                    c.fail(
+                        format!("spec.rules[{r}].to.paths[{i}]"),
+                        format!("{p:?} must start with '/'"),
+                    );
                 }
             }
             for (i, m) in to.methods.iter().enumerate() {
                 if http::Method::from_bytes(m.as_bytes()).is_err() {
-                    c.fail(format!("spec.rules[{r}].to.methods[{i}]"), format!("{m:?} is not an HTTP method"));
+                    c.fail(
+                        format!("spec.rules[{r}].to.methods[{i}]"),
+                        format!("{m:?} is not an HTTP method"),
+                    );
                 }
             }
         }
@@ -271,7 +365,10 @@ mod tests {
     use super::*;
 
     fn problems(text: &str) -> Vec<String> {
-        validate(&parse("f.yaml", text).unwrap()).iter().map(|p| format!("{}: {}", p.field, p.message)).collect()
+        validate(&parse("f.yaml", text).unwrap())
+            .iter()
+            .map(|p| format!("{}: {}", p.field, p.message))
+            .collect()
     }
 
     #[test]
@@ -291,7 +388,9 @@ mod tests {
         assert!(p.iter().any(|p| p.starts_with("metadata.name")));
         assert!(p.iter().any(|p| p.starts_with("spec.targetRef.kind")));
         assert!(p.iter().any(|p| p.starts_with("spec.retries.on[0]")));
-        assert!(p.iter().any(|p| p.starts_with("spec.faultInjection.abort.percent")));
+        assert!(p
+            .iter()
+            .any(|p| p.starts_with("spec.faultInjection.abort.percent")));
     }
 
     #[test]

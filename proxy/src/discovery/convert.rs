@@ -47,23 +47,38 @@ impl EndpointRegistry {
 
 type Result<T> = std::result::Result<T, String>;
 
-pub(super) fn snapshot(rsp: &pb::DiscoveryResponse, registry: &EndpointRegistry) -> Result<Snapshot> {
+pub(super) fn snapshot(
+    rsp: &pb::DiscoveryResponse,
+    registry: &EndpointRegistry,
+) -> Result<Snapshot> {
     if rsp.version.is_empty() {
         return Err("update has no version".into());
     }
     let config = rsp.config.as_ref().ok_or("update has no config")?;
-    let mesh = config.mesh.as_ref().map(mesh_settings).transpose()?.unwrap_or_default();
+    let mesh = config
+        .mesh
+        .as_ref()
+        .map(mesh_settings)
+        .transpose()?
+        .unwrap_or_default();
 
     let mut services = HashMap::new();
     for svc in &config.services {
-        let built = service(svc, registry).map_err(|e| format!("service {}.{}: {e}", svc.name, svc.namespace))?;
-        if services.insert(built.key.clone(), Arc::new(built)).is_some() {
+        let built = service(svc, registry)
+            .map_err(|e| format!("service {}.{}: {e}", svc.name, svc.namespace))?;
+        if services
+            .insert(built.key.clone(), Arc::new(built))
+            .is_some()
+        {
             return Err(format!("service {}.{} sent twice", svc.name, svc.namespace));
         }
     }
     let mut unknown = HashSet::new();
     for name in &config.unknown {
-        unknown.insert(ServiceKey::parse(name).ok_or_else(|| format!("unknown service name {name:?} is not NAME.NAMESPACE"))?);
+        unknown.insert(
+            ServiceKey::parse(name)
+                .ok_or_else(|| format!("unknown service name {name:?} is not NAME.NAMESPACE"))?,
+        );
     }
     let inbound = config
         .inbound
@@ -76,19 +91,31 @@ pub(super) fn snapshot(rsp: &pb::DiscoveryResponse, registry: &EndpointRegistry)
         })
         .transpose()?;
     registry.prune();
-    Ok(Snapshot { version: rsp.version.clone(), mesh, services, unknown, inbound })
+    Ok(Snapshot {
+        version: rsp.version.clone(),
+        mesh,
+        services,
+        unknown,
+        inbound,
+    })
 }
 
 fn mesh_settings(m: &pb::MeshSettings) -> Result<MeshSettings> {
     let ratio = m.tracing.as_ref().map_or(0.0, |t| t.sampling_ratio);
     if !(0.0..=1.0).contains(&ratio) {
-        return Err(format!("mesh: tracing sampling ratio {ratio} is not within 0..1"));
+        return Err(format!(
+            "mesh: tracing sampling ratio {ratio} is not within 0..1"
+        ));
     }
     Ok(MeshSettings {
         trust_domain: m.trust_domain.clone(),
         certificate_ttl: Duration::from_millis(m.certificate_ttl_ms),
         mtls_permissive: m.mtls() == pb::Mtls::Permissive,
-        otlp_endpoint: m.tracing.as_ref().map(|t| t.otlp_endpoint.clone()).unwrap_or_default(),
+        otlp_endpoint: m
+            .tracing
+            .as_ref()
+            .map(|t| t.otlp_endpoint.clone())
+            .unwrap_or_default(),
         sampling_ratio: ratio,
         access_log_json: m.access_log() == pb::AccessLog::Json,
     })
@@ -108,7 +135,11 @@ fn ports(ps: &[pb::Port]) -> Result<Vec<Port>> {
                 Ok(pb::Protocol::Tcp) => Protocol::Tcp,
                 Err(_) => return Err(format!("port {port}: unknown protocol {}", p.protocol)),
             };
-            Ok(Port { name: p.name.clone(), port, protocol })
+            Ok(Port {
+                name: p.name.clone(),
+                port,
+                protocol,
+            })
         })
         .collect()
 }
@@ -118,15 +149,21 @@ fn service(svc: &pb::Service, registry: &EndpointRegistry) -> Result<LogicalServ
     let ports = ports(&svc.ports)?;
     let mut backends = HashMap::new();
     for b in &svc.backends {
-        let built = backend(b, registry).map_err(|e| format!("backend {}.{}: {e}", b.name, b.namespace))?;
+        let built =
+            backend(b, registry).map_err(|e| format!("backend {}.{}: {e}", b.name, b.namespace))?;
         backends.insert(built.key.clone(), Arc::new(built));
     }
     let split = |refs: &[pb::BackendRef]| -> Result<Split> {
         let mut targets = Vec::with_capacity(refs.len());
         for r in refs {
             let k = ServiceKey::new(&r.name, &r.namespace);
-            let backend = backends.get(&k).ok_or_else(|| format!("backendRef {k} was not sent"))?;
-            targets.push(WeightedBackend { weight: r.weight, backend: backend.clone() });
+            let backend = backends
+                .get(&k)
+                .ok_or_else(|| format!("backendRef {k} was not sent"))?;
+            targets.push(WeightedBackend {
+                weight: r.weight,
+                backend: backend.clone(),
+            });
         }
         Ok(Split::new(targets))
     };
@@ -135,20 +172,41 @@ fn service(svc: &pb::Service, registry: &EndpointRegistry) -> Result<LogicalServ
         let name = format!("{}#{}", r.route, r.rule_index);
         let port = match r.port {
             0 => None,
-            p => Some(u16::try_from(p).map_err(|_| format!("rule {name}: port {p} is out of range"))?),
+            p => Some(
+                u16::try_from(p).map_err(|_| format!("rule {name}: port {p} is out of range"))?,
+            ),
         };
-        let matches = r.matches.iter().map(route_match).collect::<Result<_>>().map_err(|e| format!("rule {name}: {e}"))?;
+        let matches = r
+            .matches
+            .iter()
+            .map(route_match)
+            .collect::<Result<_>>()
+            .map_err(|e| format!("rule {name}: {e}"))?;
         let split = split(&r.backends).map_err(|e| format!("rule {name}: {e}"))?;
-        rules.push(Rule { name, port, matches, split });
+        rules.push(Rule {
+            name,
+            port,
+            matches,
+            split,
+        });
     }
     let own = backends.get(&key).cloned();
     let default_rule = Rule {
         name: "default".into(),
         port: None,
         matches: vec![],
-        split: Split::new(own.into_iter().map(|backend| WeightedBackend { weight: 1, backend }).collect()),
+        split: Split::new(
+            own.into_iter()
+                .map(|backend| WeightedBackend { weight: 1, backend })
+                .collect(),
+        ),
     };
-    Ok(LogicalService { key, ports, rules, default_rule })
+    Ok(LogicalService {
+        key,
+        ports,
+        rules,
+        default_rule,
+    })
 }
 
 fn backend(b: &pb::Backend, registry: &EndpointRegistry) -> Result<Backend> {
@@ -158,7 +216,11 @@ fn backend(b: &pb::Backend, registry: &EndpointRegistry) -> Result<Backend> {
             .address
             .parse()
             .map_err(|e| format!("endpoint address {:?}: {e}", ep.address))?;
-        let labels = ep.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let labels = ep
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         endpoints.push(registry.get(addr, labels));
     }
     let kind = match b.policy.as_ref().map(|p| p.load_balancer()) {
@@ -190,16 +252,24 @@ fn route_match(m: &pb::RouteMatch) -> Result<Match> {
         .headers
         .iter()
         .map(|h| {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| format!("header name {:?} is invalid", h.name))?;
-            let value = HeaderValue::from_str(&h.value).map_err(|_| format!("header {} value {:?} is invalid", h.name, h.value))?;
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| format!("header name {:?} is invalid", h.name))?;
+            let value = HeaderValue::from_str(&h.value)
+                .map_err(|_| format!("header {} value {:?} is invalid", h.name, h.value))?;
             Ok((name, value))
         })
         .collect::<Result<_>>()?;
     let method = match m.method.as_str() {
         "" => None,
-        s => Some(Method::from_bytes(s.as_bytes()).map_err(|_| format!("method {s:?} is invalid"))?),
+        s => {
+            Some(Method::from_bytes(s.as_bytes()).map_err(|_| format!("method {s:?} is invalid"))?)
+        }
     };
-    Ok(Match { path, headers, method })
+    Ok(Match {
+        path,
+        headers,
+        method,
+    })
 }
 
 #[cfg(test)]
@@ -210,7 +280,10 @@ mod tests {
         pb::DiscoveryResponse {
             version: "7".into(),
             nonce: "1".into(),
-            config: Some(pb::ProxyConfig { services, ..Default::default() }),
+            config: Some(pb::ProxyConfig {
+                services,
+                ..Default::default()
+            }),
         }
     }
 
@@ -218,11 +291,18 @@ mod tests {
         pb::Service {
             name: "orders".into(),
             namespace: "shop".into(),
-            ports: vec![pb::Port { name: "http".into(), port: 8080, protocol: 0 }],
+            ports: vec![pb::Port {
+                name: "http".into(),
+                port: 8080,
+                protocol: 0,
+            }],
             backends: vec![pb::Backend {
                 name: "orders".into(),
                 namespace: "shop".into(),
-                endpoints: vec![pb::Endpoint { address: address.into(), labels: Default::default() }],
+                endpoints: vec![pb::Endpoint {
+                    address: address.into(),
+                    labels: Default::default(),
+                }],
                 ..Default::default()
             }],
             ..Default::default()
@@ -241,7 +321,10 @@ mod tests {
     fn bad_endpoint_address_is_rejected_with_its_place() {
         let reg = EndpointRegistry::default();
         let err = snapshot(&response(vec![orders("not-an-address")]), &reg).unwrap_err();
-        assert!(err.contains("service orders.shop: backend orders.shop: endpoint address"), "{err}");
+        assert!(
+            err.contains("service orders.shop: backend orders.shop: endpoint address"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -250,7 +333,10 @@ mod tests {
         let a = snapshot(&response(vec![orders("127.0.0.1:4143")]), &reg).unwrap();
         let b = snapshot(&response(vec![orders("127.0.0.1:4143")]), &reg).unwrap();
         let ep = |s: &Snapshot| {
-            s.services[&ServiceKey::new("orders", "shop")].default_rule.split.targets[0]
+            s.services[&ServiceKey::new("orders", "shop")]
+                .default_rule
+                .split
+                .targets[0]
                 .backend
                 .balancer
                 .endpoints[0]
@@ -264,7 +350,12 @@ mod tests {
         let mut svc = orders("127.0.0.1:4143");
         svc.rules.push(pb::RouteRule {
             route: "shop/orders".into(),
-            backends: vec![pb::BackendRef { name: "ghost".into(), namespace: "shop".into(), port: 0, weight: 1 }],
+            backends: vec![pb::BackendRef {
+                name: "ghost".into(),
+                namespace: "shop".into(),
+                port: 0,
+                weight: 1,
+            }],
             ..Default::default()
         });
         let err = snapshot(&response(vec![svc]), &EndpointRegistry::default()).unwrap_err();

@@ -1,0 +1,167 @@
+//! A proxy checks every update: one it cannot accept is NACKed with the reason, and the
+//! last-good config stays in force. The control plane here is scripted, to send what the real
+//! one never would.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use weft_proto::discovery::{self as pb, discovery_server};
+use weft_tests::apps::HttpApp;
+use weft_tests::*;
+
+/// Sends `updates` one at a time, each after the previous one's reply, and reports every reply.
+struct Scripted {
+    updates: Vec<pb::ProxyConfig>,
+    replies: mpsc::UnboundedSender<pb::DiscoveryRequest>,
+}
+
+#[tonic::async_trait]
+impl discovery_server::Discovery for Scripted {
+    type StreamStream = ReceiverStream<Result<pb::DiscoveryResponse, Status>>;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<pb::DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let (updates, replies) = (self.updates.clone(), self.replies.clone());
+        tokio::spawn(async move {
+            let _hello = inbound.message().await;
+            for (i, config) in updates.into_iter().enumerate() {
+                let version = (i + 1).to_string();
+                let rsp = pb::DiscoveryResponse {
+                    version: version.clone(),
+                    nonce: version,
+                    config: Some(config),
+                };
+                if tx.send(Ok(rsp)).await.is_err() {
+                    return;
+                }
+                // The next message with a nonce is this update's ACK or NACK.
+                loop {
+                    match inbound.message().await {
+                        Ok(Some(m)) if !m.response_nonce.is_empty() => {
+                            let _ = replies.send(m);
+                            break;
+                        }
+                        Ok(Some(_)) => continue,
+                        _ => return,
+                    }
+                }
+            }
+            std::future::pending::<()>().await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn orders(endpoint: &str) -> pb::ProxyConfig {
+    pb::ProxyConfig {
+        services: vec![pb::Service {
+            name: "orders".into(),
+            namespace: "shop".into(),
+            ports: vec![pb::Port {
+                name: "http".into(),
+                port: 8080,
+                protocol: pb::Protocol::Http.into(),
+            }],
+            backends: vec![pb::Backend {
+                name: "orders".into(),
+                namespace: "shop".into(),
+                endpoints: vec![pb::Endpoint {
+                    address: endpoint.into(),
+                    labels: Default::default(),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+async fn scripted(
+    updates: Vec<pb::ProxyConfig>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<pb::DiscoveryRequest>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let svc = discovery_server::DiscoveryServer::new(Scripted {
+        updates,
+        replies: tx,
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_update_is_nacked_and_the_last_good_config_keeps_serving() {
+    init_logging();
+    let app = HttpApp::start("orders").await;
+    let mut server = Sidecar::bind(&[]).await;
+    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+    let good = orders(&server.inbound.to_string());
+    let (cp, mut replies) = scripted(vec![good.clone(), orders("not-an-address"), good]).await;
+    let (server_cp, _server_replies) = scripted(vec![pb::ProxyConfig::default()]).await;
+    server.start(&format!("http://{server_cp}"), "shop", "orders", app.addr);
+    client.start(
+        &format!("http://{cp}"),
+        "shop",
+        "frontend",
+        NO_APP.parse().unwrap(),
+    );
+
+    let ack = tokio::time::timeout(Duration::from_secs(10), replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ack.version.as_str(), ack.error_detail.as_str()),
+        ("1", ""),
+        "update 1 is ACKed"
+    );
+
+    let nack = tokio::time::timeout(Duration::from_secs(10), replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(nack.version, "2");
+    assert!(
+        nack.error_detail.contains(
+            "service orders.shop: backend orders.shop: endpoint address \"not-an-address\""
+        ),
+        "{}",
+        nack.error_detail
+    );
+    assert_eq!(client.version(), "1", "the last-good config stays in force");
+    let r = get(&http1_client(), client.upstreams[0], "orders", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "and serves: {r:?}");
+    assert!(client
+        .running()
+        .metrics
+        .encode()
+        .contains(r#"weft_proxy_config_updates_total{outcome="rejected"} 1"#));
+
+    let ack = tokio::time::timeout(Duration::from_secs(10), replies.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ack.version.as_str(), ack.error_detail.as_str()),
+        ("3", ""),
+        "a good update after a bad one is taken"
+    );
+}

@@ -1,0 +1,211 @@
+//! The binaries as users run them: exit codes, error messages, draining on SIGTERM, the demo.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use weft_tests::apps::HttpApp;
+use weft_tests::*;
+
+async fn run(bin: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(binary(bin))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn weft_serve_refuses_invalid_config_with_exit_64_naming_file_and_field() {
+    let dir = TempDir::new();
+    let file = dir.0.join("bad.yaml");
+    std::fs::write(&file, "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {name: orders}\n  timeouts: {connect: soon}\n").unwrap();
+    let (code, stderr) = run(
+        "weft",
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.0.join("d").to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml: document 1 (TrafficPolicy/default/p): spec.timeouts.connect"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn weft_proxy_reports_every_bad_setting_then_exits_64() {
+    let (code, stderr) = run(
+        "weft-proxy",
+        &[
+            "run",
+            "--inbound-addr",
+            "nowhere",
+            "--control-plane",
+            "http://127.0.0.1:1",
+            "--service-account",
+            "Not_Valid",
+        ],
+    )
+    .await;
+    assert_eq!(code, 64, "{stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per bad setting: {stderr}");
+    assert!(stderr.contains("inbound-addr=\"nowhere\""));
+    assert!(stderr.contains("namespace: required"));
+    assert!(stderr.contains("service-account=\"Not_Valid\""));
+    let (code, stdout_or_err) = run("weft-proxy", &["--version"]).await;
+    assert_eq!(code, 0, "{stdout_or_err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let app = HttpApp::start("orders").await;
+    let mut server = Sidecar::bind(&[]).await;
+    // The caller's proxy is a real process: bind its ports first, then free them for it.
+    let ports: Vec<_> = futures_util::future::join_all(
+        (0..4).map(|_| tokio::net::TcpListener::bind("127.0.0.1:0")),
+    )
+    .await;
+    let addrs: Vec<_> = ports
+        .iter()
+        .map(|l| l.as_ref().unwrap().local_addr().unwrap())
+        .collect();
+    drop(ports);
+    let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
+    server.start(&mesh.url(), "shop", "orders", app.addr);
+    let mut proxy = Command::new(binary("weft-proxy"))
+        .args([
+            "run",
+            "--control-plane",
+            &mesh.url(),
+            "--namespace",
+            "shop",
+            "--service-account",
+            "frontend",
+        ])
+        .args([
+            "--inbound-addr",
+            &addrs[0].to_string(),
+            "--outbound-addr",
+            &addrs[1].to_string(),
+            "--admin-addr",
+            &addrs[2].to_string(),
+        ])
+        .args([
+            "--upstream",
+            &format!("{}=orders.shop:8080", addrs[3]),
+            "--drain-timeout",
+            "5s",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = http1_client();
+    eventually("the proxy to be ready", Duration::from_secs(10), || async {
+        get(&http, addrs[2], "admin", "/ready")
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+
+    let before = app.hits();
+    let slow = tokio::spawn({
+        let (http, upstream) = (http.clone(), addrs[3]);
+        async move { get(&http, upstream, "orders", "/delay/700").await }
+    });
+    eventually(
+        "the slow request to reach the app",
+        Duration::from_secs(5),
+        || async { (app.hits() > before).then_some(()) },
+    )
+    .await;
+    let pid = proxy.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+
+    let r = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(r.status, 200, "{r:?}");
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.wait())
+        .await
+        .expect("exits within the grace period")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    proxy
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .await
+        .unwrap();
+    assert!(log.contains("SIGTERM: draining"), "{log}");
+    assert!(
+        tokio::net::TcpStream::connect(addrs[1]).await.is_err(),
+        "the outbound listener is closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_a_whole_mesh_and_leaves_nothing_behind() {
+    let mark = format!("weft-test-mark-{}", std::process::id());
+    let out = Command::new(binary("weft"))
+        .args(["demo", "--duration", "4s", "--rps", "40"])
+        .env("WEFT_TEST_MARK", &mark)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.rsplit("weft demo —").next().unwrap();
+    for service in ["frontend", "orders-v1", "orders-v2", "inventory"] {
+        let row = last
+            .lines()
+            .find(|l| l.starts_with(service))
+            .unwrap_or_else(|| panic!("no {service} row in\n{stdout}"));
+        let rps: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(rps > 0.0, "{service} saw no traffic: {row}");
+    }
+    // Every sidecar inherited the mark; none may outlive the demo.
+    let leftover: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|env| env.windows(mark.len()).any(|w| w == mark.as_bytes()))
+        })
+        .collect();
+    assert!(leftover.is_empty(), "processes left behind: {leftover:?}");
+}
