@@ -5,20 +5,23 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::discovery::{self as pb, discovery_server};
 use weft_tests::apps::HttpApp;
 use weft_tests::*;
 
-/// Sends `updates` one at a time, each after the previous one's reply, and reports every reply.
+/// Sends `updates` one at a time, each after the previous one's reply and a permit from `gate`,
+/// and reports every reply.
 struct Scripted {
     updates: Vec<pb::ProxyConfig>,
     replies: mpsc::UnboundedSender<pb::DiscoveryRequest>,
+    gate: Arc<Semaphore>,
 }
 
 #[tonic::async_trait]
@@ -31,10 +34,18 @@ impl discovery_server::Discovery for Scripted {
     ) -> Result<Response<Self::StreamStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let (updates, replies) = (self.updates.clone(), self.replies.clone());
+        let (updates, replies, gate) = (
+            self.updates.clone(),
+            self.replies.clone(),
+            self.gate.clone(),
+        );
         tokio::spawn(async move {
             let _hello = inbound.message().await;
             for (i, config) in updates.into_iter().enumerate() {
+                let Ok(permit) = gate.acquire().await else {
+                    return;
+                };
+                permit.forget();
                 let version = (i + 1).to_string();
                 let rsp = pb::DiscoveryResponse {
                     version: version.clone(),
@@ -89,6 +100,7 @@ fn orders(endpoint: &str) -> pb::ProxyConfig {
 
 async fn scripted(
     updates: Vec<pb::ProxyConfig>,
+    gate: Arc<Semaphore>,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<pb::DiscoveryRequest>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -96,6 +108,7 @@ async fn scripted(
     let svc = discovery_server::DiscoveryServer::new(Scripted {
         updates,
         replies: tx,
+        gate,
     });
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -112,8 +125,18 @@ async fn a_bad_update_is_nacked_and_the_last_good_config_keeps_serving() {
     let mut server = Sidecar::bind(&[]).await;
     let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
     let good = orders(&server.inbound.to_string());
-    let (cp, mut replies) = scripted(vec![good.clone(), orders("not-an-address"), good]).await;
-    let (server_cp, _server_replies) = scripted(vec![pb::ProxyConfig::default()]).await;
+    // Updates 1 and 2 go at once; 3 waits until the test has checked the NACK.
+    let gate = Arc::new(Semaphore::new(2));
+    let (cp, mut replies) = scripted(
+        vec![good.clone(), orders("not-an-address"), good],
+        gate.clone(),
+    )
+    .await;
+    let (server_cp, _server_replies) = scripted(
+        vec![pb::ProxyConfig::default()],
+        Arc::new(Semaphore::new(1)),
+    )
+    .await;
     server.start(&format!("http://{server_cp}"), "shop", "orders", app.addr);
     client.start(
         &format!("http://{cp}"),
@@ -155,6 +178,7 @@ async fn a_bad_update_is_nacked_and_the_last_good_config_keeps_serving() {
         .encode()
         .contains(r#"weft_proxy_config_updates_total{outcome="rejected"} 1"#));
 
+    gate.add_permits(1);
     let ack = tokio::time::timeout(Duration::from_secs(10), replies.recv())
         .await
         .unwrap()
