@@ -59,10 +59,17 @@ def oha(url, args, extra):
     return json.loads(out)
 
 
-def measure(name, url, pids, args):
+def measure(name, url, pids, args, profile=None):
     oha(url, args, ["-z", "3s"])  # warm-up: connections, pools, EWMA
     before = {p: cpu_seconds(p) for p in pids}
+    perf = None
+    if profile:
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1999", "-g", "-o", profile,
+                                 "-p", str(pids[0]), "--", "sleep", str(args.duration)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fixed = oha(url, args, ["-z", f"{args.duration}s", "-q", str(args.rate), "--latency-correction"])
+    if perf:
+        perf.wait()
     cpu = {p: cpu_seconds(p) - before[p] for p in pids}
     top = oha(url, args, ["-z", f"{args.max_duration}s"])
     pct = fixed["latencyPercentiles"]
@@ -159,6 +166,7 @@ def main():
     ap.add_argument("--max-duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--profile", metavar="FILE", help="perf-record the weft client proxy during the constant-rate run into FILE")
     args = ap.parse_args()
     for tool in ("oha", "envoy"):
         if not shutil.which(tool):
@@ -198,7 +206,7 @@ spec:
                              f"{tmp}/client.log", env=env)
         wait_http(f"http://127.0.0.1:{s_admin}/ready")
         wait_http(f"http://127.0.0.1:{c_admin}/ready")
-        results.append(measure("weft", f"http://127.0.0.1:{c_up}/", [client.pid, server.pid], args))
+        results.append(measure("weft", f"http://127.0.0.1:{c_up}/", [client.pid, server.pid], args, args.profile))
 
         # Envoy: the same shape. Client Envoy speaks HTTP/2 to the server Envoy, which speaks
         # HTTP/1.1 to the upstream.

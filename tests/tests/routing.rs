@@ -192,6 +192,9 @@ spec:
         "v2 got {v2_share:.1}% ({counts:?}); want 10 ± 3"
     );
     assert_eq!(v1.hits() + v2.hits(), u64::from(N));
+    // The caller's proxy holds the one service it calls (its backends inside it), not the mesh.
+    let snapshot = client.running().discovery.snapshot();
+    assert_eq!(snapshot.services.keys().map(ToString::to_string).collect::<Vec<_>>(), ["orders.shop"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
