@@ -196,13 +196,36 @@ async fn a_bad_update_is_nacked_and_the_last_good_config_keeps_serving() {
 async fn the_control_plane_backs_off_a_proxy_that_keeps_nacking() {
     use weft_proto::discovery::discovery_client::DiscoveryClient;
 
-    let svc = |n: u32| service_yaml("shop", "orders", "HTTP", &[format!("127.0.0.1:{}", 1000 + n).parse().unwrap()]);
+    let svc = |n: u32| {
+        service_yaml(
+            "shop",
+            "orders",
+            "HTTP",
+            &[format!("127.0.0.1:{}", 1000 + n).parse().unwrap()],
+        )
+    };
     let mesh = Mesh::start(&svc(0)).await;
     let mut client = DiscoveryClient::connect(mesh.url()).await.unwrap();
     let (tx, rx) = mpsc::channel(16);
-    let node = pb::Node { id: "rejecter".into(), namespace: "shop".into(), service_account: "rejecter".into(), service: "rejecter".into(), ..Default::default() };
-    tx.send(pb::DiscoveryRequest { node: Some(node), subscribe: vec!["orders.shop".into()], ..Default::default() }).await.unwrap();
-    let mut responses = client.stream(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let node = pb::Node {
+        id: "rejecter".into(),
+        namespace: "shop".into(),
+        service_account: "rejecter".into(),
+        service: "rejecter".into(),
+        ..Default::default()
+    };
+    tx.send(pb::DiscoveryRequest {
+        node: Some(node),
+        subscribe: vec!["orders.shop".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
 
     let first = responses.message().await.unwrap().unwrap();
     let nack = |r: &pb::DiscoveryResponse| pb::DiscoveryRequest {
@@ -225,7 +248,10 @@ async fn the_control_plane_backs_off_a_proxy_that_keeps_nacking() {
     for n in 1..=20 {
         mesh.write_config(&svc(n));
         let want = u64::from(n) + 1;
-        eventually("the change to load", Duration::from_secs(5), || async { (mesh.generation() >= want).then_some(()) }).await;
+        eventually("the change to load", Duration::from_secs(5), || async {
+            (mesh.generation() >= want).then_some(())
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
@@ -234,9 +260,17 @@ async fn the_control_plane_backs_off_a_proxy_that_keeps_nacking() {
         pushed.push(v);
     }
     // Backoff 500 ms, then 1 s, 2 s...: in about a second, at most a few pushes, not 20.
-    assert!(pushed.len() <= 3, "{} pushes in {elapsed:?}: {pushed:?}", pushed.len());
+    assert!(
+        pushed.len() <= 3,
+        "{} pushes in {elapsed:?}: {pushed:?}",
+        pushed.len()
+    );
     let proxies = mesh.proxies();
     assert_eq!(proxies[0].last_nack.as_deref(), Some("rejected by test"));
-    assert!(mesh.state().metrics.encode().contains("weft_config_nacks_total"));
+    assert!(mesh
+        .state()
+        .metrics
+        .encode()
+        .contains("weft_config_nacks_total"));
     reader.abort();
 }

@@ -194,7 +194,14 @@ spec:
     assert_eq!(v1.hits() + v2.hits(), u64::from(N));
     // The caller's proxy holds the one service it calls (its backends inside it), not the mesh.
     let snapshot = client.running().discovery.snapshot();
-    assert_eq!(snapshot.services.keys().map(ToString::to_string).collect::<Vec<_>>(), ["orders.shop"]);
+    assert_eq!(
+        snapshot
+            .services
+            .keys()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["orders.shop"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
