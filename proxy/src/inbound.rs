@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,9 +23,10 @@ use crate::body::{self, Body};
 use crate::errors::{self, ProxyError};
 use crate::headers;
 use crate::metrics::{Metrics, RequestLabels, INBOUND};
-use crate::outbound::{error_label, splice};
+use crate::outbound::error_label;
 use crate::server::Accepted;
 use crate::transport::{self, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
+use crate::upgrade;
 
 /// Removed from every request arriving at the inbound listener: only the proxy sets it, and only
 /// for callers it authenticated.
@@ -124,21 +125,8 @@ impl Inbound {
         })?;
 
         if headers::is_upgrade(&parts) {
-            let addr = self.app_addr;
-            let mut sender =
-                transport::connect_http1(addr, transport::DEFAULT_CONNECT_TIMEOUT).await?;
-            let mut rsp = sender
-                .send_request(Request::from_parts(parts, body::boxed(body)))
-                .await
-                .map_err(|e| ProxyError::UpstreamReset {
-                    addr,
-                    reason: transport::error_chain(&e),
-                })?;
-            if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                let app_upgrade = hyper::upgrade::on(&mut rsp);
-                tokio::spawn(splice(caller_upgrade, app_upgrade));
-            }
-            return Ok(rsp.map(body::boxed));
+            let req = Request::from_parts(parts, body::boxed(body));
+            return upgrade::forward(self.app_addr, req, caller_upgrade).await;
         }
 
         let orig_proto = parts.headers.remove(ORIG_PROTO_HEADER);

@@ -19,6 +19,7 @@ pub mod routes;
 pub mod server;
 pub mod tcp;
 pub mod transport;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,18 +9,18 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::balance::Endpoint;
 use crate::body::{self, Body};
 use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
 use crate::headers;
 use crate::metrics::{Metrics, RequestLabels, OUTBOUND};
-use crate::routes::{LogicalService, ServiceKey};
+use crate::routes::ServiceKey;
 use crate::transport::{self, ORIG_PROTO_HEADER};
+use crate::upgrade;
 
 /// Where an outbound listener sends its traffic.
 #[derive(Clone, Debug)]
@@ -35,12 +35,6 @@ pub struct Outbound {
     pub discovery: Arc<Discovery>,
     pub metrics: Arc<Metrics>,
     pub namespace: String,
-}
-
-/// A request on its way out, after routing.
-struct Routed {
-    service: Arc<LogicalService>,
-    endpoint: Arc<Endpoint>,
 }
 
 impl Outbound {
@@ -112,13 +106,10 @@ impl Outbound {
             .pick()
             .ok_or_else(|| ProxyError::NoEndpoints(format!("{} has no endpoints", backend.key)))?
             .clone();
-        let routed = Routed {
-            service: service.clone(),
-            endpoint,
-        };
 
         if headers::is_upgrade(&parts) {
-            return upgrade(&routed, parts, body, client_upgrade).await;
+            let req = Request::from_parts(parts, body::boxed(body));
+            return upgrade::forward(endpoint.addr, req, client_upgrade).await;
         }
 
         // HTTP/1.x travels as an HTTP/2 stream, marked so the peer restores it.
@@ -141,59 +132,19 @@ impl Outbound {
         parts.version = Version::HTTP_2;
         let req = Request::from_parts(parts, body::boxed(body));
 
-        let inflight = routed.endpoint.start();
-        let rsp = routed
-            .endpoint
+        let inflight = endpoint.start();
+        let rsp = endpoint
             .conn
             .send(req, transport::DEFAULT_CONNECT_TIMEOUT)
             .await?;
         inflight.responded();
         let (mut parts, body) = rsp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        tracing::trace!(service = %routed.service.key, endpoint = %routed.endpoint.addr, status = %parts.status, "forwarded");
+        tracing::trace!(service = %service.key, endpoint = %endpoint.addr, status = %parts.status, "forwarded");
         Ok(Response::from_parts(
             parts,
             body::boxed(body::guarded(body, inflight)),
         ))
-    }
-}
-
-/// Forwards a request that upgrades (WebSocket) over a dedicated HTTP/1.1 connection to the
-/// peer, then splices the two upgraded connections together.
-async fn upgrade(
-    routed: &Routed,
-    parts: http::request::Parts,
-    body: Incoming,
-    client_upgrade: hyper::upgrade::OnUpgrade,
-) -> Result<Response<Body>, ProxyError> {
-    let addr = routed.endpoint.addr;
-    let mut sender = transport::connect_http1(addr, transport::DEFAULT_CONNECT_TIMEOUT).await?;
-    let req = Request::from_parts(parts, body::boxed(body));
-    let mut rsp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| ProxyError::UpstreamReset {
-            addr,
-            reason: transport::error_chain(&e),
-        })?;
-    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream_upgrade = hyper::upgrade::on(&mut rsp);
-        tokio::spawn(splice(client_upgrade, upstream_upgrade));
-    }
-    Ok(rsp.map(body::boxed))
-}
-
-/// Copies bytes both ways between two upgraded connections until both sides close.
-pub async fn splice(a: hyper::upgrade::OnUpgrade, b: hyper::upgrade::OnUpgrade) {
-    match tokio::try_join!(a, b) {
-        Ok((a, b)) => {
-            let mut a = hyper_util::rt::TokioIo::new(a);
-            let mut b = hyper_util::rt::TokioIo::new(b);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut a, &mut b).await {
-                tracing::debug!(error = %e, "upgraded connection ended");
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
     }
 }
 
