@@ -87,6 +87,7 @@ async fn run_in(dir: &Path, opts: DemoOptions) -> anyhow::Result<()> {
             config: vec![config.clone()],
             data_dir: dir.join("data"),
             trust_domain: "weft.local".into(),
+            ack_timeout: crate::DEFAULT_ACK_TIMEOUT,
         },
         grpc,
         api,

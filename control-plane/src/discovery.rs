@@ -2,7 +2,9 @@
 //!
 //! Each stream gets its own task, which owns that proxy's subscriptions and reads the mesh
 //! through a `watch` receiver, so a change is published once and never waits for any proxy. A
-//! proxy that stops reading is cut off after [`SEND_TIMEOUT`]; one that NACKs is sent nothing new
+//! proxy has at most one snapshot it has not acknowledged (changes coalesce meanwhile), so a
+//! proxy that stops reading costs one snapshot of memory, and is cut off when its ACK is overdue
+//! (`ServeConfig::ack_timeout`); one that NACKs is sent nothing new
 //! for a backoff that doubles with each consecutive NACK. See docs/protocol.md.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,8 +22,6 @@ use weft_proto::discovery::{self as pb, discovery_server};
 
 use crate::state::State;
 
-/// How long a proxy may leave a snapshot unread before its stream is closed.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const NACK_BACKOFF_BASE: Duration = Duration::from_millis(250);
 const NACK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Subscriptions one proxy may hold (it enforces the same limit itself).
@@ -70,15 +70,22 @@ pub struct DiscoveryService {
     state: Arc<State>,
     proxies: Arc<Proxies>,
     shutdown: CancellationToken,
+    ack_timeout: Duration,
     next_stream: std::sync::atomic::AtomicU64,
 }
 
 impl DiscoveryService {
-    pub fn new(state: Arc<State>, proxies: Arc<Proxies>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        state: Arc<State>,
+        proxies: Arc<Proxies>,
+        shutdown: CancellationToken,
+        ack_timeout: Duration,
+    ) -> Self {
         Self {
             state,
             proxies,
             shutdown,
+            ack_timeout,
             next_stream: Default::default(),
         }
     }
@@ -156,6 +163,8 @@ impl discovery_server::Discovery for DiscoveryService {
             nonce: 0,
             nacks: 0,
             quiet_until: None,
+            ack_timeout: self.ack_timeout,
+            unacked: None,
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(conn.run(first, requests, tx, shutdown));
@@ -173,6 +182,9 @@ struct Connection {
     nacks: u32,
     /// After a NACK: send nothing new before this.
     quiet_until: Option<Instant>,
+    ack_timeout: Duration,
+    /// The response in flight: its nonce, and when its ACK or NACK is overdue.
+    unacked: Option<(u64, Instant)>,
 }
 
 impl Connection {
@@ -188,7 +200,8 @@ impl Connection {
         let mut dirty = true;
         let reason = loop {
             let quiet = self.quiet_until.filter(|t| *t > Instant::now());
-            if dirty && quiet.is_none() {
+            // One response in flight at a time: changes made meanwhile coalesce into the next.
+            if dirty && quiet.is_none() && self.unacked.is_none() {
                 let mesh = mesh_rx.borrow_and_update().clone();
                 self.nonce += 1;
                 let rsp = pb::DiscoveryResponse {
@@ -196,18 +209,14 @@ impl Connection {
                     nonce: self.nonce.to_string(),
                     config: Some(mesh.view(&self.node, &self.subscriptions)),
                 };
-                match tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(rsp))).await {
-                    Ok(Ok(())) => {
-                        dirty = false;
-                        self.state.metrics.pushes.inc();
-                    }
-                    Ok(Err(_)) => break "proxy went away",
-                    Err(_) => {
-                        self.state.metrics.slow_streams_closed.inc();
-                        break "proxy did not read its config stream; closed so it cannot hold the control plane up";
-                    }
+                if tx.send(Ok(rsp)).await.is_err() {
+                    break "proxy went away";
                 }
+                dirty = false;
+                self.unacked = Some((self.nonce, Instant::now() + self.ack_timeout));
+                self.state.metrics.pushes.inc();
             }
+            let overdue = self.unacked.map(|(_, deadline)| deadline);
             tokio::select! {
                 msg = requests.message() => match msg {
                     Ok(Some(req)) => dirty |= self.handle(req),
@@ -219,6 +228,10 @@ impl Connection {
                     dirty = true;
                 }
                 () = sleep_until(quiet), if dirty && quiet.is_some() => {}
+                () = sleep_until(overdue), if overdue.is_some() => {
+                    self.state.metrics.slow_streams_closed.inc();
+                    break "proxy did not acknowledge its config in time; stream closed";
+                }
                 () = shutdown.cancelled() => break "control plane stopping",
             }
         };
@@ -244,6 +257,12 @@ impl Connection {
         self.proxies
             .update(self.stream_id, |p| p.subscriptions = subs);
         if !req.response_nonce.is_empty() {
+            if self
+                .unacked
+                .is_some_and(|(nonce, _)| req.response_nonce == nonce.to_string())
+            {
+                self.unacked = None;
+            }
             if req.error_detail.is_empty() {
                 self.nacks = 0;
                 self.quiet_until = None;

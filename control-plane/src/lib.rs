@@ -33,7 +33,12 @@ pub struct ServeConfig {
     pub config: Vec<PathBuf>,
     pub data_dir: PathBuf,
     pub trust_domain: String,
+    /// How long a proxy may leave a config snapshot unacknowledged before its stream is closed.
+    pub ack_timeout: Duration,
 }
+
+/// The default [`ServeConfig::ack_timeout`].
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Running {
     pub grpc_addr: SocketAddr,
@@ -87,8 +92,13 @@ pub fn start(
         shutdown.clone(),
     ));
 
-    let discovery =
-        DiscoveryService::new(state.clone(), proxies.clone(), shutdown.clone()).into_server();
+    let discovery = DiscoveryService::new(
+        state.clone(),
+        proxies.clone(),
+        shutdown.clone(),
+        cfg.ack_timeout,
+    )
+    .into_server();
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()

@@ -169,6 +169,7 @@ async fn serve(
             config,
             data_dir,
             trust_domain,
+            ack_timeout: weft::DEFAULT_ACK_TIMEOUT,
         },
         grpc,
         api,

@@ -52,7 +52,7 @@ impl Default for Metrics {
         let slow_streams_closed = Counter::default();
         registry.register(
             "slow_streams_closed",
-            "Config streams closed because the proxy did not read",
+            "Config streams closed because the proxy did not acknowledge a snapshot in time",
             slow_streams_closed.clone(),
         );
         let reloads = Family::default();

@@ -18,7 +18,7 @@ pub enum ProxyError {
     NoRoute(String),
     #[error("{0}")]
     NoEndpoints(String),
-    #[error("connect to {addr} failed: {reason}; is the peer's sidecar running?")]
+    #[error("connect to {addr} failed: {reason}")]
     ConnectFailed { addr: SocketAddr, reason: String },
     #[error("connection to {addr} was reset: {reason}")]
     UpstreamReset { addr: SocketAddr, reason: String },

@@ -183,8 +183,14 @@ impl tower::Service<Uri> for AppConnector {
     fn call(&mut self, _: Uri) -> Self::Future {
         let addr = self.addr;
         Box::pin(async move {
-            let stream = transport::dial(addr, transport::DEFAULT_CONNECT_TIMEOUT).await?;
-            Ok(TokioIo::new(stream))
+            match transport::dial(addr, transport::DEFAULT_CONNECT_TIMEOUT).await {
+                Ok(stream) => Ok(TokioIo::new(stream)),
+                Err(ProxyError::ConnectFailed { addr, reason }) => Err(ProxyError::ConnectFailed {
+                    addr,
+                    reason: format!("{reason}; is the app listening on app-addr?"),
+                }),
+                Err(e) => Err(e),
+            }
         })
     }
 }

@@ -113,7 +113,13 @@ impl PeerConn {
         req: http::Request<Body>,
         connect_timeout: Duration,
     ) -> Result<http::Response<Incoming>, ProxyError> {
-        let mut sender = self.sender(connect_timeout).await?;
+        let mut sender = self.sender(connect_timeout).await.map_err(|e| match e {
+            ProxyError::ConnectFailed { addr, reason } => ProxyError::ConnectFailed {
+                addr,
+                reason: format!("{reason}; is the peer's sidecar running?"),
+            },
+            other => other,
+        })?;
         sender.ready().await.map_err(|e| self.reset(&e))?;
         sender.send_request(req).await.map_err(|e| self.reset(&e))
     }

@@ -91,34 +91,55 @@ pub struct Mesh {
     pub config: PathBuf,
     pub grpc_addr: SocketAddr,
     pub api_addr: SocketAddr,
+    ack_timeout: Duration,
     running: Option<weft::Running>,
 }
 
 impl Mesh {
     pub async fn start(yaml: &str) -> Self {
+        Self::start_on(yaml, ([127, 0, 0, 1], 0).into()).await
+    }
+
+    /// Like [`Mesh::start`], with the gRPC listener on `grpc_addr`.
+    pub async fn start_on(yaml: &str, grpc_addr: SocketAddr) -> Self {
+        Self::launch(yaml, grpc_addr, weft::DEFAULT_ACK_TIMEOUT).await
+    }
+
+    /// Like [`Mesh::start`], closing streams whose ACK is overdue after `ack_timeout`.
+    pub async fn start_with_ack_timeout(yaml: &str, ack_timeout: Duration) -> Self {
+        Self::launch(yaml, ([127, 0, 0, 1], 0).into(), ack_timeout).await
+    }
+
+    async fn launch(yaml: &str, grpc_addr: SocketAddr, ack_timeout: Duration) -> Self {
         init_logging();
         let dir = TempDir::new();
         let config = dir.0.join("mesh.yaml");
         std::fs::write(&config, yaml).expect("write config");
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let grpc = bind_again(grpc_addr).await;
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (grpc_addr, api_addr) = (grpc.local_addr().unwrap(), api.local_addr().unwrap());
-        let running =
-            weft::start(Self::serve_config(&dir, &config), grpc, api).expect("config accepted");
+        let running = weft::start(Self::serve_config(&dir, &config, ack_timeout), grpc, api)
+            .expect("config accepted");
         Self {
             dir,
             config,
             grpc_addr,
             api_addr,
+            ack_timeout,
             running: Some(running),
         }
     }
 
-    fn serve_config(dir: &TempDir, config: &std::path::Path) -> weft::ServeConfig {
+    fn serve_config(
+        dir: &TempDir,
+        config: &std::path::Path,
+        ack_timeout: Duration,
+    ) -> weft::ServeConfig {
         weft::ServeConfig {
             config: vec![config.to_path_buf()],
             data_dir: dir.0.join("data"),
             trust_domain: "weft.local".into(),
+            ack_timeout,
         }
     }
 
@@ -154,8 +175,12 @@ impl Mesh {
         let grpc = bind_again(self.grpc_addr).await;
         let api = bind_again(self.api_addr).await;
         self.running = Some(
-            weft::start(Self::serve_config(&self.dir, &self.config), grpc, api)
-                .expect("config accepted"),
+            weft::start(
+                Self::serve_config(&self.dir, &self.config, self.ack_timeout),
+                grpc,
+                api,
+            )
+            .expect("config accepted"),
         );
     }
 

@@ -1,0 +1,80 @@
+//! The proxy's admin listener: liveness, readiness before and after config, the config in
+//! force, metrics, and drain.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use weft_tests::apps::HttpApp;
+use weft_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
+    let app = HttpApp::start("orders").await;
+    let mut server = Sidecar::bind(&[]).await;
+    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+    let yaml = service_yaml("shop", "orders", "HTTP", &[server.inbound]);
+    // The control plane's address is known before it runs: start the proxy first.
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_url = format!("http://{}", grpc.local_addr().unwrap());
+    client.start(&cp_url, "shop", "frontend", NO_APP.parse().unwrap());
+    let http = http1_client();
+
+    let live = get(&http, client.admin, "admin", "/live").await.unwrap();
+    assert_eq!(live.status, 200);
+    let ready = get(&http, client.admin, "admin", "/ready").await.unwrap();
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert!(
+        ready
+            .body
+            .contains("waiting for config from the control plane at http://"),
+        "{}",
+        ready.body
+    );
+
+    // Now the control plane comes up where the proxy is dialing.
+    let addr = grpc.local_addr().unwrap();
+    drop(grpc);
+    let mesh = Mesh::start_on(&yaml, addr).await;
+    server.start(&mesh.url(), "shop", "orders", app.addr);
+    eventually("readiness", Duration::from_secs(10), || async {
+        get(&http, client.admin, "admin", "/ready")
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
+
+    // The proxy subscribes to its upstream's service at start: /config shows it, with version.
+    let config = get(&http, client.admin, "admin", "/config").await.unwrap();
+    assert_eq!(config.header("content-type"), "application/json");
+    let doc: serde_json::Value = serde_json::from_str(&config.body).unwrap();
+    assert_eq!(doc["version"], "1");
+    assert_eq!(doc["services"][0]["key"]["name"], "orders");
+    assert_eq!(doc["proxy"]["namespace"], "shop");
+    assert!(doc["proxy"].to_string().contains("frontend"));
+
+    let metrics = get(&http, client.admin, "admin", "/metrics").await.unwrap();
+    assert!(
+        metrics.body.contains("weft_proxy_config_version 1"),
+        "{}",
+        metrics.body
+    );
+    assert!(metrics.body.ends_with("# EOF\n"));
+
+    let r = send(&http, client.admin, "admin", "POST", "/shutdown", &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    eventually(
+        "the outbound listener to close",
+        Duration::from_secs(5),
+        || async {
+            tokio::net::TcpStream::connect(client.upstreams[0])
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+}
