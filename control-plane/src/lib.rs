@@ -4,6 +4,7 @@
 //! `main.rs` parses the command line.
 
 pub mod api;
+pub mod ca;
 pub mod demo;
 pub mod discovery;
 pub mod files;
@@ -45,6 +46,7 @@ pub struct Running {
     pub api_addr: SocketAddr,
     pub state: Arc<State>,
     pub proxies: Arc<Proxies>,
+    pub ca: Arc<ca::Ca>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -73,6 +75,11 @@ pub fn start(
     let resources = files::load(&cfg.config)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| vec![format!("data-dir {}: {e}", cfg.data_dir.display())])?;
+    // The CA is created on first start; `trust-anchors.pem` is written beside it every start.
+    let ca = Arc::new(
+        ca::Ca::load_or_create(&cfg.data_dir, &cfg.trust_domain)
+            .map_err(|e| vec![format!("certificate authority: {e}")])?,
+    );
     let mesh = Mesh::compile(resources, &cfg.trust_domain, 1);
     for w in mesh.dangling_references() {
         tracing::warn!("{w}");
@@ -135,6 +142,7 @@ pub fn start(
         api_addr,
         state,
         proxies,
+        ca,
         shutdown,
         tasks,
     })

@@ -36,6 +36,12 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     let addr = grpc.local_addr().unwrap();
     drop(grpc);
     let mesh = Mesh::start_on(&yaml, addr).await;
+    // A first start creates the mesh CA and publishes its trust anchors in the data dir.
+    let anchors = std::fs::read_to_string(mesh.dir.0.join("data/trust-anchors.pem")).unwrap();
+    assert!(
+        anchors.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{anchors}"
+    );
     server.start(&mesh.url(), "shop", "orders", app.addr);
     eventually("readiness", Duration::from_secs(10), || async {
         get(&http, client.admin, "admin", "/ready")
