@@ -2,7 +2,10 @@
 //! machine builds without `protoc` installed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["weft/discovery/v1/discovery.proto"];
+    let protos = [
+        "weft/discovery/v1/discovery.proto",
+        "weft/identity/v1/identity.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -5,13 +5,16 @@
 
 pub mod api;
 pub mod ca;
+pub mod client;
 pub mod demo;
 pub mod discovery;
 pub mod files;
+pub mod identity;
 pub mod mesh;
 pub mod metrics;
 pub mod resources;
 pub mod state;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +50,7 @@ pub struct Running {
     pub state: Arc<State>,
     pub proxies: Arc<Proxies>,
     pub ca: Arc<ca::Ca>,
+    pub tokens: Arc<tokens::Tokens>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -76,6 +80,7 @@ pub fn start(
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| vec![format!("data-dir {}: {e}", cfg.data_dir.display())])?;
     // The CA is created on first start; `trust-anchors.pem` is written beside it every start.
+    let tokens = Arc::new(tokens::Tokens::open(&cfg.data_dir).map_err(|e| vec![e.to_string()])?);
     let ca = Arc::new(
         ca::Ca::load_or_create(&cfg.data_dir, &cfg.trust_domain)
             .map_err(|e| vec![format!("certificate authority: {e}")])?,
@@ -106,12 +111,19 @@ pub fn start(
         cfg.ack_timeout,
     )
     .into_server();
+    let identity = identity::IdentityService {
+        ca: ca.clone(),
+        tokens: tokens.clone(),
+        state: state.clone(),
+    }
+    .into_server();
     let stop = shutdown.clone();
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(discovery)
+            .add_service(identity)
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.cancelled())
             .await;
         if let Err(e) = served {
@@ -122,6 +134,7 @@ pub fn start(
     let api_svc = Arc::new(api::Api {
         state: state.clone(),
         proxies: proxies.clone(),
+        tokens: tokens.clone(),
         shutdown: shutdown.clone(),
     });
     tasks.spawn(weft_proxy::server::accept_loop(
@@ -131,7 +144,8 @@ pub fn start(
         Duration::from_secs(5),
         move |conn| {
             let api_svc = api_svc.clone();
-            let svc = hyper::service::service_fn(move |req| api_svc.clone().handle(req));
+            let peer = conn.peer;
+            let svc = hyper::service::service_fn(move |req| api_svc.clone().handle(peer, req));
             conn.tracker
                 .spawn(async move { conn.http.serve(conn.stream, conn.watcher, svc).await });
         },
@@ -143,6 +157,7 @@ pub fn start(
         state,
         proxies,
         ca,
+        tokens,
         shutdown,
         tasks,
     })

@@ -46,6 +46,14 @@ enum Command {
         #[arg(long)]
         otlp_endpoint: Option<String>,
     },
+    /// Manage join tokens: proofs of identity for proxies outside Kubernetes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+        /// The control plane's API.
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER, global = true)]
+        server: String,
+    },
     /// Run the sidecar proxy from this executable (what `weft demo` uses when no `weft-proxy`
     /// binary sits beside `weft`).
     #[command(hide = true, disable_help_flag = true)]
@@ -53,6 +61,21 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new join token for NAMESPACE/SERVICEACCOUNT.
+    Create {
+        workload: String,
+        /// How long the token may be used.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+    /// Revoke a token (by id, or the whole token).
+    Revoke { id: String },
+    /// List tokens (never their secrets).
+    List,
 }
 
 const EXIT_CONFIG: u8 = 64;
@@ -128,6 +151,7 @@ async fn run(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Token { command, server } => token(command, &server).await,
         Command::Proxy { .. } => ExitCode::FAILURE,
     }
 }
@@ -198,4 +222,48 @@ fn config_errors(errors: &[String]) -> ExitCode {
         eprintln!("weft: {e}");
     }
     ExitCode::from(EXIT_CONFIG)
+}
+
+async fn token(command: TokenCommand, server: &str) -> ExitCode {
+    use http::Method;
+    let api = weft::client::ApiClient::new(server);
+    let (method, path, body) = match &command {
+        TokenCommand::Create { workload, ttl } => (
+            Method::POST,
+            "/api/v1/tokens".to_string(),
+            Some(serde_json::json!({ "workload": workload, "ttl": ttl })),
+        ),
+        TokenCommand::Revoke { id } => (Method::DELETE, format!("/api/v1/tokens/{id}"), None),
+        TokenCommand::List => (Method::GET, "/api/v1/tokens".to_string(), None),
+    };
+    let (status, body) = match api.request(method, &path, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !(200..300).contains(&status) {
+        eprintln!("weft: the control plane answered {status}: {}", body.trim());
+        return ExitCode::FAILURE;
+    }
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    match command {
+        // The token alone on stdout, so that `$(weft token create ns/sa)` works.
+        TokenCommand::Create { .. } => println!("{}", doc["token"].as_str().unwrap_or_default()),
+        TokenCommand::Revoke { id } => println!("token {id} revoked"),
+        TokenCommand::List => {
+            println!("{:<18} {:<32} {:<12} REVOKED", "ID", "WORKLOAD", "EXPIRES");
+            for t in doc["items"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<18} {:<32} {:<12} {}",
+                    t["id"].as_str().unwrap_or_default(),
+                    t["workload"].as_str().unwrap_or_default(),
+                    t["expiresAt"],
+                    t["revoked"]
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -7,3 +7,8 @@ pub mod discovery {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("weft.discovery.v1");
 }
+
+pub mod identity {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("weft.identity.v1");
+}

@@ -1,0 +1,71 @@
+//! The `Certify` RPC: checks a proxy's proof of identity and has the CA sign its CSR for exactly
+//! that identity.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tonic::{Request, Response, Status};
+use weft_proto::identity::{self as pb, certify_request::Proof, identity_server};
+
+use crate::ca::{Ca, CaError};
+use crate::state::State;
+use crate::tokens::{TokenError, Tokens};
+
+pub struct IdentityService {
+    pub ca: Arc<Ca>,
+    pub tokens: Arc<Tokens>,
+    pub state: Arc<State>,
+}
+
+impl IdentityService {
+    pub fn into_server(self) -> identity_server::IdentityServer<Self> {
+        identity_server::IdentityServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl identity_server::Identity for IdentityService {
+    async fn certify(
+        &self,
+        request: Request<pb::CertifyRequest>,
+    ) -> Result<Response<pb::CertifyResponse>, Status> {
+        let remote = request.remote_addr();
+        let req = request.into_inner();
+        let workload = match req.proof {
+            Some(Proof::JoinToken(token)) => self.tokens.verify(&token).map_err(|e| match e {
+                TokenError::Store(_) => Status::internal(e.to_string()),
+                _ => Status::unauthenticated(e.to_string()),
+            })?,
+            Some(Proof::ServiceAccountToken(_)) => {
+                return Err(Status::unimplemented(
+                    "Kubernetes service-account tokens are not accepted by this control plane yet; use a join token",
+                ))
+            }
+            None => return Err(Status::unauthenticated("no proof of identity: send a join token")),
+        };
+        let mesh = self.state.mesh();
+        let identity = mesh.identity(&workload.namespace, &workload.service_account);
+        let ttl = mesh
+            .settings
+            .certificate_ttl
+            .map_or(Duration::from_secs(24 * 3600), |d| d.0);
+        let issued = self
+            .ca
+            .sign(&req.csr, &identity, ttl)
+            .map_err(|e| match e {
+                CaError::WrongIdentity { .. } => Status::permission_denied(e.to_string()),
+                CaError::BadCsr(_) => Status::invalid_argument(e.to_string()),
+                _ => Status::internal(e.to_string()),
+            })?;
+        tracing::info!(%identity, serial = %issued.serial, ?remote, ?ttl, "certificate issued");
+        Ok(Response::new(pb::CertifyResponse {
+            certificate_chain: issued.chain_pem,
+            trust_anchors: self.ca.trust_anchors_pem().to_string(),
+            expires_at: issued
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+            serial: issued.serial,
+        }))
+    }
+}

@@ -1,0 +1,206 @@
+//! Identity: join tokens and the `Certify` RPC against a real control plane. The control plane
+//! signs only the identity a caller proved it owns.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use rcgen::{CertificateParams, KeyPair, SanType};
+use weft_proto::identity::{
+    certify_request::Proof, identity_client::IdentityClient, CertifyRequest,
+};
+use weft_tests::*;
+use x509_parser::prelude::*;
+
+const MESH: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\nspec: {certificateTTL: 1h}\n";
+const ORDERS: &str = "spiffe://weft.local/ns/shop/sa/orders";
+
+/// A CSR for `san`, made the way a proxy makes it: the key never leaves this function.
+fn csr(san: &str) -> Vec<u8> {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(san.try_into().unwrap())];
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+async fn create_token(mesh: &Mesh, workload: &str, ttl: &str) -> (String, String) {
+    let body = serde_json::json!({ "workload": workload, "ttl": ttl }).to_string();
+    let req = http::Request::post(format!("http://{}/api/v1/tokens", mesh.api_addr))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let rsp = http1_client().request(req).await.unwrap();
+    assert_eq!(rsp.status(), 201);
+    let body = http_body_util::BodyExt::collect(rsp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    (
+        doc["id"].as_str().unwrap().to_string(),
+        doc["token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn certify(
+    mesh: &Mesh,
+    csr: Vec<u8>,
+    token: &str,
+) -> Result<weft_proto::identity::CertifyResponse, tonic::Status> {
+    let mut client = IdentityClient::connect(mesh.url()).await.unwrap();
+    let req = CertifyRequest {
+        csr,
+        proof: Some(Proof::JoinToken(token.to_string())),
+    };
+    client.certify(req).await.map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_gets_a_certificate_for_its_identity_only() {
+    let mesh = Mesh::start(MESH).await;
+    let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
+
+    let issued = certify(&mesh, csr(ORDERS), &token).await.unwrap();
+    let anchors = std::fs::read_to_string(mesh.dir.0.join("data/trust-anchors.pem")).unwrap();
+    assert_eq!(issued.trust_anchors, anchors);
+    let chain: Vec<_> = Pem::iter_from_buffer(issued.certificate_chain.as_bytes())
+        .map(|p| p.unwrap())
+        .collect();
+    let root = Pem::iter_from_buffer(anchors.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (leaf, intermediate, root) = (
+        chain[0].parse_x509().unwrap(),
+        chain[1].parse_x509().unwrap(),
+        root.parse_x509().unwrap(),
+    );
+    leaf.verify_signature(Some(intermediate.public_key()))
+        .unwrap();
+    intermediate
+        .verify_signature(Some(root.public_key()))
+        .unwrap();
+    let san = leaf.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(san.value.general_names, [GeneralName::URI(ORDERS)]);
+    let lifetime = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert_eq!(
+        lifetime,
+        3600 + 60,
+        "MeshConfig certificateTTL, plus a minute of backdating"
+    );
+    assert_eq!(issued.expires_at, leaf.validity().not_after.timestamp());
+
+    // A CSR for another identity is refused, with both identities named.
+    let err = certify(
+        &mesh,
+        csr("spiffe://weft.local/ns/shop/sa/payments"),
+        &token,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("payments") && err.message().contains(ORDERS),
+        "{}",
+        err.message()
+    );
+    // So is a CSR that is not one.
+    let err = certify(&mesh, b"garbage".to_vec(), &token)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_revoked_expired_and_missing_proofs_are_refused() {
+    let mesh = Mesh::start(MESH).await;
+    let err = certify(&mesh, csr(ORDERS), "weft.0011223344556677.deadbeef")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("unknown join token"),
+        "{}",
+        err.message()
+    );
+
+    let (id, token) = create_token(&mesh, "shop/orders", "1h").await;
+    let req = http::Request::delete(format!("http://{}/api/v1/tokens/{id}", mesh.api_addr))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(http1_client().request(req).await.unwrap().status(), 200);
+    let err = certify(&mesh, csr(ORDERS), &token).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("revoked"), "{}", err.message());
+
+    let (_, short) = create_token(&mesh, "shop/orders", "1s").await;
+    let err = eventually("the token to expire", Duration::from_secs(5), || async {
+        certify(&mesh, csr(ORDERS), &short).await.err()
+    })
+    .await;
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(
+        err.message().contains("expired")
+            && err.message().contains("weft token create shop/orders"),
+        "{}",
+        err.message()
+    );
+
+    let mut client = IdentityClient::connect(mesh.url()).await.unwrap();
+    let err = client
+        .certify(CertifyRequest {
+            csr: csr(ORDERS),
+            proof: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_lists_and_revokes_tokens() {
+    let mesh = Mesh::start(MESH).await;
+    let server = format!("http://{}", mesh.api_addr);
+    let weft = |args: &[&str]| {
+        let out = std::process::Command::new(binary("weft"))
+            .args(args)
+            .args(["--server", &server])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, token, err) = weft(&["token", "create", "shop/orders", "--ttl", "10m"]);
+    assert_eq!(code, Some(0), "{err}");
+    let token = token.trim().to_string();
+    assert!(token.starts_with("weft."), "{token}");
+    assert!(certify(&mesh, csr(ORDERS), &token).await.is_ok());
+
+    let id = token.split('.').nth(1).unwrap();
+    let (code, list, _) = weft(&["token", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        list.contains(id)
+            && list.contains("shop/orders")
+            && !list.contains(token.rsplit('.').next().unwrap()),
+        "{list}"
+    );
+
+    let (code, _, err) = weft(&["token", "revoke", id]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(certify(&mesh, csr(ORDERS), &token).await.is_err());
+
+    let (code, _, err) = weft(&["token", "create", "shop"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("expected NAMESPACE/SERVICEACCOUNT"), "{err}");
+
+    let out = std::process::Command::new(binary("weft"))
+        .args(["token", "list", "--server", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("is `weft serve` running?"), "{err}");
+}
