@@ -10,11 +10,13 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::discovery::Discovery;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 pub struct Admin {
     pub config: Arc<Config>,
     pub discovery: Arc<Discovery>,
+    pub identity: Arc<Identity>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
 }
@@ -29,8 +31,13 @@ impl Admin {
             (&Method::GET, "/ready") => {
                 if self.shutdown.is_cancelled() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining")
-                } else if self.discovery.has_config() {
+                } else if self.discovery.has_config() && self.has_identity() {
                     text(StatusCode::OK, "ready")
+                } else if self.discovery.has_config() {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: waiting for a certificate from the control plane",
+                    )
                 } else {
                     let msg = format!(
                         "not ready: waiting for config from the control plane at {}",
@@ -55,6 +62,13 @@ impl Admin {
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 }
             }
+            (&Method::GET, "/identity") => match self.identity.current() {
+                Some(creds) => match serde_json::to_string_pretty(&*creds) {
+                    Ok(json) => with_type(StatusCode::OK, json, "application/json"),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                },
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet"),
+            },
             (&Method::GET, "/metrics") => with_type(
                 StatusCode::OK,
                 self.metrics.encode(),
@@ -65,14 +79,22 @@ impl Admin {
                 self.shutdown.cancel();
                 text(StatusCode::OK, "draining")
             }
-            (_, "/live" | "/ready" | "/config" | "/metrics" | "/shutdown") => {
+            (_, "/live" | "/ready" | "/config" | "/identity" | "/metrics" | "/shutdown") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /config, /metrics, POST /shutdown",
+                "not found: try /live, /ready, /config, /identity, /metrics, POST /shutdown",
             ),
         })
+    }
+}
+
+impl Admin {
+    /// A proxy with a proof of identity is ready only with a certificate; one without runs
+    /// without identity (plaintext) until mTLS is required.
+    fn has_identity(&self) -> bool {
+        matches!(self.config.proof, crate::config::Proof::None) || self.identity.current().is_some()
     }
 }
 

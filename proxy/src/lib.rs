@@ -11,6 +11,7 @@ pub mod config;
 pub mod discovery;
 pub mod errors;
 pub mod headers;
+pub mod identity;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;
@@ -72,6 +73,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub upstream_addrs: Vec<SocketAddr>,
     pub discovery: Arc<Discovery>,
+    pub identity: Arc<identity::Identity>,
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -147,6 +149,18 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
             .run(config.control_plane.clone(), node, shutdown.clone()),
     );
 
+    let identity = Arc::new(identity::Identity::new(metrics.clone()));
+    if !matches!(config.proof, config::Proof::None) {
+        tasks.spawn(identity.clone().run(
+            config.control_plane.clone(),
+            config.proof.clone(),
+            config.namespace.clone(),
+            config.service_account.clone(),
+            discovery.clone(),
+            shutdown.clone(),
+        ));
+    }
+
     let outbound = Arc::new(Outbound {
         discovery: discovery.clone(),
         metrics: metrics.clone(),
@@ -196,6 +210,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
     let admin = Arc::new(Admin {
         config: config.clone(),
         discovery: discovery.clone(),
+        identity: identity.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
@@ -220,6 +235,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         admin_addr,
         upstream_addrs,
         discovery,
+        identity,
         metrics,
         shutdown,
         tasks,

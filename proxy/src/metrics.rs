@@ -54,6 +54,8 @@ pub struct Metrics {
     pub config_updates: Family<OutcomeLabels, Counter>,
     pub config_version: Gauge,
     pub control_plane_connected: Gauge,
+    pub identity_expiry: Gauge,
+    pub renewals: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -124,6 +126,18 @@ impl Metrics {
             "1 while the config stream to the control plane is up",
             control_plane_connected.clone(),
         );
+        let identity_expiry = Gauge::default();
+        registry.register(
+            "identity_certificate_expiry_timestamp_seconds",
+            "When this proxy's certificate expires, in seconds since the Unix epoch (0: none yet)",
+            identity_expiry.clone(),
+        );
+        let renewals = Family::default();
+        registry.register(
+            "identity_certificate_requests",
+            "Certificate requests to the control plane, by outcome (issued, failed)",
+            renewals.clone(),
+        );
         Self {
             registry,
             requests,
@@ -136,6 +150,8 @@ impl Metrics {
             config_updates,
             config_version,
             control_plane_connected,
+            identity_expiry,
+            renewals,
         }
     }
 

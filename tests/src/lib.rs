@@ -247,6 +247,18 @@ impl Sidecar {
 
     /// Starts the proxy for workload `ns/name` whose app listens on `app`.
     pub fn start(&mut self, control_plane: &str, namespace: &str, name: &str, app: SocketAddr) {
+        self.start_with_token(control_plane, namespace, name, app, None);
+    }
+
+    /// Like [`Sidecar::start`], proving its identity with a join token.
+    pub fn start_with_token(
+        &mut self,
+        control_plane: &str,
+        namespace: &str,
+        name: &str,
+        app: SocketAddr,
+        token: Option<&str>,
+    ) {
         let args = weft_proxy::config::Args {
             control_plane: control_plane.to_string(),
             namespace: Some(namespace.into()),
@@ -255,6 +267,7 @@ impl Sidecar {
             outbound_addr: self.outbound.to_string(),
             admin_addr: self.admin.to_string(),
             app_addr: app.to_string(),
+            join_token: token.map(str::to_string),
             drain_timeout: "2s".into(),
             workers: "1".into(),
             ..Default::default()
@@ -358,6 +371,22 @@ pub async fn get(
     path: &str,
 ) -> anyhow::Result<Reply> {
     send(client, addr, host, "GET", path, &[]).await
+}
+
+/// Creates a join token through the control plane's API; returns (id, token).
+pub async fn create_token(mesh: &Mesh, workload: &str, ttl: &str) -> (String, String) {
+    let body = serde_json::json!({ "workload": workload, "ttl": ttl }).to_string();
+    let req = http::Request::post(format!("http://{}/api/v1/tokens", mesh.api_addr))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let rsp = http1_client().request(req).await.unwrap();
+    assert_eq!(rsp.status(), 201);
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    (
+        doc["id"].as_str().unwrap().to_string(),
+        doc["token"].as_str().unwrap().to_string(),
+    )
 }
 
 /// YAML for a Service whose endpoints are the given proxies' inbound listeners.

@@ -10,6 +10,7 @@ use weft_proto::identity::{
     certify_request::Proof, identity_client::IdentityClient, CertifyRequest,
 };
 use weft_tests::*;
+
 use x509_parser::prelude::*;
 
 const MESH: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\nspec: {certificateTTL: 1h}\n";
@@ -21,24 +22,6 @@ fn csr(san: &str) -> Vec<u8> {
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(san.try_into().unwrap())];
     params.serialize_request(&key).unwrap().der().to_vec()
-}
-
-async fn create_token(mesh: &Mesh, workload: &str, ttl: &str) -> (String, String) {
-    let body = serde_json::json!({ "workload": workload, "ttl": ttl }).to_string();
-    let req = http::Request::post(format!("http://{}/api/v1/tokens", mesh.api_addr))
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let rsp = http1_client().request(req).await.unwrap();
-    assert_eq!(rsp.status(), 201);
-    let body = http_body_util::BodyExt::collect(rsp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    (
-        doc["id"].as_str().unwrap().to_string(),
-        doc["token"].as_str().unwrap().to_string(),
-    )
 }
 
 async fn certify(
@@ -203,4 +186,124 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("is `weft serve` running?"), "{err}");
+}
+
+fn short_ttl(ttl: &str) -> String {
+    format!("apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec: {{certificateTTL: {ttl}}}\n")
+}
+
+async fn admin_json(addr: std::net::SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let r = get(&http1_client(), addr, "admin", path).await.ok()?;
+    (r.status == 200).then(|| serde_json::from_str(&r.body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_gets_its_certificate_and_renews_it() {
+    let mesh = Mesh::start(&short_ttl("2s")).await;
+    let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
+    let mut proxy = Sidecar::bind(&[]).await;
+    proxy.start_with_token(
+        &mesh.url(),
+        "shop",
+        "orders",
+        NO_APP.parse().unwrap(),
+        Some(&token),
+    );
+
+    let first = eventually("the first certificate", Duration::from_secs(10), || {
+        admin_json(proxy.admin, "/identity")
+    })
+    .await;
+    assert_eq!(first["identity"], ORDERS);
+    assert_eq!(
+        get(&http1_client(), proxy.admin, "admin", "/ready")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    // Renewal at about 70% of a 2 s lifetime: three renewals, each a new serial, within seconds.
+    let mut serials = vec![first["serial"].as_str().unwrap().to_string()];
+    while serials.len() < 4 {
+        let next = eventually("a renewal", Duration::from_secs(5), || async {
+            let doc = admin_json(proxy.admin, "/identity").await?;
+            let serial = doc["serial"].as_str()?.to_string();
+            (!serials.contains(&serial)).then_some(serial)
+        })
+        .await;
+        serials.push(next);
+    }
+    let metrics = proxy.running().metrics.encode();
+    assert!(
+        metrics.contains("weft_proxy_identity_certificate_expiry_timestamp_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"outcome="failed""#),
+        "no request failed: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
+    let mut mesh = Mesh::start(&short_ttl("1h")).await;
+    // A bad token: config arrives, the certificate never does, so the proxy is not ready.
+    let mut refused = Sidecar::bind(&[]).await;
+    refused.start_with_token(
+        &mesh.url(),
+        "shop",
+        "orders",
+        NO_APP.parse().unwrap(),
+        Some("weft.00.00"),
+    );
+    refused.ready().await;
+    eventually(
+        "a refused certificate request",
+        Duration::from_secs(10),
+        || async {
+            let m = refused.running().metrics.encode();
+            m.contains(r#"weft_proxy_identity_certificate_requests_total{outcome="failed"}"#)
+                .then_some(())
+        },
+    )
+    .await;
+    let ready = get(&http1_client(), refused.admin, "admin", "/ready")
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.contains("waiting for a certificate"),
+        "{}",
+        ready.body
+    );
+
+    // A good one, then the control plane goes away: the certificate stays, and so does readiness.
+    let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
+    let mut proxy = Sidecar::bind(&[]).await;
+    proxy.start_with_token(
+        &mesh.url(),
+        "shop",
+        "orders",
+        NO_APP.parse().unwrap(),
+        Some(&token),
+    );
+    let before = eventually("a certificate", Duration::from_secs(10), || {
+        admin_json(proxy.admin, "/identity")
+    })
+    .await;
+    mesh.stop().await;
+    for _ in 0..20 {
+        assert_eq!(
+            get(&http1_client(), proxy.admin, "admin", "/ready")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        assert_eq!(
+            admin_json(proxy.admin, "/identity").await.unwrap()["serial"],
+            before["serial"]
+        );
+    }
 }

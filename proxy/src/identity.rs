@@ -1,0 +1,229 @@
+//! The proxy's workload identity: a private key made here (it never leaves this process), a
+//! certificate for it from the control plane, and renewal before it expires.
+//!
+//! One writer, [`Identity::run`], swaps in new [`Credentials`]; readers (admin, and the TLS
+//! configs once mTLS lands) load the current ones. Renewal starts at about 70% of the
+//! certificate's lifetime; a failed attempt is retried with jittered exponential backoff while
+//! the current certificate keeps serving.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use weft_proto::identity::{
+    certify_request::Proof as PbProof, identity_client::IdentityClient, CertifyRequest,
+};
+
+use crate::config::Proof;
+use crate::discovery::Discovery;
+use crate::metrics::{Metrics, OutcomeLabels};
+
+const RETRY_BASE: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A certificate and the key it certifies.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    pub identity: String,
+    pub serial: String,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+    #[serde(skip)]
+    pub chain_pem: String,
+    #[serde(skip)]
+    pub key_pem: String,
+    #[serde(skip)]
+    pub trust_anchors_pem: String,
+    #[serde(skip)]
+    issued_at: SystemTime,
+}
+
+impl Credentials {
+    pub fn expiry(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(self.not_after).unwrap_or(0))
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity)
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct Identity {
+    current: ArcSwapOption<Credentials>,
+    updates: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Identity {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            updates: watch::channel(0).0,
+            metrics,
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<Credentials>> {
+        self.current.load_full()
+    }
+
+    /// Resolves once the first certificate is in hand.
+    pub async fn ready(&self) {
+        let _ = self.updates.subscribe().wait_for(|n| *n > 0).await;
+    }
+
+    /// Obtains a certificate, then renews it, until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        url: String,
+        proof: Proof,
+        namespace: String,
+        service_account: String,
+        discovery: Arc<Discovery>,
+        shutdown: CancellationToken,
+    ) {
+        // The trust domain comes with the first config.
+        tokio::select! {
+            () = discovery.ready() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let mut failures = 0u32;
+        loop {
+            let trust_domain = discovery.snapshot().mesh.trust_domain.clone();
+            let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+            let wait = match self.certify(&url, &proof, &id).await {
+                Ok(creds) => {
+                    failures = 0;
+                    let wait = renew_after(
+                        creds.issued_at,
+                        creds.expiry(),
+                        SystemTime::now(),
+                        rand::rng().random_range(-0.05..0.05),
+                    );
+                    tracing::info!(identity = %creds.identity, serial = %creds.serial, renew_in = ?wait, "certificate obtained");
+                    self.metrics.identity_expiry.set(creds.not_after);
+                    self.metrics
+                        .renewals
+                        .get_or_create(&OutcomeLabels { outcome: "issued" })
+                        .inc();
+                    self.current.store(Some(Arc::new(creds)));
+                    self.updates.send_modify(|n| *n += 1);
+                    wait
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    self.metrics
+                        .renewals
+                        .get_or_create(&OutcomeLabels { outcome: "failed" })
+                        .inc();
+                    let cap = RETRY_BASE
+                        .saturating_mul(1 << failures.min(16))
+                        .min(RETRY_MAX);
+                    let wait = rand::rng().random_range(cap / 2..=cap);
+                    let serving = self.current().map(|c| c.serial.clone());
+                    tracing::warn!(error = %e, retry_in = ?wait, ?serving, "certificate request failed; the current certificate keeps serving");
+                    wait
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn certify(&self, url: &str, proof: &Proof, id: &str) -> Result<Credentials, String> {
+        let proof = match proof {
+            Proof::JoinToken(t) => PbProof::JoinToken(t.clone()),
+            Proof::TokenFile(path) => PbProof::ServiceAccountToken(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("token-file {}: {e}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            Proof::None => return Err("no proof of identity configured".into()),
+        };
+        // A fresh key for every certificate: nothing to leak from an old one.
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params = rcgen::CertificateParams::default();
+        let uri = id
+            .try_into()
+            .map_err(|e: rcgen::Error| format!("identity {id}: {e}"))?;
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+        let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
+        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| format!("connect to {url}: {}", crate::transport::error_chain(&e)))?;
+        let issued_at = SystemTime::now();
+        let rsp = IdentityClient::new(channel)
+            .certify(CertifyRequest {
+                csr: csr.der().to_vec(),
+                proof: Some(proof),
+            })
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        Ok(Credentials {
+            identity: id.to_string(),
+            serial: rsp.serial,
+            not_after: rsp.expires_at,
+            chain_pem: rsp.certificate_chain,
+            key_pem: key.serialize_pem(),
+            trust_anchors_pem: rsp.trust_anchors,
+            issued_at,
+        })
+    }
+}
+
+/// When to renew: at `0.7 + jitter` of the way from issue to expiry (never before now).
+pub fn renew_after(
+    issued: SystemTime,
+    expiry: SystemTime,
+    now: SystemTime,
+    jitter: f64,
+) -> Duration {
+    let lifetime = expiry.duration_since(issued).unwrap_or_default();
+    let at = issued + lifetime.mul_f64((0.7 + jitter).clamp(0.1, 0.95));
+    at.duration_since(now).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_at_seventy_percent_of_the_lifetime() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let expiry = t0 + Duration::from_secs(100);
+        assert_eq!(renew_after(t0, expiry, t0, 0.0), Duration::from_secs(70));
+        assert_eq!(
+            renew_after(t0, expiry, t0 + Duration::from_secs(50), 0.0),
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            renew_after(t0, expiry, t0 + Duration::from_secs(90), 0.0),
+            Duration::ZERO,
+            "overdue: now"
+        );
+        assert_eq!(renew_after(t0, expiry, t0, 0.05), Duration::from_secs(75));
+        assert_eq!(
+            renew_after(t0, t0, t0, 0.0),
+            Duration::ZERO,
+            "a zero lifetime renews at once"
+        );
+    }
+}
