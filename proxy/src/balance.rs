@@ -102,7 +102,8 @@ struct Ewma {
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, labels: BTreeMap<String, String>) -> Self {
+    /// An endpoint whose proxy must present `identity`.
+    pub fn new(addr: SocketAddr, identity: String, labels: BTreeMap<String, String>) -> Self {
         Self {
             addr,
             labels,
@@ -111,7 +112,7 @@ impl Endpoint {
                 cost: 0.0,
                 stamp: Instant::now(),
             }),
-            conn: PeerConn::new(addr),
+            conn: PeerConn::new(addr, identity),
         }
     }
 
@@ -189,6 +190,7 @@ mod tests {
             .map(|i| {
                 Arc::new(Endpoint::new(
                     ([127, 0, 0, 1], 1000 + i).into(),
+                    String::new(),
                     BTreeMap::new(),
                 ))
             })

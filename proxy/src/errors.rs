@@ -22,6 +22,8 @@ pub enum ProxyError {
     ConnectFailed { addr: SocketAddr, reason: String },
     #[error("connection to {addr} was reset: {reason}")]
     UpstreamReset { addr: SocketAddr, reason: String },
+    #[error("TLS with {addr} failed: {reason}")]
+    TlsFailed { addr: SocketAddr, reason: String },
     #[error("{0}")]
     Timeout(String),
     #[error("bad request: {0}")]
@@ -36,6 +38,7 @@ impl ProxyError {
             Self::NoEndpoints(_) => "no-endpoints",
             Self::ConnectFailed { .. } => "connect-failed",
             Self::UpstreamReset { .. } => "upstream-reset",
+            Self::TlsFailed { .. } => "tls-failed",
             Self::Timeout(_) => "timeout",
             Self::BadRequest(_) => "bad-request",
         }
@@ -45,7 +48,9 @@ impl ProxyError {
         match self {
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::ConnectFailed { .. } | Self::UpstreamReset { .. } => StatusCode::BAD_GATEWAY,
+            Self::ConnectFailed { .. } | Self::UpstreamReset { .. } | Self::TlsFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
         }

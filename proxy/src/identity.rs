@@ -21,6 +21,7 @@ use weft_proto::identity::{
 use crate::config::Proof;
 use crate::discovery::Discovery;
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::tls::Tls;
 
 const RETRY_BASE: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -62,14 +63,17 @@ pub struct Identity {
     current: ArcSwapOption<Credentials>,
     updates: watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    tls: Arc<Tls>,
 }
 
 impl Identity {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// `tls` is rebuilt from every new certificate.
+    pub fn new(metrics: Arc<Metrics>, tls: Arc<Tls>) -> Self {
         Self {
             current: ArcSwapOption::empty(),
             updates: watch::channel(0).0,
             metrics,
+            tls,
         }
     }
 
@@ -101,7 +105,13 @@ impl Identity {
         loop {
             let trust_domain = discovery.snapshot().mesh.trust_domain.clone();
             let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
-            let wait = match self.certify(&url, &proof, &id).await {
+            let obtained = self.certify(&url, &proof, &id).await.and_then(|creds| {
+                self.tls
+                    .refresh(&creds)
+                    .map_err(|e| format!("unusable certificate: {e}"))?;
+                Ok(creds)
+            });
+            let wait = match obtained {
                 Ok(creds) => {
                     failures = 0;
                     let wait = renew_after(

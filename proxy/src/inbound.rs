@@ -1,8 +1,12 @@
 //! Traffic from peer proxies to the local app.
 //!
-//! Each connection is classified by its first bytes (`transport::detect`): opaque TCP is relayed
-//! to the app; HTTP/2 and HTTP/1.1 are served, and each request goes to the app in the HTTP
-//! version the calling app used (restored from `weft-orig-proto`), over a pooled connection.
+//! A connection that opens with a TLS record is mutual TLS: the caller's chain is verified
+//! against the trust anchors and its SPIFFE ID is passed to the app in `x-weft-client-identity`.
+//! A plaintext connection is refused when MeshConfig `mtls` is `strict` (the default) and this
+//! proxy has a certificate. Inside, each connection is classified by its first bytes
+//! (`transport::detect`): opaque TCP is relayed to the app; HTTP/2 and HTTP/1.1 are served, and
+//! each request goes to the app in the HTTP version the calling app used (restored from
+//! `weft-orig-proto`), over a pooled connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,19 +24,27 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::{self, Body};
+use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
 use crate::headers;
+use crate::metrics::ConnectionLabels;
 use crate::metrics::{Metrics, RequestLabels, INBOUND};
 use crate::outbound::error_label;
 use crate::server::Accepted;
+use crate::server::Http;
+use crate::tls::Tls;
 use crate::transport::{self, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
 use crate::upgrade;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Removed from every request arriving at the inbound listener: only the proxy sets it, and only
 /// for callers it authenticated.
 pub const CLIENT_IDENTITY_HEADER: &str = "x-weft-client-identity";
 /// How long a new connection may take to send its first bytes.
 const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 pub struct Inbound {
     app_addr: SocketAddr,
@@ -40,10 +52,18 @@ pub struct Inbound {
     metrics: Arc<Metrics>,
     http1: Client<AppConnector, Body>,
     http2: Client<AppConnector, Body>,
+    tls: Arc<Tls>,
+    discovery: Arc<Discovery>,
 }
 
 impl Inbound {
-    pub fn new(app_addr: SocketAddr, service: String, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        app_addr: SocketAddr,
+        service: String,
+        metrics: Arc<Metrics>,
+        tls: Arc<Tls>,
+        discovery: Arc<Discovery>,
+    ) -> Self {
         let connector = AppConnector { addr: app_addr };
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -63,6 +83,8 @@ impl Inbound {
             metrics,
             http1,
             http2,
+            tls,
+            discovery,
         }
     }
 
@@ -70,35 +92,100 @@ impl Inbound {
     pub fn accept(self: &Arc<Self>, conn: Accepted) {
         let inbound = self.clone();
         let Accepted {
-            mut stream,
+            stream,
             peer,
             watcher,
             http,
             tracker,
         } = conn;
         tracker.spawn(async move {
-            let (kind, prefix) = match tokio::time::timeout(DETECT_TIMEOUT, transport::detect(&mut stream)).await {
-                Ok(Ok(detected)) => detected,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "inbound connection failed before its first bytes"),
+            let mut first = [0u8; 1];
+            let is_tls = match tokio::time::timeout(DETECT_TIMEOUT, stream.peek(&mut first)).await {
+                Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
+                Ok(_) => return,
                 Err(_) => return tracing::debug!(%peer, "inbound connection sent nothing; closed"),
             };
-            match kind {
-                Detected::Opaque => match OpaqueHeader::read(&mut stream).await {
-                    Ok(header) => crate::tcp::inbound(stream, header, inbound.app_addr, inbound.metrics.clone()).await,
-                    Err(e) => tracing::info!(%peer, error = %e, "bad opaque transport header; connection closed"),
-                },
-                Detected::Http1 | Detected::Http2 => {
-                    let svc = hyper::service::service_fn(move |req| inbound.clone().handle(req));
-                    http.serve(Prefixed::new(prefix, stream), watcher, svc).await;
+            if is_tls {
+                let Some(config) = inbound.tls.server() else {
+                    inbound.count_connection("true", "refused");
+                    return tracing::info!(%peer, "TLS connection refused: this proxy has no certificate yet");
+                };
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                let tls = match tokio::time::timeout(DETECT_TIMEOUT, accept).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        inbound.count_connection("true", "refused");
+                        return tracing::info!(%peer, error = %e, "TLS handshake failed; connection refused");
+                    }
+                    Err(_) => return inbound.count_connection("true", "refused"),
+                };
+                let client = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(crate::tls::spiffe_id);
+                inbound.count_connection("true", "accepted");
+                inbound.serve(tls, peer, client.map(Arc::from), watcher, http).await;
+            } else {
+                let strict = !inbound.discovery.snapshot().mesh.mtls_permissive;
+                if strict && inbound.tls.server().is_some() {
+                    inbound.count_connection("false", "refused");
+                    return tracing::info!(%peer, "plaintext connection refused: mTLS is strict");
                 }
+                inbound.count_connection("false", "accepted");
+                inbound.serve(stream, peer, None, watcher, http).await;
             }
         });
     }
 
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    fn count_connection(&self, tls: &'static str, outcome: &'static str) {
+        self.metrics
+            .inbound_connections
+            .get_or_create(&ConnectionLabels { tls, outcome })
+            .inc();
+    }
+
+    /// Serves one (decrypted) connection: opaque TCP or HTTP.
+    async fn serve<I>(
+        self: Arc<Self>,
+        mut io: I,
+        peer: SocketAddr,
+        client: Option<Arc<str>>,
+        watcher: Watcher,
+        http: Http,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (kind, prefix) = match tokio::time::timeout(DETECT_TIMEOUT, transport::detect(&mut io))
+            .await
+        {
+            Ok(Ok(detected)) => detected,
+            Ok(Err(e)) => {
+                return tracing::debug!(%peer, error = %e, "inbound connection failed before its first bytes")
+            }
+            Err(_) => return tracing::debug!(%peer, "inbound connection sent nothing; closed"),
+        };
+        match kind {
+            Detected::Opaque => match OpaqueHeader::read(&mut io).await {
+                Ok(header) => {
+                    crate::tcp::inbound(io, header, self.app_addr, self.metrics.clone()).await
+                }
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "bad opaque transport header; connection closed")
+                }
+            },
+            Detected::Http1 | Detected::Http2 => {
+                let svc =
+                    hyper::service::service_fn(move |req| self.clone().handle(client.clone(), req));
+                http.serve(Prefixed::new(prefix, io), watcher, svc).await;
+            }
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        client: Option<Arc<str>>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let grpc = errors::is_grpc(&req);
-        let rsp = match self.forward(req).await {
+        let rsp = match self.forward(client.as_deref(), req).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 tracing::debug!(error = %e, "inbound request failed");
@@ -116,17 +203,25 @@ impl Inbound {
         Ok(rsp)
     }
 
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn forward(
+        &self,
+        client: Option<&str>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
         let caller_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
+        // Only this proxy vouches for a caller, and only for one it authenticated.
         parts.headers.remove(CLIENT_IDENTITY_HEADER);
+        if let Some(id) = client.and_then(|c| HeaderValue::from_str(c).ok()) {
+            parts.headers.insert(CLIENT_IDENTITY_HEADER, id);
+        }
         let authority = headers::authority(&parts).ok_or_else(|| {
             ProxyError::BadRequest("request has no Host header or authority".into())
         })?;
 
         if headers::is_upgrade(&parts) {
             let req = Request::from_parts(parts, body::boxed(body));
-            return upgrade::forward(self.app_addr, req, caller_upgrade).await;
+            return upgrade::forward(self.app_addr, req, caller_upgrade, None).await;
         }
 
         let orig_proto = parts.headers.remove(ORIG_PROTO_HEADER);

@@ -19,6 +19,7 @@ pub mod outbound;
 pub mod routes;
 pub mod server;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
 pub mod upgrade;
 
@@ -149,7 +150,8 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
             .run(config.control_plane.clone(), node, shutdown.clone()),
     );
 
-    let identity = Arc::new(identity::Identity::new(metrics.clone()));
+    let tls = Arc::new(tls::Tls::default());
+    let identity = Arc::new(identity::Identity::new(metrics.clone(), tls.clone()));
     if !matches!(config.proof, config::Proof::None) {
         tasks.spawn(identity.clone().run(
             config.control_plane.clone(),
@@ -165,6 +167,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         discovery: discovery.clone(),
         metrics: metrics.clone(),
         namespace: config.namespace.clone(),
+        tls: tls.clone(),
     });
     let outbound_addr = listeners.outbound.local_addr()?;
     tasks.spawn(serve_outbound(
@@ -195,6 +198,8 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         config.app_addr,
         format!("{}.{}", config.service, config.namespace),
         metrics.clone(),
+        tls.clone(),
+        discovery.clone(),
     ));
     tasks.spawn(server::accept_loop(
         "inbound",
@@ -257,7 +262,8 @@ async fn serve_outbound(
             if let Target::Fixed { service, port } = &target {
                 if is_tcp(&outbound.discovery, service, *port).await {
                     let (d, m) = (outbound.discovery.clone(), outbound.metrics.clone());
-                    return tcp::outbound(conn.stream, service.clone(), *port, d, m).await;
+                    let tls = outbound.tls.clone();
+                    return tcp::outbound(conn.stream, service.clone(), *port, d, m, tls).await;
                 }
             }
             let svc =

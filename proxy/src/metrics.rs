@@ -28,6 +28,14 @@ pub struct TcpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `true` for mutual TLS, `false` for plaintext.
+    pub tls: &'static str,
+    /// `accepted` or `refused`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -55,6 +63,7 @@ pub struct Metrics {
     pub config_version: Gauge,
     pub control_plane_connected: Gauge,
     pub identity_expiry: Gauge,
+    pub inbound_connections: Family<ConnectionLabels, Counter>,
     pub renewals: Family<OutcomeLabels, Counter>,
 }
 
@@ -138,6 +147,12 @@ impl Metrics {
             "Certificate requests to the control plane, by outcome (issued, failed)",
             renewals.clone(),
         );
+        let inbound_connections = Family::default();
+        registry.register(
+            "inbound_connections",
+            "Connections to the inbound listener, by whether they were mutual TLS and their outcome",
+            inbound_connections.clone(),
+        );
         Self {
             registry,
             requests,
@@ -151,6 +166,7 @@ impl Metrics {
             config_version,
             control_plane_connected,
             identity_expiry,
+            inbound_connections,
             renewals,
         }
     }

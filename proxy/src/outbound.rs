@@ -35,6 +35,7 @@ pub struct Outbound {
     pub discovery: Arc<Discovery>,
     pub metrics: Arc<Metrics>,
     pub namespace: String,
+    pub tls: Arc<crate::tls::Tls>,
 }
 
 impl Outbound {
@@ -109,7 +110,8 @@ impl Outbound {
 
         if headers::is_upgrade(&parts) {
             let req = Request::from_parts(parts, body::boxed(body));
-            return upgrade::forward(endpoint.addr, req, client_upgrade).await;
+            let tls = endpoint.conn.tls_config(&self.tls);
+            return upgrade::forward(endpoint.addr, req, client_upgrade, tls).await;
         }
 
         // HTTP/1.x travels as an HTTP/2 stream, marked so the peer restores it.
@@ -135,7 +137,7 @@ impl Outbound {
         let inflight = endpoint.start();
         let rsp = endpoint
             .conn
-            .send(req, transport::DEFAULT_CONNECT_TIMEOUT)
+            .send(req, transport::DEFAULT_CONNECT_TIMEOUT, &self.tls)
             .await?;
         inflight.responded();
         let (mut parts, body) = rsp.into_parts();

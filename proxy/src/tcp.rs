@@ -20,12 +20,13 @@ pub async fn outbound(
     port: u16,
     discovery: Arc<Discovery>,
     metrics: Arc<Metrics>,
+    tls: Arc<crate::tls::Tls>,
 ) {
     let labels = TcpLabels {
         direction: OUTBOUND,
         service: service.to_string(),
     };
-    let peer = match connect(&service, port, &discovery).await {
+    let peer = match connect(&service, port, &discovery, &tls).await {
         Ok(peer) => peer,
         Err(e) => {
             // Nothing to answer on a raw connection: closing it is the error.
@@ -40,7 +41,8 @@ async fn connect(
     service: &ServiceKey,
     port: u16,
     discovery: &Discovery,
-) -> Result<TcpStream, ProxyError> {
+    tls: &crate::tls::Tls,
+) -> Result<transport::PeerIo, ProxyError> {
     let svc = discovery.resolve(service).await?;
     let backend = svc
         .default_rule
@@ -55,7 +57,14 @@ async fn connect(
         port,
         service: service.to_string(),
     };
-    transport::connect_opaque(endpoint.addr, transport::DEFAULT_CONNECT_TIMEOUT, &header).await
+    let config = endpoint.conn.tls_config(tls);
+    transport::connect_opaque(
+        endpoint.addr,
+        transport::DEFAULT_CONNECT_TIMEOUT,
+        &header,
+        config,
+    )
+    .await
 }
 
 /// Carries one opaque connection from a peer proxy to the local app.
@@ -80,9 +89,10 @@ pub async fn inbound<I>(
 }
 
 /// Copies both ways until both directions have closed, and counts it.
-async fn relay<A>(client: &mut A, mut server: TcpStream, labels: &TcpLabels, metrics: &Metrics)
+async fn relay<A, B>(client: &mut A, mut server: B, labels: &TcpLabels, metrics: &Metrics)
 where
     A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
 {
     metrics.tcp_opened.get_or_create(labels).inc();
     metrics.tcp_open.get_or_create(labels).inc();

@@ -17,7 +17,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +30,35 @@ use tokio::net::TcpStream;
 
 use crate::body::Body;
 use crate::errors::ProxyError;
+use crate::tls::Tls;
+
+/// A connection to a peer proxy: mutual TLS once this proxy has a certificate, plain TCP before.
+pub type PeerIo = tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+/// How long a TLS handshake with a peer may take.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects to a peer proxy at `addr` that must present `identity`: over mutual TLS when this
+/// proxy has a certificate (`tls`), else plain TCP. The one place a peer connection is made.
+pub async fn dial_peer(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<PeerIo, ProxyError> {
+    let stream = dial(addr, timeout).await?;
+    let Some(config) = tls else {
+        return Ok(PeerIo::Left(stream));
+    };
+    let fail = |reason: String| ProxyError::TlsFailed { addr, reason };
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let connect = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+        Ok(Ok(tls)) => Ok(PeerIo::Right(tls)),
+        Ok(Err(e)) => Err(fail(error_chain(&e))),
+        Err(_) => Err(fail(format!(
+            "handshake timed out after {HANDSHAKE_TIMEOUT:?}"
+        ))),
+    }
+}
 
 /// Marks an HTTP/1.x request carried over the proxies' HTTP/2 connection.
 pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
@@ -39,7 +68,7 @@ const H2_PREFACE_START: &[u8; 8] = b"PRI * HT";
 /// How long a connection to a peer may take, unless TrafficPolicy says otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Connects to a peer proxy. The one seam where the transport security goes.
+/// Opens a TCP connection (to a peer, through [`dial_peer`], or to the local app).
 pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     let fail = |reason: String| ProxyError::ConnectFailed { addr, reason };
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -52,37 +81,56 @@ pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Prox
 }
 
 /// A pooled HTTP/2 connection to one peer, dialed on first use and again after it closes.
+/// A connection made before this proxy had a certificate is replaced by a TLS one once it has.
 #[derive(Debug)]
 pub struct PeerConn {
     addr: SocketAddr,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// The SPIFFE ID the peer must present.
+    identity: String,
+    /// The pooled connection, and whether it is TLS.
+    h2: Mutex<Option<(bool, http2::SendRequest<Body>)>>,
     dialing: tokio::sync::Mutex<()>,
 }
 
 impl PeerConn {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, identity: String) -> Self {
         Self {
             addr,
+            identity,
             h2: Mutex::new(None),
             dialing: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn cached(&self) -> Option<http2::SendRequest<Body>> {
-        let guard = self.h2.lock().ok()?;
-        guard.as_ref().filter(|s| !s.is_closed()).cloned()
+    /// The client config for this peer, if this proxy has a certificate.
+    pub fn tls_config(&self, tls: &Tls) -> Option<Arc<rustls::ClientConfig>> {
+        tls.client(&self.identity)
     }
 
-    async fn sender(&self, timeout: Duration) -> Result<http2::SendRequest<Body>, ProxyError> {
-        if let Some(s) = self.cached() {
+    fn cached(&self, want_tls: bool) -> Option<http2::SendRequest<Body>> {
+        let guard = self.h2.lock().ok()?;
+        guard
+            .as_ref()
+            .filter(|(is_tls, s)| *is_tls == want_tls && !s.is_closed())
+            .map(|(_, s)| s.clone())
+    }
+
+    async fn sender(
+        &self,
+        timeout: Duration,
+        tls: &Tls,
+    ) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let config = self.tls_config(tls);
+        let want_tls = config.is_some();
+        if let Some(s) = self.cached(want_tls) {
             return Ok(s);
         }
         // One dial at a time per peer: concurrent requests wait for it instead of each dialing.
         let _dialing = self.dialing.lock().await;
-        if let Some(s) = self.cached() {
+        if let Some(s) = self.cached(want_tls) {
             return Ok(s);
         }
-        let stream = dial(self.addr, timeout).await?;
+        let stream = dial_peer(self.addr, timeout, config).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
@@ -102,7 +150,7 @@ impl PeerConn {
             }
         });
         if let Ok(mut slot) = self.h2.lock() {
-            *slot = Some(sender.clone());
+            *slot = Some((want_tls, sender.clone()));
         }
         Ok(sender)
     }
@@ -112,14 +160,18 @@ impl PeerConn {
         &self,
         req: http::Request<Body>,
         connect_timeout: Duration,
+        tls: &Tls,
     ) -> Result<http::Response<Incoming>, ProxyError> {
-        let mut sender = self.sender(connect_timeout).await.map_err(|e| match e {
-            ProxyError::ConnectFailed { addr, reason } => ProxyError::ConnectFailed {
-                addr,
-                reason: format!("{reason}; is the peer's sidecar running?"),
-            },
-            other => other,
-        })?;
+        let mut sender = self
+            .sender(connect_timeout, tls)
+            .await
+            .map_err(|e| match e {
+                ProxyError::ConnectFailed { addr, reason } => ProxyError::ConnectFailed {
+                    addr,
+                    reason: format!("{reason}; is the peer's sidecar running?"),
+                },
+                other => other,
+            })?;
         sender.ready().await.map_err(|e| self.reset(&e))?;
         sender.send_request(req).await.map_err(|e| self.reset(&e))
     }
@@ -132,12 +184,14 @@ impl PeerConn {
     }
 }
 
-/// Opens a dedicated HTTP/1.1 connection to a peer, for a request that upgrades.
+/// Opens a dedicated HTTP/1.1 connection, for a request that upgrades: to a peer proxy (with
+/// its TLS config once this proxy has a certificate), or to the local app.
 pub async fn connect_http1(
     addr: SocketAddr,
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<http1::SendRequest<Body>, ProxyError> {
-    let stream = dial(addr, timeout).await?;
+    let stream = dial_peer(addr, timeout, tls).await?;
     let (sender, conn) =
         http1::handshake(TokioIo::new(stream))
             .await
@@ -200,8 +254,9 @@ pub async fn connect_opaque(
     addr: SocketAddr,
     timeout: Duration,
     header: &OpaqueHeader,
-) -> Result<TcpStream, ProxyError> {
-    let mut stream = dial(addr, timeout).await?;
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<PeerIo, ProxyError> {
+    let mut stream = dial_peer(addr, timeout, tls).await?;
     stream
         .write_all(&header.encode())
         .await

@@ -11,14 +11,17 @@ use crate::body::{self, Body};
 use crate::errors::ProxyError;
 use crate::transport;
 
-/// Sends an upgrade request to `addr` on a connection of its own; on `101 Switching Protocols`,
-/// splices `caller` (the upgrade of the connection the request came in on) with the new one.
+/// Sends an upgrade request to `addr` on a connection of its own (TLS with `tls`); on
+/// `101 Switching Protocols`, splices `caller` (the upgrade of the connection the request came in
+/// on) with the new one.
 pub async fn forward(
     addr: SocketAddr,
     req: Request<Body>,
     caller: OnUpgrade,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut sender = transport::connect_http1(addr, transport::DEFAULT_CONNECT_TIMEOUT).await?;
+    let mut sender =
+        transport::connect_http1(addr, transport::DEFAULT_CONNECT_TIMEOUT, tls).await?;
     let mut rsp = sender
         .send_request(req)
         .await

@@ -16,25 +16,31 @@ use crate::routes::{
     WeightedBackend,
 };
 
-/// Endpoints by address, shared across snapshots so that an endpoint that stays keeps its
-/// connection and its latency estimate.
+/// Endpoints by address and the identity they must present, shared across snapshots so that an
+/// endpoint that stays keeps its connection and its latency estimate.
 #[derive(Default)]
 pub struct EndpointRegistry {
-    endpoints: Mutex<HashMap<SocketAddr, Weak<Endpoint>>>,
+    endpoints: Mutex<HashMap<(SocketAddr, String), Weak<Endpoint>>>,
 }
 
 impl EndpointRegistry {
-    fn get(&self, addr: SocketAddr, labels: BTreeMap<String, String>) -> Arc<Endpoint> {
+    fn get(
+        &self,
+        addr: SocketAddr,
+        identity: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Arc<Endpoint> {
         let Ok(mut map) = self.endpoints.lock() else {
-            return Arc::new(Endpoint::new(addr, labels));
+            return Arc::new(Endpoint::new(addr, identity.to_string(), labels));
         };
-        if let Some(ep) = map.get(&addr).and_then(Weak::upgrade) {
+        let key = (addr, identity.to_string());
+        if let Some(ep) = map.get(&key).and_then(Weak::upgrade) {
             if ep.labels == labels {
                 return ep;
             }
         }
-        let ep = Arc::new(Endpoint::new(addr, labels));
-        map.insert(addr, Arc::downgrade(&ep));
+        let ep = Arc::new(Endpoint::new(addr, identity.to_string(), labels));
+        map.insert(key, Arc::downgrade(&ep));
         ep
     }
 
@@ -221,7 +227,7 @@ fn backend(b: &pb::Backend, registry: &EndpointRegistry) -> Result<Backend> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        endpoints.push(registry.get(addr, labels));
+        endpoints.push(registry.get(addr, &b.identity, labels));
     }
     let kind = match b.policy.as_ref().map(|p| p.load_balancer()) {
         None | Some(pb::LoadBalancer::Ewma) => LbKind::Ewma,

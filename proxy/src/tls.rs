@@ -1,0 +1,200 @@
+//! Mutual TLS between proxies: rustls configs built from the proxy's current credentials.
+//!
+//! Mesh certificates carry a SPIFFE ID as their only SAN and no DNS name, so a client verifies a
+//! peer in two steps: the chain against the trust anchors (webpki), then the SPIFFE ID against
+//! the identity the control plane gave that endpoint's Service. A server verifies a client's
+//! chain and reads its SPIFFE ID for `x-weft-client-identity`. TLS 1.3 only.
+//!
+//! Configs are rebuilt when the credentials change ([`Tls::refresh`]): new handshakes use the new
+//! certificate, connections already open keep theirs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::identity::Credentials;
+
+/// The configs for one set of credentials.
+struct Configs {
+    serial: String,
+    server: Arc<ServerConfig>,
+    anchors: Arc<Vec<rustls::pki_types::TrustAnchor<'static>>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// Client configs by the peer identity they accept.
+    clients: Mutex<HashMap<String, Arc<ClientConfig>>>,
+}
+
+/// The TLS state of a proxy: none until it has a certificate.
+#[derive(Default)]
+pub struct Tls {
+    configs: ArcSwapOption<Configs>,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Tls {
+    /// Rebuilds the configs if `creds` are new. Called by the credentials' one writer.
+    pub fn refresh(&self, creds: &Credentials) -> Result<(), String> {
+        if self
+            .configs
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.serial == creds.serial)
+        {
+            return Ok(());
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut creds.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("certificate chain: {e}"))?;
+        let key = rustls_pemfile::private_key(&mut creds.key_pem.as_bytes())
+            .map_err(|e| format!("private key: {e}"))?
+            .ok_or("private key: none in PEM")?;
+        let mut roots = RootCertStore::empty();
+        let mut anchors = Vec::new();
+        for der in rustls_pemfile::certs(&mut creds.trust_anchors_pem.as_bytes()) {
+            let der = der.map_err(|e| format!("trust anchors: {e}"))?;
+            anchors.push(
+                webpki::anchor_from_trusted_cert(&der)
+                    .map_err(|e| format!("trust anchor: {e}"))?
+                    .to_owned(),
+            );
+            roots.add(der).map_err(|e| format!("trust anchor: {e}"))?;
+        }
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("client verifier: {e}"))?;
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| format!("server config: {e}"))?;
+        self.configs.store(Some(Arc::new(Configs {
+            serial: creds.serial.clone(),
+            server: Arc::new(server),
+            anchors: Arc::new(anchors),
+            chain,
+            key,
+            clients: Mutex::default(),
+        })));
+        Ok(())
+    }
+
+    /// The server config for the inbound listener, once the proxy has a certificate.
+    pub fn server(&self) -> Option<Arc<ServerConfig>> {
+        self.configs.load().as_ref().map(|c| c.server.clone())
+    }
+
+    /// A client config that accepts only a peer presenting `identity`, once the proxy has a
+    /// certificate.
+    pub fn client(&self, identity: &str) -> Option<Arc<ClientConfig>> {
+        let configs = self.configs.load_full()?;
+        let mut clients = configs.clients.lock().ok()?;
+        if let Some(c) = clients.get(identity) {
+            return Some(c.clone());
+        }
+        let verifier = SpiffeVerifier {
+            anchors: configs.anchors.clone(),
+            expected: identity.to_string(),
+            algorithms: provider().signature_verification_algorithms,
+        };
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .ok()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(configs.chain.clone(), configs.key.clone_key())
+            .ok()?;
+        let config = Arc::new(config);
+        clients.insert(identity.to_string(), config.clone());
+        Some(config)
+    }
+}
+
+/// The SPIFFE ID in a certificate's URI SAN.
+pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
+            Some((*u).to_string())
+        }
+        _ => None,
+    })
+}
+
+/// Verifies a server's chain against the trust anchors, then its SPIFFE ID.
+#[derive(Debug)]
+struct SpiffeVerifier {
+    anchors: Arc<Vec<rustls::pki_types::TrustAnchor<'static>>>,
+    expected: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SpiffeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        cert.verify_for_usage(
+            self.algorithms.all,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(pki_error)?;
+        match spiffe_id(end_entity) {
+            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            found => Err(rustls::Error::General(format!(
+                "peer presented {}, expected {}",
+                found.as_deref().unwrap_or("no SPIFFE ID"),
+                self.expected
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+fn pki_error(e: webpki::Error) -> rustls::Error {
+    rustls::Error::General(format!("certificate: {e}"))
+}
