@@ -66,6 +66,8 @@ pub struct MeshSettings {
 pub struct Inbound {
     pub service: ServiceKey,
     pub ports: Vec<Port>,
+    /// `Some` when any AuthorizationPolicy targets this service.
+    pub authorization: Option<crate::authz::Policy>,
 }
 
 fn ser_services<S: serde::Serializer>(m: &ServiceMap, s: S) -> Result<S::Ok, S::Error> {

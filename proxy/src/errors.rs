@@ -28,6 +28,8 @@ pub enum ProxyError {
     Timeout(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ProxyError {
@@ -41,6 +43,7 @@ impl ProxyError {
             Self::TlsFailed { .. } => "tls-failed",
             Self::Timeout(_) => "timeout",
             Self::BadRequest(_) => "bad-request",
+            Self::Forbidden(_) => "forbidden",
         }
     }
 
@@ -53,6 +56,7 @@ impl ProxyError {
             }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -61,8 +65,13 @@ impl ProxyError {
         match self {
             Self::NoRoute(_) => 12,    // UNIMPLEMENTED
             Self::Timeout(_) => 4,     // DEADLINE_EXCEEDED
+            Self::Forbidden(_) => 7,   // PERMISSION_DENIED
             Self::BadRequest(_) => 13, // INTERNAL
-            _ => 14,                   // UNAVAILABLE
+            // Listed, not `_`: a new error must choose its status.
+            Self::NoEndpoints(_)
+            | Self::ConnectFailed { .. }
+            | Self::UpstreamReset { .. }
+            | Self::TlsFailed { .. } => 14, // UNAVAILABLE
         }
     }
 }

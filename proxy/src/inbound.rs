@@ -134,6 +134,26 @@ impl Inbound {
         });
     }
 
+    /// Applies this service's AuthorizationPolicy, if any, and counts the decision.
+    /// Returns whether the traffic is allowed (always, without a policy).
+    fn authorize(&self, check: impl FnOnce(&crate::authz::Policy) -> bool) -> bool {
+        let snapshot = self.discovery.snapshot();
+        let Some(policy) = snapshot
+            .inbound
+            .as_ref()
+            .and_then(|i| i.authorization.as_ref())
+        else {
+            return true;
+        };
+        let allowed = check(policy);
+        let decision = if allowed { "allow" } else { "deny" };
+        self.metrics
+            .authorization
+            .get_or_create(&crate::metrics::DecisionLabels { decision })
+            .inc();
+        allowed
+    }
+
     fn count_connection(&self, tls: &'static str, outcome: &'static str) {
         self.metrics
             .inbound_connections
@@ -210,6 +230,14 @@ impl Inbound {
     ) -> Result<Response<Body>, ProxyError> {
         let caller_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
+        if !self.authorize(|p| p.allows(client, &parts.method, parts.uri.path())) {
+            return Err(ProxyError::Forbidden(format!(
+                "{} may not {} {}",
+                client.unwrap_or("an unauthenticated caller"),
+                parts.method,
+                parts.uri.path()
+            )));
+        }
         // Only this proxy vouches for a caller, and only for one it authenticated.
         parts.headers.remove(CLIENT_IDENTITY_HEADER);
         if let Some(id) = client.and_then(|c| HeaderValue::from_str(c).ok()) {

@@ -4,6 +4,7 @@
 //! one process; `main.rs` binds the configured addresses and waits for a signal.
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod cli;

@@ -36,6 +36,12 @@ pub struct ConnectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -64,6 +70,7 @@ pub struct Metrics {
     pub control_plane_connected: Gauge,
     pub identity_expiry: Gauge,
     pub inbound_connections: Family<ConnectionLabels, Counter>,
+    pub authorization: Family<DecisionLabels, Counter>,
     pub renewals: Family<OutcomeLabels, Counter>,
 }
 
@@ -153,6 +160,12 @@ impl Metrics {
             "Connections to the inbound listener, by whether they were mutual TLS and their outcome",
             inbound_connections.clone(),
         );
+        let authorization = Family::default();
+        registry.register(
+            "authorization",
+            "Inbound requests and TCP connections checked against AuthorizationPolicy, by decision",
+            authorization.clone(),
+        );
         Self {
             registry,
             requests,
@@ -167,6 +180,7 @@ impl Metrics {
             control_plane_connected,
             identity_expiry,
             inbound_connections,
+            authorization,
             renewals,
         }
     }

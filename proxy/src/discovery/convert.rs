@@ -90,9 +90,23 @@ pub(super) fn snapshot(
         .inbound
         .as_ref()
         .map(|i| -> Result<Inbound> {
+            let authorization = if i.authorization_enforced {
+                let rules = i
+                    .authorization
+                    .iter()
+                    .enumerate()
+                    .map(|(n, r)| {
+                        authz_rule(r).map_err(|e| format!("inbound authorization rule {n}: {e}"))
+                    })
+                    .collect::<Result<_>>()?;
+                Some(crate::authz::Policy { rules })
+            } else {
+                None
+            };
             Ok(Inbound {
                 service: ServiceKey::new(&i.service, &i.namespace),
                 ports: ports(&i.ports).map_err(|e| format!("inbound: {e}"))?,
+                authorization,
             })
         })
         .transpose()?;
@@ -238,6 +252,19 @@ fn backend(b: &pb::Backend, registry: &EndpointRegistry) -> Result<Backend> {
         key: ServiceKey::new(&b.name, &b.namespace),
         identity: b.identity.clone(),
         balancer: Balancer::new(endpoints, kind),
+    })
+}
+
+fn authz_rule(r: &pb::AuthorizationRule) -> Result<crate::authz::Rule> {
+    let methods = r
+        .methods
+        .iter()
+        .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("method {m:?} is invalid")))
+        .collect::<Result<_>>()?;
+    Ok(crate::authz::Rule {
+        identities: r.identities.clone(),
+        paths: r.paths.clone(),
+        methods,
     })
 }
 
