@@ -16,7 +16,8 @@ pub mod grpc {
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -417,3 +418,64 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// An address nothing listens on, for a workload that has no app of its own.
 pub const NO_APP: &str = "127.0.0.1:9";
+
+/// Callers sending requests back to back until stopped, counting what succeeded.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    callers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `callers` concurrent callers send `GET /` with Host `host` to `addr`; a response counts as
+    /// a success when `good` says so (every other outcome is printed and counted as a failure).
+    pub fn start(
+        addr: SocketAddr,
+        host: &'static str,
+        callers: usize,
+        good: fn(&Reply) -> bool,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let callers = (0..callers)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let http = http1_client();
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(&http, addr, host, "/").await {
+                            Ok(r) if good(&r) => ok.fetch_add(1, Ordering::Relaxed),
+                            other => {
+                                eprintln!("failed request: {other:?}");
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            callers,
+        }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the callers; returns (succeeded, failed).
+    pub async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.callers {
+            c.await.expect("caller panicked");
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}

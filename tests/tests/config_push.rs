@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_tests::apps::HttpApp;
@@ -75,31 +73,9 @@ async fn file_change_reroutes_within_a_second_with_no_failed_request() {
     assert_eq!(app_behind(&t.client).await, "v1");
 
     // A steady stream of requests from four callers for the whole test.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut callers = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failed, addr) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            t.client.upstreams[0],
-        );
-        callers.push(tokio::spawn(async move {
-            let http = http1_client();
-            while !stop.load(Ordering::Relaxed) {
-                match get(&http, addr, "orders", "/").await {
-                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                    other => {
-                        eprintln!("failed request: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(t.client.upstreams[0], "orders", 4, |r| r.status == 200);
     eventually("traffic to flow", Duration::from_secs(5), || async {
-        (ok.load(Ordering::Relaxed) > 50).then_some(())
+        (load.ok() > 50).then_some(())
     })
     .await;
 
@@ -112,24 +88,16 @@ async fn file_change_reroutes_within_a_second_with_no_failed_request() {
     .await;
     let took = changed.elapsed();
     // Keep the load on a little longer after the switch.
-    let after = ok.load(Ordering::Relaxed);
+    let after = load.ok();
     eventually(
         "more traffic after the change",
         Duration::from_secs(5),
-        || async { (ok.load(Ordering::Relaxed) > after + 100).then_some(()) },
+        || async { (load.ok() > after + 100).then_some(()) },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for c in callers {
-        c.await.unwrap();
-    }
+    let (ok, failed) = load.stop().await;
     assert!(took < Duration::from_secs(1), "re-route took {took:?}");
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "{} requests succeeded",
-        ok.load(Ordering::Relaxed)
-    );
+    assert_eq!(failed, 0, "{ok} requests succeeded");
     assert_eq!(t.client.version(), "2");
 }
 

@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -173,31 +171,9 @@ async fn tcp_rides_mtls_too() {
 async fn certificates_renew_under_load_with_no_failed_request() {
     let app = HttpApp::start("orders").await;
     let (_mesh, client, server) = pair("{certificateTTL: 2s}", "HTTP", app.addr, "orders").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut callers = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failed, addr) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            client.upstreams[0],
-        );
-        callers.push(tokio::spawn(async move {
-            let http = http1_client();
-            while !stop.load(Ordering::Relaxed) {
-                match get(&http, addr, "orders", "/").await {
-                    Ok(r) if r.status == 200 && r.header("x-seen-identity") == FRONTEND => {
-                        ok.fetch_add(1, Ordering::Relaxed)
-                    }
-                    other => {
-                        eprintln!("failed: {other:?}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(client.upstreams[0], "orders", 4, |r| {
+        r.status == 200 && r.header("x-seen-identity") == FRONTEND
+    });
     // Three renewals on each side while the callers run.
     let issued = |s: &Sidecar| {
         let m = s.running().metrics.encode();
@@ -214,15 +190,7 @@ async fn certificates_renew_under_load_with_no_failed_request() {
         || async { (issued(&client) >= 4 && issued(&server) >= 4).then_some(()) },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for c in callers {
-        c.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "{} succeeded",
-        ok.load(Ordering::Relaxed)
-    );
-    assert!(ok.load(Ordering::Relaxed) > 100);
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "{ok} succeeded");
+    assert!(ok > 100);
 }
