@@ -54,17 +54,14 @@ impl Rule {
 
 /// `*` matches any run of characters (including none); everything else matches itself.
 pub fn glob(pattern: &str, s: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let [first, middle @ .., last] = parts.as_slice() else {
+    let Some((first, rest_pattern)) = pattern.split_once('*') else {
         return pattern == s;
     };
-    if parts.len() == 1 {
-        return pattern == s;
-    }
     let Some(mut rest) = s.strip_prefix(first) else {
         return false;
     };
-    for part in middle {
+    let (middle, last) = rest_pattern.rsplit_once('*').unwrap_or(("", rest_pattern));
+    for part in middle.split('*').filter(|p| !p.is_empty()) {
         match rest.find(part) {
             Some(i) => rest = &rest[i + part.len()..],
             None => return false,

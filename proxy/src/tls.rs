@@ -91,6 +91,11 @@ impl Tls {
         Ok(())
     }
 
+    /// Whether this proxy has a certificate (one atomic load: cheap enough for every request).
+    pub fn has_certificate(&self) -> bool {
+        self.configs.load().is_some()
+    }
+
     /// The server config for the inbound listener, once the proxy has a certificate.
     pub fn server(&self) -> Option<Arc<ServerConfig>> {
         self.configs.load().as_ref().map(|c| c.server.clone())

@@ -120,8 +120,7 @@ impl PeerConn {
         timeout: Duration,
         tls: &Tls,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
-        let config = self.tls_config(tls);
-        let want_tls = config.is_some();
+        let want_tls = tls.has_certificate();
         if let Some(s) = self.cached(want_tls) {
             return Ok(s);
         }
@@ -130,7 +129,7 @@ impl PeerConn {
         if let Some(s) = self.cached(want_tls) {
             return Ok(s);
         }
-        let stream = dial_peer(self.addr, timeout, config).await?;
+        let stream = dial_peer(self.addr, timeout, self.tls_config(tls)).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
