@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use weft_proxy::body::{self, Body};
 
+use crate::ca::{Ca, CaError, Phase, Step};
 use crate::discovery::Proxies;
 use crate::state::State;
 use crate::tokens::{Record, Tokens, Workload};
@@ -21,6 +22,7 @@ const MAX_BODY: usize = 1 << 20;
 
 pub struct Api {
     pub state: Arc<State>,
+    pub ca: Arc<Ca>,
     pub proxies: Arc<Proxies>,
     pub tokens: Arc<Tokens>,
     pub shutdown: CancellationToken,
@@ -32,8 +34,21 @@ impl Api {
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
-        if req.uri().path().starts_with("/api/v1/tokens") {
+        let path = req.uri().path();
+        // Tokens grant identities and the CA decides what is trusted: loopback callers only,
+        // until the API has authentication.
+        let privileged = path.starts_with("/api/v1/tokens") || path.starts_with("/api/v1/ca");
+        if privileged && !peer.ip().is_loopback() {
+            return Ok(text(
+                StatusCode::FORBIDDEN,
+                "join tokens and the CA can be managed only from the control plane's own host (loopback)",
+            ));
+        }
+        if path.starts_with("/api/v1/tokens") {
             return Ok(self.tokens_api(peer, req).await);
+        }
+        if path.starts_with("/api/v1/ca") {
+            return Ok(self.ca_api(peer, req).await);
         }
         Ok(match (req.method(), req.uri().path()) {
             (&Method::GET, "/admin/live") => text(StatusCode::OK, "live"),
@@ -95,12 +110,6 @@ impl Api {
     /// grant identities, so they are served to loopback callers only until the API has
     /// authentication.
     async fn tokens_api(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-        if !peer.ip().is_loopback() {
-            return text(
-                StatusCode::FORBIDDEN,
-                "join tokens can be managed only from the control plane's own host (loopback)",
-            );
-        }
         let path = req.uri().path().to_string();
         match (req.method().clone(), path.trim_end_matches('/')) {
             (Method::GET, "/api/v1/tokens") => {
@@ -108,20 +117,19 @@ impl Api {
                 json(&serde_json::json!({ "items": items }))
             }
             (Method::POST, "/api/v1/tokens") => {
-                let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            &format!("cannot read the request: {e}"),
-                        )
-                    }
-                };
-                let create: CreateToken = match serde_json::from_slice(&body) {
+                let create: CreateToken = match read_json(req).await {
                     Ok(c) => c,
-                    Err(e) => return text(StatusCode::UNPROCESSABLE_ENTITY, &format!("body: {e}")),
+                    Err(rsp) => return rsp,
                 };
                 let workload: Workload = match create.workload.parse() {
+                    Ok(Workload { namespace, .. }) if namespace == crate::ca::SYSTEM_NAMESPACE => {
+                        return text(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            &format!(
+                                "workload: namespace {namespace} is reserved for the control plane"
+                            ),
+                        )
+                    }
                     Ok(w) => w,
                     Err(e) => {
                         return text(StatusCode::UNPROCESSABLE_ENTITY, &format!("workload: {e}"))
@@ -170,6 +178,129 @@ impl Api {
             ),
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    step: Step,
+    #[serde(default)]
+    force: bool,
+}
+
+impl Api {
+    /// `GET /api/v1/ca`: roots, issuer, rotation phase, and which proxies hold certificates
+    /// from which issuer. `POST /api/v1/ca/rotate {"step": "prepare|activate|retire"}`.
+    async fn ca_api(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/api/v1/ca") => json(&self.ca_status()),
+            (Method::POST, "/api/v1/ca/rotate") => {
+                let rotate: Rotate = match read_json(req).await {
+                    Ok(r) => r,
+                    Err(rsp) => return rsp,
+                };
+                if rotate.step == Step::Retire && !rotate.force {
+                    let behind = self.proxies_on_other_issuers();
+                    if !behind.is_empty() {
+                        return text(
+                            StatusCode::CONFLICT,
+                            &format!(
+                                "{} connected proxies still hold certificates from the previous issuer ({}); \
+                                 retiring the old root now would cut them off. Wait for them to renew \
+                                 (`weft ca status`), or pass --force",
+                                behind.len(),
+                                behind.join(", ")
+                            ),
+                        );
+                    }
+                }
+                match self.ca.rotate(rotate.step) {
+                    Ok(()) => {
+                        tracing::info!(step = ?rotate.step, %peer, "CA rotation step");
+                        // Proxies hear of it with the next config; do not wait for the watcher.
+                        self.state.set_trust(crate::trust_of(&self.ca));
+                        json(&self.ca_status())
+                    }
+                    Err(e @ CaError::Rotation(_)) => text(StatusCode::CONFLICT, &e.to_string()),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            }
+            _ => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET /api/v1/ca or POST /api/v1/ca/rotate",
+            ),
+        }
+    }
+
+    /// Connected proxies whose certificate came from an issuer other than the current one.
+    fn proxies_on_other_issuers(&self) -> Vec<String> {
+        let issuer = self.ca.signer().issuer_id.clone();
+        self.proxies
+            .list()
+            .into_iter()
+            .filter(|p| p.certificate.as_ref().is_some_and(|c| c.issuer != issuer))
+            .map(|p| format!("{} ({})", p.id, p.identity))
+            .collect()
+    }
+
+    fn ca_status(&self) -> serde_json::Value {
+        let signer = self.ca.signer();
+        let proxies = self.proxies.list();
+        let with_cert: Vec<_> = proxies
+            .iter()
+            .filter_map(|p| p.certificate.as_ref())
+            .collect();
+        let current = with_cert
+            .iter()
+            .filter(|c| c.issuer == signer.issuer_id)
+            .count();
+        let phase = self.ca.phase();
+        let next = match phase {
+            Some(Phase::Steady) => "to rotate the trust anchors: weft ca rotate prepare",
+            Some(Phase::Prepared) => {
+                "once every proxy has the new root (it is pushed with the config): weft ca rotate activate"
+            }
+            Some(Phase::Activated) => {
+                "once no proxy is left on the previous issuer: weft ca rotate retire"
+            }
+            None => "the CA comes from --ca-cert/--ca-key files; replace them to rotate",
+        };
+        serde_json::json!({
+            "source": match self.ca.source() {
+                crate::ca::Source::Managed { .. } => "managed",
+                crate::ca::Source::Files { .. } => "files",
+            },
+            "phase": phase,
+            "issuer": signer.issuer,
+            "trustAnchors": signer.anchors,
+            "proxies": {
+                "currentIssuer": current,
+                "otherIssuer": with_cert.len() - current,
+                "withoutCertificate": proxies.len() - with_cert.len(),
+                "onOtherIssuer": self.proxies_on_other_issuers(),
+            },
+            "next": next,
+        })
+    }
+}
+
+/// Reads a JSON request body, or the response that says why it cannot be.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Body>> {
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            text(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request: {e}"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body)
+        .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, &format!("body: {e}")))
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {

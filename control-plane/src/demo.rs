@@ -88,6 +88,7 @@ async fn run_in(dir: &Path, opts: DemoOptions) -> anyhow::Result<()> {
             data_dir: dir.join("data"),
             trust_domain: "weft.local".into(),
             ack_timeout: crate::DEFAULT_ACK_TIMEOUT,
+            ca: None,
         },
         grpc,
         api,
@@ -304,7 +305,9 @@ fn spawn_proxy(
     let mut cmd = Command::new(&bin[0]);
     cmd.args(&bin[1..])
         .arg("run")
-        .args(["--control-plane", &format!("http://{cp}")])
+        .args(["--control-plane", &format!("https://{cp}")])
+        .arg("--trust-anchors")
+        .arg(dir.join("data/trust-anchors.pem"))
         .args([
             "--namespace",
             NS,

@@ -42,6 +42,18 @@ pub struct ProxyStatus {
     pub acked_version: Option<String>,
     pub last_nack: Option<String>,
     pub subscriptions: usize,
+    /// The certificate the proxy serves with, as it last reported it.
+    pub certificate: Option<CertificateStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    pub serial: String,
+    /// Seconds since the Unix epoch.
+    pub expires_at: i64,
+    /// Fingerprint of its issuer (see `weft ca status`).
+    pub issuer: String,
 }
 
 #[derive(Default)]
@@ -147,6 +159,7 @@ impl discovery_server::Discovery for DiscoveryService {
             acked_version: None,
             last_nack: None,
             subscriptions: 0,
+            certificate: None,
         };
         if let Ok(mut m) = self.proxies.by_stream.lock() {
             m.insert(stream_id, status);
@@ -254,8 +267,17 @@ impl Connection {
             changed |= self.subscriptions.remove(s);
         }
         let subs = self.subscriptions.len();
-        self.proxies
-            .update(self.stream_id, |p| p.subscriptions = subs);
+        let certificate = req.certificate.map(|c| CertificateStatus {
+            serial: c.serial,
+            expires_at: c.expires_at,
+            issuer: c.issuer,
+        });
+        self.proxies.update(self.stream_id, |p| {
+            p.subscriptions = subs;
+            if certificate.is_some() {
+                p.certificate = certificate;
+            }
+        });
         if !req.response_nonce.is_empty() {
             if self
                 .unacked

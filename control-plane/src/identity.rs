@@ -43,6 +43,12 @@ impl identity_server::Identity for IdentityService {
             }
             None => return Err(Status::unauthenticated("no proof of identity: send a join token")),
         };
+        if workload.namespace == crate::ca::SYSTEM_NAMESPACE {
+            return Err(Status::permission_denied(format!(
+                "namespace {} is reserved for the control plane's own identity; no workload may obtain one in it",
+                crate::ca::SYSTEM_NAMESPACE
+            )));
+        }
         let mesh = self.state.mesh();
         let identity = mesh.identity(&workload.namespace, &workload.service_account);
         let ttl = mesh
@@ -60,7 +66,7 @@ impl identity_server::Identity for IdentityService {
         tracing::info!(%identity, serial = %issued.serial, ?remote, ?ttl, "certificate issued");
         Ok(Response::new(pb::CertifyResponse {
             certificate_chain: issued.chain_pem,
-            trust_anchors: self.ca.trust_anchors_pem().to_string(),
+            trust_anchors: self.ca.trust_anchors_pem(),
             expires_at: issued
                 .not_after
                 .duration_since(UNIX_EPOCH)

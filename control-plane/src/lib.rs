@@ -9,6 +9,7 @@ pub mod client;
 pub mod demo;
 pub mod discovery;
 pub mod files;
+pub mod grpc_tls;
 pub mod identity;
 pub mod mesh;
 pub mod metrics;
@@ -23,7 +24,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{DiscoveryService, Proxies};
@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub trust_domain: String,
     /// How long a proxy may leave a config snapshot unacknowledged before its stream is closed.
     pub ack_timeout: Duration,
+    /// Where the CA comes from: `None` for the one weft manages in `DATA_DIR/ca`.
+    pub ca: Option<ca::Source>,
 }
 
 /// The default [`ServeConfig::ack_timeout`].
@@ -70,6 +72,14 @@ impl Running {
     }
 }
 
+pub(crate) fn trust_of(ca: &ca::Ca) -> mesh::Trust {
+    let signer = ca.signer();
+    mesh::Trust {
+        anchors_pem: signer.anchors_pem.clone(),
+        issuer: signer.issuer_id.clone(),
+    }
+}
+
 /// Loads the config and starts serving. Invalid config: every problem, one per line.
 pub fn start(
     cfg: ServeConfig,
@@ -81,11 +91,17 @@ pub fn start(
         .map_err(|e| vec![format!("data-dir {}: {e}", cfg.data_dir.display())])?;
     // The CA is created on first start; `trust-anchors.pem` is written beside it every start.
     let tokens = Arc::new(tokens::Tokens::open(&cfg.data_dir).map_err(|e| vec![e.to_string()])?);
+    let ca_source = cfg.ca.clone().unwrap_or(ca::Source::Managed {
+        dir: cfg.data_dir.join("ca"),
+    });
     let ca = Arc::new(
-        ca::Ca::load_or_create(&cfg.data_dir, &cfg.trust_domain)
+        ca::Ca::open(&cfg.data_dir, &cfg.trust_domain, ca_source)
             .map_err(|e| vec![format!("certificate authority: {e}")])?,
     );
-    let mesh = Mesh::compile(resources, &cfg.trust_domain, 1);
+    let mut mesh = Mesh::compile(resources, &cfg.trust_domain, 1);
+    mesh.trust = trust_of(&ca);
+    let serving = grpc_tls::ServingIdentity::new(&ca, &mesh.trust_domain)
+        .map_err(|e| vec![format!("control plane serving certificate: {e}")])?;
     for w in mesh.dangling_references() {
         tracing::warn!("{w}");
     }
@@ -103,6 +119,30 @@ pub fn start(
         state.clone(),
         shutdown.clone(),
     ));
+
+    // A changed CA (rotation step, replaced files) reaches every proxy with the next config.
+    tasks.spawn(ca.clone().watch(shutdown.clone()));
+    tasks.spawn({
+        let (ca, state, stop) = (ca.clone(), state.clone(), shutdown.clone());
+        async move {
+            let mut changes = ca.subscribe();
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+                state.set_trust(trust_of(&ca));
+            }
+        }
+    });
+    tasks.spawn({
+        let state = state.clone();
+        serving.clone().keep_fresh(
+            ca.clone(),
+            move || state.mesh().trust_domain.clone(),
+            shutdown.clone(),
+        )
+    });
 
     let discovery = DiscoveryService::new(
         state.clone(),
@@ -124,7 +164,10 @@ pub fn start(
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(discovery)
             .add_service(identity)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stop.cancelled())
+            .serve_with_incoming_shutdown(
+                grpc_tls::incoming(grpc, serving.acceptor(), stop.clone()),
+                stop.cancelled(),
+            )
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "gRPC server failed");
@@ -133,6 +176,7 @@ pub fn start(
 
     let api_svc = Arc::new(api::Api {
         state: state.clone(),
+        ca: ca.clone(),
         proxies: proxies.clone(),
         tokens: tokens.clone(),
         shutdown: shutdown.clone(),

@@ -33,6 +33,16 @@ enum Command {
         /// The mesh's SPIFFE trust domain (MeshConfig trustDomain overrides it).
         #[arg(long, default_value = "weft.local")]
         trust_domain: String,
+        /// Sign with this issuing certificate (PEM, optionally followed by its chain) instead of
+        /// the CA weft manages in the data dir. Re-read when it changes.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The private key of --ca-cert (PEM).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Trust anchors for --ca-cert (PEM) [default: the self-signed root ending --ca-cert].
+        #[arg(long, requires = "ca_cert")]
+        ca_roots: Option<PathBuf>,
     },
     /// Run a whole mesh on loopback and show what it does.
     Demo {
@@ -50,6 +60,14 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+        /// The control plane's API.
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER, global = true)]
+        server: String,
+    },
+    /// The mesh CA: its state, and trust-anchor rotation without downtime.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
         /// The control plane's API.
         #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER, global = true)]
         server: String,
@@ -76,6 +94,30 @@ enum TokenCommand {
     Revoke { id: String },
     /// List tokens (never their secrets).
     List,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Show the trust anchors, the issuer, the rotation phase and which proxies hold
+    /// certificates from which issuer.
+    Status,
+    /// One step of a trust-anchor rotation: prepare (trust a new root beside the old), activate
+    /// (sign with the new issuer; proxies renew), retire (stop trusting the old root).
+    Rotate {
+        #[arg(value_enum)]
+        step: RotateStep,
+        /// Retire even though some connected proxies still hold certificates from the old
+        /// issuer (they will fail to talk to the others until they renew).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RotateStep {
+    Prepare,
+    Activate,
+    Retire,
 }
 
 const EXIT_CONFIG: u8 = 64;
@@ -121,7 +163,27 @@ async fn run(command: Command) -> ExitCode {
             grpc_addr,
             api_addr,
             trust_domain,
-        } => serve(config, data_dir, grpc_addr, api_addr, trust_domain).await,
+            ca_cert,
+            ca_key,
+            ca_roots,
+        } => {
+            let ca = ca_cert
+                .zip(ca_key)
+                .map(|(cert, key)| weft::ca::Source::Files {
+                    cert,
+                    key,
+                    roots: ca_roots,
+                });
+            let cfg = weft::ServeConfig {
+                config,
+                data_dir,
+                trust_domain,
+                ack_timeout: weft::DEFAULT_ACK_TIMEOUT,
+                ca,
+            };
+            serve(cfg, grpc_addr, api_addr).await
+        }
+        Command::Ca { command, server } => ca(command, &server).await,
         Command::Demo {
             duration,
             rps,
@@ -156,13 +218,7 @@ async fn run(command: Command) -> ExitCode {
     }
 }
 
-async fn serve(
-    config: Vec<PathBuf>,
-    data_dir: PathBuf,
-    grpc_addr: String,
-    api_addr: String,
-    trust_domain: String,
-) -> ExitCode {
+async fn serve(cfg: weft::ServeConfig, grpc_addr: String, api_addr: String) -> ExitCode {
     let mut errors = Vec::new();
     let mut addr = |name: &str, v: &str| -> Option<SocketAddr> {
         v.parse()
@@ -188,16 +244,7 @@ async fn serve(
             return ExitCode::FAILURE;
         }
     };
-    let running = match weft::start(
-        weft::ServeConfig {
-            config,
-            data_dir,
-            trust_domain,
-            ack_timeout: weft::DEFAULT_ACK_TIMEOUT,
-        },
-        grpc,
-        api,
-    ) {
+    let running = match weft::start(cfg, grpc, api) {
         Ok(r) => r,
         Err(problems) => return config_errors(&problems),
     };
@@ -264,6 +311,63 @@ async fn token(command: TokenCommand, server: &str) -> ExitCode {
                 );
             }
         }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn ca(command: CaCommand, server: &str) -> ExitCode {
+    use http::Method;
+    let api = weft::client::ApiClient::new(server);
+    let (method, path, body) = match &command {
+        CaCommand::Status => (Method::GET, "/api/v1/ca", None),
+        CaCommand::Rotate { step, force } => (
+            Method::POST,
+            "/api/v1/ca/rotate",
+            Some(serde_json::json!({
+                "step": match step {
+                    RotateStep::Prepare => "prepare",
+                    RotateStep::Activate => "activate",
+                    RotateStep::Retire => "retire",
+                },
+                "force": force,
+            })),
+        ),
+    };
+    let (status, body) = match api.request(method, path, body).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weft: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !(200..300).contains(&status) {
+        eprintln!("weft: {}", body.trim());
+        return ExitCode::FAILURE;
+    }
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    println!("source:  {}", str_of(&doc["source"]));
+    println!("phase:   {}", str_of(&doc["phase"]));
+    println!(
+        "issuer:  {}  {}",
+        &str_of(&doc["issuer"]["fingerprint"])
+            .get(..16)
+            .unwrap_or_default(),
+        str_of(&doc["issuer"]["subject"])
+    );
+    for a in doc["trustAnchors"].as_array().into_iter().flatten() {
+        println!(
+            "anchor:  {}  {}",
+            &str_of(&a["fingerprint"]).get(..16).unwrap_or_default(),
+            str_of(&a["subject"])
+        );
+    }
+    println!(
+        "proxies: {} on the current issuer, {} on another",
+        doc["proxies"]["currentIssuer"], doc["proxies"]["otherIssuer"]
+    );
+    if let Some(next) = doc["next"].as_str() {
+        println!("next:    {next}");
     }
     ExitCode::SUCCESS
 }

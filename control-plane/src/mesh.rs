@@ -14,6 +14,13 @@ use crate::resources::{
     ServiceSpec, Sourced, TrafficPolicySpec,
 };
 
+/// The CA's part of every proxy's config: the roots to trust and the issuer that signs now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trust {
+    pub anchors_pem: String,
+    pub issuer: String,
+}
+
 /// `(namespace, name)`.
 pub type Key = (String, String);
 
@@ -23,6 +30,8 @@ pub struct Mesh {
     pub trust_domain: String,
     pub settings: MeshConfigSpec,
     pub resources: Vec<Sourced>,
+    /// What the CA publishes to every proxy; set by [`crate::state::State`].
+    pub trust: Trust,
     services: BTreeMap<Key, ServiceSpec>,
     /// Rules attached to each parent service, in precedence order.
     rules: BTreeMap<Key, Vec<pb::RouteRule>>,
@@ -34,6 +43,7 @@ impl PartialEq for Mesh {
     /// Two meshes are the same config when their resources are (generation aside).
     fn eq(&self, other: &Self) -> bool {
         self.trust_domain == other.trust_domain
+            && self.trust == other.trust
             && self.resources.len() == other.resources.len()
             && self
                 .resources
@@ -168,6 +178,8 @@ impl Mesh {
         let s = &self.settings;
         pb::MeshSettings {
             trust_domain: self.trust_domain.clone(),
+            trust_anchors: self.trust.anchors_pem.clone(),
+            issuer: self.trust.issuer.clone(),
             certificate_ttl_ms: s.certificate_ttl.map_or(24 * 3600 * 1000, |d| d.millis()),
             mtls: match s.mtls {
                 Some(MtlsMode::Permissive) => pb::Mtls::Permissive.into(),

@@ -7,13 +7,15 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::files;
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, Trust};
 use crate::metrics::Metrics;
 
 pub struct State {
     mesh: watch::Sender<Arc<Mesh>>,
     trust_domain: String,
     last_error: Mutex<Vec<String>>,
+    /// Held by whoever computes the next generation, so that two writers never lose a change.
+    writer: Mutex<()>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -26,6 +28,7 @@ impl State {
             mesh: watch::channel(Arc::new(mesh)).0,
             trust_domain,
             last_error: Mutex::default(),
+            writer: Mutex::default(),
             metrics,
         }
     }
@@ -38,6 +41,27 @@ impl State {
         self.mesh.subscribe()
     }
 
+    /// Publishes a new CA state (roots, issuer) to every proxy: a new generation with the same
+    /// resources. Nothing happens when it is unchanged.
+    pub fn set_trust(&self, trust: Trust) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.mesh();
+        if current.trust == trust {
+            return;
+        }
+        let mut next = Mesh::compile(
+            current.resources.clone(),
+            &self.trust_domain,
+            current.generation + 1,
+        );
+        next.trust = trust;
+        tracing::info!(generation = next.generation, issuer = %next.trust.issuer, "publishing trust anchors and issuer");
+        self.metrics
+            .config_generation
+            .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
+        self.mesh.send_replace(Arc::new(next));
+    }
+
     /// The problems that refused the last reload, if it was refused.
     pub fn last_error(&self) -> Vec<String> {
         self.last_error
@@ -48,13 +72,15 @@ impl State {
 
     /// Reads the files again; publishes a new generation if they are valid and changed.
     pub fn reload(&self, paths: &[PathBuf]) {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         match files::load(paths) {
             Ok(resources) => {
                 if let Ok(mut e) = self.last_error.lock() {
                     e.clear();
                 }
                 let current = self.mesh();
-                let next = Mesh::compile(resources, &self.trust_domain, current.generation + 1);
+                let mut next = Mesh::compile(resources, &self.trust_domain, current.generation + 1);
+                next.trust = current.trust.clone();
                 if next == *current {
                     tracing::debug!("config files changed on disk but not in content");
                     return;

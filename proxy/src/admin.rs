@@ -91,10 +91,9 @@ impl Admin {
 }
 
 impl Admin {
-    /// A proxy with a proof of identity is ready only with a certificate; one without runs
-    /// without identity (plaintext) until mTLS is required.
+    /// A proxy is ready only with a certificate.
     fn has_identity(&self) -> bool {
-        matches!(self.config.proof, crate::config::Proof::None) || self.identity.current().is_some()
+        self.identity.current().is_some()
     }
 }
 

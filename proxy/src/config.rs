@@ -129,7 +129,6 @@ pub enum Proof {
     /// A join token (never dumped).
     JoinToken(#[serde(skip)] String),
     TokenFile(PathBuf),
-    None,
 }
 
 /// The proxy's checked settings; dumped at `/config`.
@@ -137,6 +136,9 @@ pub enum Proof {
 pub struct Config {
     pub control_plane: String,
     pub trust_anchors: Option<PathBuf>,
+    /// The content of `trust_anchors`, read and checked at start-up.
+    #[serde(skip)]
+    pub trust_anchors_pem: String,
     pub namespace: String,
     pub service_account: String,
     pub service: String,
@@ -202,21 +204,51 @@ impl Config {
 
         let control_plane = a.control_plane.clone();
         match control_plane.split_once("://") {
-            Some(("http", _)) => {}
-            Some(("https", _)) => errors.push(format!(
-                "control-plane={control_plane:?}: TLS to the control plane is not available in this \
-                 build yet; use an http:// URL"
+            Some(("https", rest)) if !rest.is_empty() => {}
+            Some(("http", _)) => errors.push(format!(
+                "control-plane={control_plane:?}: the control plane is reached over TLS only; use https://"
             )),
-            _ => errors.push(format!("control-plane={control_plane:?}: expected an http:// URL")),
+            _ => errors.push(format!(
+                "control-plane={control_plane:?}: expected an https:// URL"
+            )),
         }
+
+        let trust_anchors_pem = match &a.trust_anchors {
+            None => {
+                errors.push(
+                    "trust-anchors: required (the mesh CA's roots; `weft serve` writes them to DATA_DIR/trust-anchors.pem)"
+                        .into(),
+                );
+                String::new()
+            }
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(pem) => match crate::tls::parse_anchors(&pem) {
+                    Ok(_) => pem,
+                    Err(e) => {
+                        errors.push(format!("trust-anchors={}: {e}", path.display()));
+                        String::new()
+                    }
+                },
+                Err(e) => {
+                    errors.push(format!("trust-anchors={}: {e}", path.display()));
+                    String::new()
+                }
+            },
+        };
 
         let proof = match (a.join_token, a.token_file) {
             (Some(t), None) => Proof::JoinToken(t),
             (None, Some(f)) => Proof::TokenFile(f),
-            (None, None) => Proof::None,
+            (None, None) => {
+                errors.push(
+                    "join-token or token-file: required (proof of the workload's identity; `weft token create NS/SA` makes a join token)"
+                        .into(),
+                );
+                Proof::JoinToken(String::new())
+            }
             (Some(_), Some(_)) => {
                 errors.push("join-token and token-file: give one, not both".into());
-                Proof::None
+                Proof::JoinToken(String::new())
             }
         };
 
@@ -239,6 +271,7 @@ impl Config {
             Ok(Self {
                 control_plane,
                 trust_anchors: a.trust_anchors,
+                trust_anchors_pem,
                 namespace,
                 service_account,
                 service,
@@ -300,8 +333,15 @@ mod tests {
     use super::*;
 
     fn args() -> Args {
+        let anchors = std::env::temp_dir().join(format!("weft-anchors-{}.pem", std::process::id()));
+        let ca = rcgen::CertificateParams::default()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(&anchors, ca.pem()).unwrap();
         Args {
-            control_plane: "http://127.0.0.1:15012".into(),
+            control_plane: "https://127.0.0.1:15012".into(),
+            trust_anchors: Some(anchors),
+            join_token: Some("weft1.x.y".into()),
             namespace: Some("shop".into()),
             service_account: Some("orders".into()),
             inbound_addr: "0.0.0.0:15006".into(),
@@ -331,6 +371,29 @@ mod tests {
         assert_eq!(errs.len(), 4, "{errs:?}");
         assert!(errs[0].starts_with("inbound-addr=\"nope\""));
         assert!(errs.iter().any(|e| e == "namespace: required"));
+    }
+
+    #[test]
+    fn tls_to_the_control_plane_anchors_and_proof_are_required() {
+        let mut a = args();
+        a.control_plane = "http://127.0.0.1:15012".into();
+        a.trust_anchors = None;
+        a.join_token = None;
+        let errs = Config::from_args(a).unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(errs[0].contains("over TLS only; use https://"), "{errs:?}");
+        assert!(errs[1].starts_with("trust-anchors: required"), "{errs:?}");
+        assert!(
+            errs[2].starts_with("join-token or token-file: required"),
+            "{errs:?}"
+        );
+
+        let mut a = args();
+        let bad = std::env::temp_dir().join(format!("weft-bad-anchors-{}.pem", std::process::id()));
+        std::fs::write(&bad, "not a certificate").unwrap();
+        a.trust_anchors = Some(bad);
+        let errs = Config::from_args(a).unwrap_err();
+        assert!(errs[0].contains("no certificate in the PEM"), "{errs:?}");
     }
 
     #[test]

@@ -22,8 +22,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use weft_proto::discovery::{
-    discovery_client::DiscoveryClient, DiscoveryRequest, DiscoveryResponse, Node,
+    discovery_client::DiscoveryClient, Certificate, DiscoveryRequest, DiscoveryResponse, Node,
 };
+
+use crate::control::ControlPlane;
 
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, OutcomeLabels};
@@ -59,6 +61,11 @@ pub struct MeshSettings {
     pub otlp_endpoint: String,
     pub sampling_ratio: f64,
     pub access_log_json: bool,
+    /// PEM roots the mesh trusts now (empty from a control plane that sends none).
+    #[serde(skip)]
+    pub trust_anchors: String,
+    /// Fingerprint of the CA's current issuer.
+    pub issuer: String,
 }
 
 /// This proxy's own service, as the control plane knows it.
@@ -84,6 +91,8 @@ pub struct Discovery {
     subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<ServiceKey>>>,
     registry: EndpointRegistry,
     metrics: Arc<Metrics>,
+    /// The certificate this proxy serves with, reported to the control plane.
+    certificate: watch::Sender<Option<Certificate>>,
 }
 
 impl Discovery {
@@ -98,6 +107,7 @@ impl Discovery {
             subscribe_rx: Mutex::new(Some(subscribe_rx)),
             registry: EndpointRegistry::default(),
             metrics,
+            certificate: watch::channel(None).0,
         }
     }
 
@@ -108,6 +118,17 @@ impl Discovery {
     /// True once a config update has been accepted.
     pub fn has_config(&self) -> bool {
         *self.updates.borrow() > 0
+    }
+
+    /// Changes with every accepted config.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.updates.subscribe()
+    }
+
+    /// Tells the control plane (now, and with every later request) which certificate this proxy
+    /// serves with.
+    pub fn report_certificate(&self, certificate: Certificate) {
+        self.certificate.send_replace(Some(certificate));
     }
 
     /// Waits until a config is in force.
@@ -171,7 +192,13 @@ impl Discovery {
 
     /// Runs the config stream until `shutdown`: connects, reconnects with exponential backoff
     /// and jitter, applies updates. Keeps serving the last-good snapshot while disconnected.
-    pub async fn run(self: Arc<Self>, url: String, node: Node, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        control: Arc<ControlPlane>,
+        node: Node,
+        shutdown: CancellationToken,
+    ) {
+        let url = control.url().to_string();
         let Some(mut subscribe_rx) = self.subscribe_rx.lock().ok().and_then(|mut r| r.take())
         else {
             tracing::error!("discovery is already running");
@@ -180,7 +207,7 @@ impl Discovery {
         let mut failures = 0u32;
         loop {
             let outcome = tokio::select! {
-                r = self.stream(&url, &node, &mut subscribe_rx, &mut failures) => r,
+                r = self.stream(&control, &node, &mut subscribe_rx, &mut failures) => r,
                 () = shutdown.cancelled() => return,
             };
             self.metrics.control_plane_connected.set(0);
@@ -207,21 +234,13 @@ impl Discovery {
 
     async fn stream(
         &self,
-        url: &str,
+        control: &Arc<ControlPlane>,
         node: &Node,
         subscribe_rx: &mut mpsc::UnboundedReceiver<ServiceKey>,
         failures: &mut u32,
     ) -> Result<(), String> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("bad control-plane URL: {e}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {}", crate::transport::error_chain(&e)))?;
-        let mut client = DiscoveryClient::new(channel);
+        let mut client = DiscoveryClient::new(control.channel(true)?);
+        let mut certificate = self.certificate.subscribe();
         let (tx, rx) = mpsc::channel(16);
         // Everything subscribed so far goes in the first request: queued notices are redundant.
         while subscribe_rx.try_recv().is_ok() {}
@@ -235,24 +254,33 @@ impl Discovery {
         let hello = DiscoveryRequest {
             node: Some(node.clone()),
             subscribe,
+            certificate: certificate.borrow_and_update().clone(),
             ..Default::default()
         };
         tx.send(hello).await.map_err(|_| "request stream closed")?;
         let mut responses = client
             .stream(ReceiverStream::new(rx))
             .await
-            .map_err(|s| format!("open stream: {}", s.message()))?
+            .map_err(|s| format!("open stream: {}", crate::transport::status_text(&s)))?
             .into_inner();
         self.metrics.control_plane_connected.set(1);
-        tracing::info!(control_plane = %url, "config stream open");
+        tracing::info!(control_plane = %control.url(), "config stream open");
         loop {
             tokio::select! {
                 msg = responses.message() => {
-                    let rsp = msg.map_err(|s| format!("stream: {} ({:?})", s.message(), s.code()))?;
+                    let rsp = msg.map_err(|s| format!("stream: {}", crate::transport::status_text(&s)))?;
                     let Some(rsp) = rsp else { return Ok(()) };
                     *failures = 0;
-                    let reply = self.apply(rsp);
+                    let mut reply = self.apply(rsp);
+                    reply.certificate = certificate.borrow_and_update().clone();
                     tx.send(reply).await.map_err(|_| "request stream closed")?;
+                }
+                Ok(()) = certificate.changed() => {
+                    let req = DiscoveryRequest {
+                        certificate: certificate.borrow_and_update().clone(),
+                        ..Default::default()
+                    };
+                    tx.send(req).await.map_err(|_| "request stream closed")?;
                 }
                 Some(key) = subscribe_rx.recv() => {
                     let req = DiscoveryRequest { subscribe: vec![key.to_string()], ..Default::default() };

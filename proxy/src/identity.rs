@@ -14,17 +14,21 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use weft_proto::discovery::Certificate;
 use weft_proto::identity::{
     certify_request::Proof as PbProof, identity_client::IdentityClient, CertifyRequest,
 };
 
 use crate::config::Proof;
+use crate::control::ControlPlane;
 use crate::discovery::Discovery;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::tls::Tls;
 
 const RETRY_BASE: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// After the CA changes issuer, proxies renew within this many milliseconds (uniformly spread).
+const RENEW_SPREAD_MS: u64 = 1000;
 
 /// A certificate and the key it certifies.
 #[derive(Serialize)]
@@ -34,6 +38,8 @@ pub struct Credentials {
     pub serial: String,
     /// Seconds since the Unix epoch.
     pub not_after: i64,
+    /// Fingerprint of the issuing certificate.
+    pub issuer: String,
     #[serde(skip)]
     pub chain_pem: String,
     #[serde(skip)]
@@ -86,10 +92,13 @@ impl Identity {
         let _ = self.updates.subscribe().wait_for(|n| *n > 0).await;
     }
 
-    /// Obtains a certificate, then renews it, until `shutdown`.
+    /// Obtains a certificate, then renews it, until `shutdown`. Also follows the CA as the
+    /// control plane publishes it: new roots are trusted at once (for peers and for the control
+    /// plane itself), and a certificate from an issuer the CA no longer uses is renewed within
+    /// a second or so (with jitter, so that a whole mesh does not ask at the same instant).
     pub async fn run(
         self: Arc<Self>,
-        url: String,
+        control: Arc<ControlPlane>,
         proof: Proof,
         namespace: String,
         service_account: String,
@@ -101,13 +110,17 @@ impl Identity {
             () = discovery.ready() => {}
             () = shutdown.cancelled() => return,
         }
+        let mut changes = discovery.changes();
         let mut failures = 0u32;
         loop {
-            let trust_domain = discovery.snapshot().mesh.trust_domain.clone();
+            let snapshot = discovery.snapshot();
+            let trust_domain = snapshot.mesh.trust_domain.clone();
             let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
-            let obtained = self.certify(&url, &proof, &id).await.and_then(|creds| {
+            let obtained = self.certify(&control, &proof, &id).await.and_then(|creds| {
+                // Roots that came back with the certificate, over the verified channel.
+                let _ = control.set_anchors(&creds.trust_anchors_pem);
                 self.tls
-                    .refresh(&creds)
+                    .refresh(&creds, &control.anchors_pem())
                     .map_err(|e| format!("unusable certificate: {e}"))?;
                 Ok(creds)
             });
@@ -126,6 +139,11 @@ impl Identity {
                         .renewals
                         .get_or_create(&OutcomeLabels { outcome: "issued" })
                         .inc();
+                    discovery.report_certificate(Certificate {
+                        serial: creds.serial.clone(),
+                        expires_at: creds.not_after,
+                        issuer: creds.issuer.clone(),
+                    });
                     self.current.store(Some(Arc::new(creds)));
                     self.updates.send_modify(|n| *n += 1);
                     wait
@@ -145,14 +163,56 @@ impl Identity {
                     wait
                 }
             };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return,
+            let mut renew_at = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(renew_at) => break,
+                    r = changes.changed() => {
+                        if r.is_err() { return }
+                        if let Some(soon) = self.follow_ca(&control, &discovery) {
+                            renew_at = renew_at.min(tokio::time::Instant::now() + soon);
+                        }
+                    }
+                    () = shutdown.cancelled() => return,
+                }
             }
         }
     }
 
-    async fn certify(&self, url: &str, proof: &Proof, id: &str) -> Result<Credentials, String> {
+    /// Applies the CA state of a new config: trusts its roots, and returns how soon to renew
+    /// when the certificate in hand no longer fits (another issuer or trust domain).
+    fn follow_ca(&self, control: &ControlPlane, discovery: &Discovery) -> Option<Duration> {
+        let snapshot = discovery.snapshot();
+        let mesh = &snapshot.mesh;
+        match control.set_anchors(&mesh.trust_anchors) {
+            Ok(true) => {
+                tracing::info!("trust anchors updated by the control plane");
+                if let Some(creds) = self.current() {
+                    if let Err(e) = self.tls.refresh(&creds, &control.anchors_pem()) {
+                        tracing::warn!(error = %e, "cannot use the new trust anchors");
+                    }
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "ignoring unusable trust anchors"),
+        }
+        let creds = self.current()?;
+        let stale_issuer = !mesh.issuer.is_empty() && creds.issuer != mesh.issuer;
+        let moved = !creds
+            .identity
+            .starts_with(&format!("spiffe://{}/", mesh.trust_domain));
+        (stale_issuer || moved).then(|| {
+            tracing::info!(identity = %creds.identity, "the CA changed; renewing the certificate");
+            Duration::from_millis(rand::rng().random_range(0..=RENEW_SPREAD_MS))
+        })
+    }
+
+    async fn certify(
+        &self,
+        control: &Arc<ControlPlane>,
+        proof: &Proof,
+        id: &str,
+    ) -> Result<Credentials, String> {
         let proof = match proof {
             Proof::JoinToken(t) => PbProof::JoinToken(t.clone()),
             Proof::TokenFile(path) => PbProof::ServiceAccountToken(
@@ -161,7 +221,6 @@ impl Identity {
                     .trim()
                     .to_string(),
             ),
-            Proof::None => return Err("no proof of identity configured".into()),
         };
         // A fresh key for every certificate: nothing to leak from an old one.
         let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
@@ -171,32 +230,40 @@ impl Identity {
             .map_err(|e: rcgen::Error| format!("identity {id}: {e}"))?;
         params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
         let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
-        let channel = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(|e| format!("connect to {url}: {}", crate::transport::error_chain(&e)))?;
         let issued_at = SystemTime::now();
-        let rsp = IdentityClient::new(channel)
+        let rsp = IdentityClient::new(control.channel(false)?)
             .certify(CertifyRequest {
                 csr: csr.der().to_vec(),
                 proof: Some(proof),
             })
             .await
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .map_err(|s| crate::transport::status_text(&s))?
             .into_inner();
         Ok(Credentials {
             identity: id.to_string(),
             serial: rsp.serial,
             not_after: rsp.expires_at,
+            issuer: issuer_of(&rsp.certificate_chain)?,
             chain_pem: rsp.certificate_chain,
             key_pem: key.serialize_pem(),
             trust_anchors_pem: rsp.trust_anchors,
             issued_at,
         })
     }
+}
+
+/// The fingerprint (hex SHA-256) of the certificate that issued the leaf: the second of the
+/// chain.
+fn issuer_of(chain_pem: &str) -> Result<String, String> {
+    let der = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        .nth(1)
+        .ok_or("the certificate chain has no issuer")?
+        .map_err(|e| format!("certificate chain: {e}"))?;
+    Ok(ring::digest::digest(&ring::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// When to renew: at `0.7 + jitter` of the way from issue to expiry (never before now).

@@ -124,7 +124,7 @@ impl Inbound {
                 inbound.serve(tls, peer, client.map(Arc::from), watcher, http).await;
             } else {
                 let strict = !inbound.discovery.snapshot().mesh.mtls_permissive;
-                if strict && inbound.tls.has_certificate() {
+                if strict {
                     inbound.count_connection("false", "refused");
                     return tracing::info!(%peer, "plaintext connection refused: mTLS is strict");
                 }

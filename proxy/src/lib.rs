@@ -9,6 +9,7 @@ pub mod balance;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod discovery;
 pub mod errors;
 pub mod headers;
@@ -145,24 +146,29 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
     let grace = config.drain_timeout;
     let mut tasks = JoinSet::new();
 
+    let control = Arc::new(
+        control::ControlPlane::new(
+            config.control_plane.clone(),
+            config.trust_anchors_pem.clone(),
+        )
+        .map_err(std::io::Error::other)?,
+    );
     tasks.spawn(
         discovery
             .clone()
-            .run(config.control_plane.clone(), node, shutdown.clone()),
+            .run(control.clone(), node, shutdown.clone()),
     );
 
     let tls = Arc::new(tls::Tls::default());
     let identity = Arc::new(identity::Identity::new(metrics.clone(), tls.clone()));
-    if !matches!(config.proof, config::Proof::None) {
-        tasks.spawn(identity.clone().run(
-            config.control_plane.clone(),
-            config.proof.clone(),
-            config.namespace.clone(),
-            config.service_account.clone(),
-            discovery.clone(),
-            shutdown.clone(),
-        ));
-    }
+    tasks.spawn(identity.clone().run(
+        control,
+        config.proof.clone(),
+        config.namespace.clone(),
+        config.service_account.clone(),
+        discovery.clone(),
+        shutdown.clone(),
+    ));
 
     let outbound = Arc::new(Outbound {
         discovery: discovery.clone(),

@@ -110,7 +110,7 @@ impl Outbound {
 
         if headers::is_upgrade(&parts) {
             let req = Request::from_parts(parts, body::boxed(body));
-            let tls = endpoint.conn.tls_config(&self.tls);
+            let tls = Some(endpoint.conn.tls_config(&self.tls)?);
             return upgrade::forward(endpoint.addr, req, client_upgrade, tls).await;
         }
 

@@ -57,7 +57,7 @@ async fn connect(
         port,
         service: service.to_string(),
     };
-    let config = endpoint.conn.tls_config(tls);
+    let config = Some(endpoint.conn.tls_config(tls)?);
     transport::connect_opaque(
         endpoint.addr,
         transport::DEFAULT_CONNECT_TIMEOUT,

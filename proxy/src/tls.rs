@@ -14,17 +14,18 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use crate::identity::Credentials;
 
-/// The configs for one set of credentials.
+/// The configs for one set of credentials and trust anchors.
 struct Configs {
     serial: String,
+    anchors_pem: String,
     server: Arc<ServerConfig>,
-    anchors: Arc<Vec<rustls::pki_types::TrustAnchor<'static>>>,
+    anchors: Arc<Vec<TrustAnchor<'static>>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     /// Client configs by the peer identity they accept.
@@ -42,13 +43,14 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 impl Tls {
-    /// Rebuilds the configs if `creds` are new. Called by the credentials' one writer.
-    pub fn refresh(&self, creds: &Credentials) -> Result<(), String> {
+    /// Rebuilds the configs if `creds` or `anchors_pem` (the roots to verify peers against) are
+    /// new. Called by the credentials' one writer.
+    pub fn refresh(&self, creds: &Credentials, anchors_pem: &str) -> Result<(), String> {
         if self
             .configs
             .load()
             .as_ref()
-            .is_some_and(|c| c.serial == creds.serial)
+            .is_some_and(|c| c.serial == creds.serial && c.anchors_pem == anchors_pem)
         {
             return Ok(());
         }
@@ -59,17 +61,9 @@ impl Tls {
         let key = rustls_pemfile::private_key(&mut creds.key_pem.as_bytes())
             .map_err(|e| format!("private key: {e}"))?
             .ok_or("private key: none in PEM")?;
+        let anchors = parse_anchors(anchors_pem)?;
         let mut roots = RootCertStore::empty();
-        let mut anchors = Vec::new();
-        for der in rustls_pemfile::certs(&mut creds.trust_anchors_pem.as_bytes()) {
-            let der = der.map_err(|e| format!("trust anchors: {e}"))?;
-            anchors.push(
-                webpki::anchor_from_trusted_cert(&der)
-                    .map_err(|e| format!("trust anchor: {e}"))?
-                    .to_owned(),
-            );
-            roots.add(der).map_err(|e| format!("trust anchor: {e}"))?;
-        }
+        roots.extend(anchors.iter().cloned());
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
@@ -82,6 +76,7 @@ impl Tls {
             .map_err(|e| format!("server config: {e}"))?;
         self.configs.store(Some(Arc::new(Configs {
             serial: creds.serial.clone(),
+            anchors_pem: anchors_pem.to_string(),
             server: Arc::new(server),
             anchors: Arc::new(anchors),
             chain,
@@ -111,7 +106,7 @@ impl Tls {
         }
         let verifier = SpiffeVerifier {
             anchors: configs.anchors.clone(),
-            expected: identity.to_string(),
+            expected: Expected::Exactly(identity.to_string()),
             algorithms: provider().signature_verification_algorithms,
         };
         let config = ClientConfig::builder_with_provider(provider())
@@ -139,12 +134,88 @@ pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
+/// Reads PEM trust anchors; at least one is required.
+pub fn parse_anchors(pem: &str) -> Result<Vec<TrustAnchor<'static>>, String> {
+    let mut anchors = Vec::new();
+    for der in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        let der = der.map_err(|e| format!("trust anchors: {e}"))?;
+        anchors.push(
+            webpki::anchor_from_trusted_cert(&der)
+                .map_err(|e| format!("trust anchor: {e}"))?
+                .to_owned(),
+        );
+    }
+    if anchors.is_empty() {
+        return Err("trust anchors: no certificate in the PEM".into());
+    }
+    Ok(anchors)
+}
+
+/// The SPIFFE ID a server must present.
+#[derive(Debug)]
+enum Expected {
+    /// The identity the control plane gave the endpoint's Service.
+    Exactly(String),
+    /// The control plane's own identity, in whatever trust domain the anchors vouch for.
+    ControlPlane,
+}
+
 /// Verifies a server's chain against the trust anchors, then its SPIFFE ID.
 #[derive(Debug)]
 struct SpiffeVerifier {
-    anchors: Arc<Vec<rustls::pki_types::TrustAnchor<'static>>>,
-    expected: String,
+    anchors: Arc<Vec<TrustAnchor<'static>>>,
+    expected: Expected,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+/// Verifies the control plane's certificate: see [`crate::control`].
+#[derive(Debug)]
+pub struct ControlPlaneVerifier(SpiffeVerifier);
+
+impl ControlPlaneVerifier {
+    pub fn new(anchors: Arc<Vec<TrustAnchor<'static>>>) -> Self {
+        Self(SpiffeVerifier {
+            anchors,
+            expected: Expected::ControlPlane,
+            algorithms: provider().signature_verification_algorithms,
+        })
+    }
+}
+
+impl ServerCertVerifier for ControlPlaneVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 impl ServerCertVerifier for SpiffeVerifier {
@@ -167,14 +238,28 @@ impl ServerCertVerifier for SpiffeVerifier {
             None,
         )
         .map_err(pki_error)?;
-        match spiffe_id(end_entity) {
-            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
-            found => Err(rustls::Error::General(format!(
-                "peer presented {}, expected {}",
-                found.as_deref().unwrap_or("no SPIFFE ID"),
-                self.expected
-            ))),
+        let found = spiffe_id(end_entity);
+        let ok = match (&self.expected, &found) {
+            (Expected::Exactly(want), Some(id)) => id == want,
+            (Expected::ControlPlane, Some(id)) => {
+                id.ends_with(crate::control::CONTROL_PLANE_ID_SUFFIX)
+            }
+            (_, None) => false,
+        };
+        if ok {
+            return Ok(ServerCertVerified::assertion());
         }
+        let expected = match &self.expected {
+            Expected::Exactly(want) => want.clone(),
+            Expected::ControlPlane => format!(
+                "the control plane (spiffe://*{})",
+                crate::control::CONTROL_PLANE_ID_SUFFIX
+            ),
+        };
+        Err(rustls::Error::General(format!(
+            "peer presented {}, expected {expected}",
+            found.as_deref().unwrap_or("no SPIFFE ID"),
+        )))
     }
 
     fn verify_tls12_signature(

@@ -87,8 +87,8 @@ pub struct PeerConn {
     addr: SocketAddr,
     /// The SPIFFE ID the peer must present.
     identity: String,
-    /// The pooled connection, and whether it is TLS.
-    h2: Mutex<Option<(bool, http2::SendRequest<Body>)>>,
+    /// The pooled (mTLS) connection.
+    h2: Mutex<Option<http2::SendRequest<Body>>>,
     dialing: tokio::sync::Mutex<()>,
 }
 
@@ -102,17 +102,20 @@ impl PeerConn {
         }
     }
 
-    /// The client config for this peer, if this proxy has a certificate.
-    pub fn tls_config(&self, tls: &Tls) -> Option<Arc<rustls::ClientConfig>> {
+    /// The client config for this peer. Traffic between proxies is always mTLS: a proxy
+    /// without its certificate yet sends nothing.
+    pub fn tls_config(&self, tls: &Tls) -> Result<Arc<rustls::ClientConfig>, ProxyError> {
         tls.client(&self.identity)
+            .ok_or_else(|| ProxyError::TlsFailed {
+                addr: self.addr,
+                reason: "this proxy has no certificate yet (is the control plane reachable?)"
+                    .into(),
+            })
     }
 
-    fn cached(&self, want_tls: bool) -> Option<http2::SendRequest<Body>> {
+    fn cached(&self) -> Option<http2::SendRequest<Body>> {
         let guard = self.h2.lock().ok()?;
-        guard
-            .as_ref()
-            .filter(|(is_tls, s)| *is_tls == want_tls && !s.is_closed())
-            .map(|(_, s)| s.clone())
+        guard.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
     async fn sender(
@@ -120,16 +123,15 @@ impl PeerConn {
         timeout: Duration,
         tls: &Tls,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
-        let want_tls = tls.has_certificate();
-        if let Some(s) = self.cached(want_tls) {
+        if let Some(s) = self.cached() {
             return Ok(s);
         }
         // One dial at a time per peer: concurrent requests wait for it instead of each dialing.
         let _dialing = self.dialing.lock().await;
-        if let Some(s) = self.cached(want_tls) {
+        if let Some(s) = self.cached() {
             return Ok(s);
         }
-        let stream = dial_peer(self.addr, timeout, self.tls_config(tls)).await?;
+        let stream = dial_peer(self.addr, timeout, Some(self.tls_config(tls)?)).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
@@ -149,7 +151,7 @@ impl PeerConn {
             }
         });
         if let Ok(mut slot) = self.h2.lock() {
-            *slot = Some((want_tls, sender.clone()));
+            *slot = Some(sender.clone());
         }
         Ok(sender)
     }
@@ -370,6 +372,18 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     s
+}
+
+/// A gRPC status: its message and code, then the causes of a transport error (which say what
+/// failed: refused, TLS, ...).
+pub fn status_text(s: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut out = format!("{} ({:?})", s.message(), s.code());
+    if let Some(cause) = s.source() {
+        out.push_str(": ");
+        out.push_str(&error_chain(cause));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -93,6 +93,7 @@ pub struct Mesh {
     pub grpc_addr: SocketAddr,
     pub api_addr: SocketAddr,
     ack_timeout: Duration,
+    ca: Option<weft::ca::Source>,
     running: Option<weft::Running>,
 }
 
@@ -103,15 +104,31 @@ impl Mesh {
 
     /// Like [`Mesh::start`], with the gRPC listener on `grpc_addr`.
     pub async fn start_on(yaml: &str, grpc_addr: SocketAddr) -> Self {
-        Self::launch(yaml, grpc_addr, weft::DEFAULT_ACK_TIMEOUT).await
+        Self::launch(yaml, grpc_addr, weft::DEFAULT_ACK_TIMEOUT, None).await
+    }
+
+    /// Like [`Mesh::start`], signing with a CA from files (`--ca-cert`/`--ca-key`).
+    pub async fn start_with_ca(yaml: &str, ca: weft::ca::Source) -> Self {
+        Self::launch(
+            yaml,
+            ([127, 0, 0, 1], 0).into(),
+            weft::DEFAULT_ACK_TIMEOUT,
+            Some(ca),
+        )
+        .await
     }
 
     /// Like [`Mesh::start`], closing streams whose ACK is overdue after `ack_timeout`.
     pub async fn start_with_ack_timeout(yaml: &str, ack_timeout: Duration) -> Self {
-        Self::launch(yaml, ([127, 0, 0, 1], 0).into(), ack_timeout).await
+        Self::launch(yaml, ([127, 0, 0, 1], 0).into(), ack_timeout, None).await
     }
 
-    async fn launch(yaml: &str, grpc_addr: SocketAddr, ack_timeout: Duration) -> Self {
+    async fn launch(
+        yaml: &str,
+        grpc_addr: SocketAddr,
+        ack_timeout: Duration,
+        ca: Option<weft::ca::Source>,
+    ) -> Self {
         init_logging();
         let dir = TempDir::new();
         let config = dir.0.join("mesh.yaml");
@@ -119,14 +136,19 @@ impl Mesh {
         let grpc = bind_again(grpc_addr).await;
         let api = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (grpc_addr, api_addr) = (grpc.local_addr().unwrap(), api.local_addr().unwrap());
-        let running = weft::start(Self::serve_config(&dir, &config, ack_timeout), grpc, api)
-            .expect("config accepted");
+        let running = weft::start(
+            Self::serve_config(&dir, &config, ack_timeout, ca.clone()),
+            grpc,
+            api,
+        )
+        .expect("config accepted");
         Self {
             dir,
             config,
             grpc_addr,
             api_addr,
             ack_timeout,
+            ca,
             running: Some(running),
         }
     }
@@ -135,17 +157,58 @@ impl Mesh {
         dir: &TempDir,
         config: &std::path::Path,
         ack_timeout: Duration,
+        ca: Option<weft::ca::Source>,
     ) -> weft::ServeConfig {
         weft::ServeConfig {
             config: vec![config.to_path_buf()],
             data_dir: dir.0.join("data"),
             trust_domain: "weft.local".into(),
             ack_timeout,
+            ca,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        format!("https://{}", self.grpc_addr)
+    }
+
+    /// The roots proxies start with (`DATA_DIR/trust-anchors.pem`).
+    pub fn anchors(&self) -> PathBuf {
+        self.dir.0.join("data/trust-anchors.pem")
+    }
+
+    /// What a proxy for workload `namespace/service_account` needs to join: the URL, the trust
+    /// anchors, and a fresh join token (valid for an hour).
+    pub fn access(&self, namespace: &str, service_account: &str) -> Access {
+        let tokens = &self.running.as_ref().expect("control plane running").tokens;
+        let workload = format!("{namespace}/{service_account}")
+            .parse()
+            .expect("workload");
+        let (_, token) = tokens
+            .create(workload, Duration::from_secs(3600))
+            .expect("join token");
+        self.access_with_token(&token)
+    }
+
+    /// A gRPC channel to the control plane, over TLS verified as a proxy verifies it.
+    pub fn channel(&self) -> tonic::transport::Channel {
+        let anchors = std::fs::read_to_string(self.anchors()).expect("trust anchors");
+        Arc::new(weft_proxy::control::ControlPlane::new(self.url(), anchors).expect("anchors"))
+            .channel(true)
+            .expect("channel")
+    }
+
+    /// Like [`Mesh::access`], with a given token.
+    pub fn access_with_token(&self, token: &str) -> Access {
+        Access {
+            url: self.url(),
+            anchors: self.anchors(),
+            token: token.to_string(),
+        }
+    }
+
+    pub fn running(&self) -> &weft::Running {
+        self.running.as_ref().expect("control plane running")
     }
 
     pub fn state(&self) -> &weft::state::State {
@@ -177,7 +240,7 @@ impl Mesh {
         let api = bind_again(self.api_addr).await;
         self.running = Some(
             weft::start(
-                Self::serve_config(&self.dir, &self.config, self.ack_timeout),
+                Self::serve_config(&self.dir, &self.config, self.ack_timeout, self.ca.clone()),
                 grpc,
                 api,
             )
@@ -201,6 +264,14 @@ async fn bind_again(addr: SocketAddr) -> TcpListener {
         || async { TcpListener::bind(addr).await.ok() },
     )
     .await
+}
+
+/// How a proxy reaches and joins a control plane.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub url: String,
+    pub anchors: PathBuf,
+    pub token: String,
 }
 
 /// A proxy whose listeners are bound but which has not started yet.
@@ -246,29 +317,25 @@ impl Sidecar {
         }
     }
 
-    /// Starts the proxy for workload `ns/name` whose app listens on `app`.
-    pub fn start(&mut self, control_plane: &str, namespace: &str, name: &str, app: SocketAddr) {
-        self.start_with_token(control_plane, namespace, name, app, None);
+    /// Starts the proxy for workload `ns/name` whose app listens on `app`, with a fresh join
+    /// token for that identity.
+    pub fn start(&mut self, mesh: &Mesh, namespace: &str, name: &str, app: SocketAddr) {
+        let access = mesh.access(namespace, name);
+        self.start_with(&access, namespace, name, app);
     }
 
-    /// Like [`Sidecar::start`], proving its identity with a join token.
-    pub fn start_with_token(
-        &mut self,
-        control_plane: &str,
-        namespace: &str,
-        name: &str,
-        app: SocketAddr,
-        token: Option<&str>,
-    ) {
+    /// Like [`Sidecar::start`], joining with `access`.
+    pub fn start_with(&mut self, access: &Access, namespace: &str, name: &str, app: SocketAddr) {
         let args = weft_proxy::config::Args {
-            control_plane: control_plane.to_string(),
+            control_plane: access.url.clone(),
+            trust_anchors: Some(access.anchors.clone()),
+            join_token: Some(access.token.clone()),
             namespace: Some(namespace.into()),
             service_account: Some(name.into()),
             inbound_addr: self.inbound.to_string(),
             outbound_addr: self.outbound.to_string(),
             admin_addr: self.admin.to_string(),
             app_addr: app.to_string(),
-            join_token: token.map(str::to_string),
             drain_timeout: "2s".into(),
             workers: "1".into(),
             ..Default::default()
@@ -283,11 +350,14 @@ impl Sidecar {
         self.running.as_ref().expect("sidecar running")
     }
 
-    /// Waits for the first config.
+    /// Waits for the first config and the first certificate.
     pub async fn ready(&self) {
-        tokio::time::timeout(Duration::from_secs(10), self.running().discovery.ready())
-            .await
-            .expect("proxy got its first config within 10s");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            self.running().discovery.ready().await;
+            self.running().identity.ready().await;
+        })
+        .await
+        .expect("proxy got its first config and certificate within 10s");
     }
 
     /// The generation of the config in force.

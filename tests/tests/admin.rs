@@ -14,10 +14,18 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     let mut server = Sidecar::bind(&[]).await;
     let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
     let yaml = service_yaml("shop", "orders", "HTTP", &[server.inbound]);
-    // The control plane's address is known before it runs: start the proxy first.
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cp_url = format!("http://{}", grpc.local_addr().unwrap());
-    client.start(&cp_url, "shop", "frontend", NO_APP.parse().unwrap());
+    // A first start creates the mesh CA and publishes its trust anchors in the data dir; the
+    // token and the anchors outlive a restart.
+    let mut mesh = Mesh::start(&yaml).await;
+    let anchors = std::fs::read_to_string(mesh.anchors()).unwrap();
+    assert!(
+        anchors.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{anchors}"
+    );
+    let access = mesh.access("shop", "frontend");
+    mesh.stop().await;
+    // The proxy starts while the control plane is down.
+    client.start_with(&access, "shop", "frontend", NO_APP.parse().unwrap());
     let http = http1_client();
 
     let live = get(&http, client.admin, "admin", "/live").await.unwrap();
@@ -27,22 +35,14 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     assert!(
         ready
             .body
-            .contains("waiting for config from the control plane at http://"),
+            .contains("waiting for config from the control plane at https://"),
         "{}",
         ready.body
     );
 
     // Now the control plane comes up where the proxy is dialing.
-    let addr = grpc.local_addr().unwrap();
-    drop(grpc);
-    let mesh = Mesh::start_on(&yaml, addr).await;
-    // A first start creates the mesh CA and publishes its trust anchors in the data dir.
-    let anchors = std::fs::read_to_string(mesh.dir.0.join("data/trust-anchors.pem")).unwrap();
-    assert!(
-        anchors.starts_with("-----BEGIN CERTIFICATE-----"),
-        "{anchors}"
-    );
-    server.start(&mesh.url(), "shop", "orders", app.addr);
+    mesh.restart().await;
+    server.start(&mesh, "shop", "orders", app.addr);
     eventually("readiness", Duration::from_secs(10), || async {
         get(&http, client.admin, "admin", "/ready")
             .await

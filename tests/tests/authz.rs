@@ -38,7 +38,7 @@ async fn allow_and_deny_by_identity_path_and_method() {
         (&mut admin, "admin", NO_APP.parse().unwrap()),
     ] {
         let (_, token) = create_token(&mesh, &format!("shop/{sa}"), "1h").await;
-        sidecar.start_with_token(&mesh.url(), "shop", sa, app_addr, Some(&token));
+        sidecar.start_with(&mesh.access_with_token(&token), "shop", sa, app_addr);
     }
     for s in [&server, &frontend, &admin] {
         tokio::time::timeout(Duration::from_secs(10), s.running().identity.ready())
@@ -114,7 +114,7 @@ async fn removing_the_policy_opens_the_service_again() {
         (&mut frontend, "frontend", NO_APP.parse().unwrap()),
     ] {
         let (_, token) = create_token(&mesh, &format!("shop/{sa}"), "1h").await;
-        sidecar.start_with_token(&mesh.url(), "shop", sa, app_addr, Some(&token));
+        sidecar.start_with(&mesh.access_with_token(&token), "shop", sa, app_addr);
     }
     tokio::time::timeout(Duration::from_secs(10), frontend.running().identity.ready())
         .await

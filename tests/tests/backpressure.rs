@@ -27,12 +27,12 @@ async fn a_proxy_that_stops_reading_is_cut_off_without_holding_up_others() {
     };
     let ack_timeout = Duration::from_secs(2);
     let mesh = Mesh::start_with_ack_timeout(&yaml(0), ack_timeout).await;
-    server.start(&mesh.url(), "shop", "orders", app.addr);
-    client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
+    server.start(&mesh, "shop", "orders", app.addr);
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
 
     // The stalled proxy subscribes, then never reads (so never ACKs) a response.
-    let mut raw = DiscoveryClient::connect(mesh.url()).await.unwrap();
+    let mut raw = DiscoveryClient::new(mesh.channel());
     let (tx, rx) = mpsc::channel(4);
     let node = pb::Node {
         id: "stalled".into(),

@@ -46,9 +46,9 @@ async fn two_versions() -> TwoVersions {
         service_yaml("shop", "orders-v2", "HTTP", &[s2.inbound])
     );
     let mesh = Mesh::start(&format!("{base}{}", route_to("orders-v1"))).await;
-    s1.start(&mesh.url(), "shop", "orders-v1", v1.addr);
-    s2.start(&mesh.url(), "shop", "orders-v2", v2.addr);
-    client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
+    s1.start(&mesh, "shop", "orders-v1", v1.addr);
+    s2.start(&mesh, "shop", "orders-v2", v2.addr);
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     TwoVersions {
         mesh,

@@ -29,7 +29,7 @@ async fn certify(
     csr: Vec<u8>,
     token: &str,
 ) -> Result<weft_proto::identity::CertifyResponse, tonic::Status> {
-    let mut client = IdentityClient::connect(mesh.url()).await.unwrap();
+    let mut client = IdentityClient::new(mesh.channel());
     let req = CertifyRequest {
         csr,
         proof: Some(Proof::JoinToken(token.to_string())),
@@ -128,7 +128,7 @@ async fn unknown_revoked_expired_and_missing_proofs_are_refused() {
         err.message()
     );
 
-    let mut client = IdentityClient::connect(mesh.url()).await.unwrap();
+    let mut client = IdentityClient::new(mesh.channel());
     let err = client
         .certify(CertifyRequest {
             csr: csr(ORDERS),
@@ -202,12 +202,11 @@ async fn a_proxy_gets_its_certificate_and_renews_it() {
     let mesh = Mesh::start(&short_ttl("2s")).await;
     let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
     let mut proxy = Sidecar::bind(&[]).await;
-    proxy.start_with_token(
-        &mesh.url(),
+    proxy.start_with(
+        &mesh.access_with_token(&token),
         "shop",
         "orders",
         NO_APP.parse().unwrap(),
-        Some(&token),
     );
 
     let first = eventually("the first certificate", Duration::from_secs(10), || {
@@ -250,14 +249,15 @@ async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
     let mut mesh = Mesh::start(&short_ttl("1h")).await;
     // A bad token: config arrives, the certificate never does, so the proxy is not ready.
     let mut refused = Sidecar::bind(&[]).await;
-    refused.start_with_token(
-        &mesh.url(),
+    refused.start_with(
+        &mesh.access_with_token("weft.00.00"),
         "shop",
         "orders",
         NO_APP.parse().unwrap(),
-        Some("weft.00.00"),
     );
-    refused.ready().await;
+    tokio::time::timeout(Duration::from_secs(10), refused.running().discovery.ready())
+        .await
+        .unwrap();
     eventually(
         "a refused certificate request",
         Duration::from_secs(10),
@@ -281,12 +281,11 @@ async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
     // A good one, then the control plane goes away: the certificate stays, and so does readiness.
     let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
     let mut proxy = Sidecar::bind(&[]).await;
-    proxy.start_with_token(
-        &mesh.url(),
+    proxy.start_with(
+        &mesh.access_with_token(&token),
         "shop",
         "orders",
         NO_APP.parse().unwrap(),
-        Some(&token),
     );
     let before = eventually("a certificate", Duration::from_secs(10), || {
         admin_json(proxy.admin, "/identity")

@@ -33,13 +33,17 @@ async fn pair(
     let mesh = Mesh::start(&yaml).await;
     let (_, server_token) = create_token(&mesh, &format!("shop/{server_sa}"), "1h").await;
     let (_, client_token) = create_token(&mesh, "shop/frontend", "1h").await;
-    server.start_with_token(&mesh.url(), "shop", server_sa, app, Some(&server_token));
-    client.start_with_token(
-        &mesh.url(),
+    server.start_with(
+        &mesh.access_with_token(&server_token),
+        "shop",
+        server_sa,
+        app,
+    );
+    client.start_with(
+        &mesh.access_with_token(&client_token),
         "shop",
         "frontend",
         NO_APP.parse().unwrap(),
-        Some(&client_token),
     );
     for s in [&client, &server] {
         tokio::time::timeout(Duration::from_secs(10), s.running().identity.ready())

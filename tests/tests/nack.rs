@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_proto::discovery::{self as pb, discovery_server};
 use weft_tests::apps::HttpApp;
@@ -75,6 +75,7 @@ impl discovery_server::Discovery for Scripted {
 
 fn orders(endpoint: &str) -> pb::ProxyConfig {
     pb::ProxyConfig {
+        mesh: Some(mesh_settings()),
         services: vec![pb::Service {
             name: "orders".into(),
             namespace: "shop".into(),
@@ -86,6 +87,7 @@ fn orders(endpoint: &str) -> pb::ProxyConfig {
             backends: vec![pb::Backend {
                 name: "orders".into(),
                 namespace: "shop".into(),
+                identity: "spiffe://weft.local/ns/shop/sa/orders".into(),
                 endpoints: vec![pb::Endpoint {
                     address: endpoint.into(),
                     labels: Default::default(),
@@ -98,7 +100,17 @@ fn orders(endpoint: &str) -> pb::ProxyConfig {
     }
 }
 
+fn mesh_settings() -> pb::MeshSettings {
+    pb::MeshSettings {
+        trust_domain: "weft.local".into(),
+        ..Default::default()
+    }
+}
+
+/// A scripted discovery service beside the real identity service of `mesh` (its CA and join
+/// tokens), over TLS as the real control plane serves: proxies get real certificates.
 async fn scripted(
+    mesh: &Mesh,
     updates: Vec<pb::ProxyConfig>,
     gate: Arc<Semaphore>,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<pb::DiscoveryRequest>) {
@@ -110,10 +122,24 @@ async fn scripted(
         replies: tx,
         gate,
     });
+    let running = mesh.running();
+    let identity = weft::identity::IdentityService {
+        ca: running.ca.clone(),
+        tokens: running.tokens.clone(),
+        state: running.state.clone(),
+    }
+    .into_server();
+    let serving = weft::grpc_tls::ServingIdentity::new(&running.ca, "weft.local").unwrap();
+    let incoming = weft::grpc_tls::incoming(
+        listener,
+        serving.acceptor(),
+        tokio_util::sync::CancellationToken::new(),
+    );
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .add_service(identity)
+            .serve_with_incoming(incoming),
     );
     (addr, rx)
 }
@@ -127,23 +153,34 @@ async fn a_bad_update_is_nacked_and_the_last_good_config_keeps_serving() {
     let good = orders(&server.inbound.to_string());
     // Updates 1 and 2 go at once; 3 waits until the test has checked the NACK.
     let gate = Arc::new(Semaphore::new(2));
+    let mesh = Mesh::start("").await;
     let (cp, mut replies) = scripted(
+        &mesh,
         vec![good.clone(), orders("not-an-address"), good],
         gate.clone(),
     )
     .await;
     let (server_cp, _server_replies) = scripted(
-        vec![pb::ProxyConfig::default()],
+        &mesh,
+        vec![pb::ProxyConfig {
+            mesh: Some(mesh_settings()),
+            ..Default::default()
+        }],
         Arc::new(Semaphore::new(1)),
     )
     .await;
-    server.start(&format!("http://{server_cp}"), "shop", "orders", app.addr);
-    client.start(
-        &format!("http://{cp}"),
+    let via = |cp: SocketAddr, sa: &str| Access {
+        url: format!("https://{cp}"),
+        ..mesh.access("shop", sa)
+    };
+    server.start_with(&via(server_cp, "orders"), "shop", "orders", app.addr);
+    client.start_with(
+        &via(cp, "frontend"),
         "shop",
         "frontend",
         NO_APP.parse().unwrap(),
     );
+    server.ready().await;
 
     let ack = tokio::time::timeout(Duration::from_secs(10), replies.recv())
         .await
@@ -205,7 +242,7 @@ async fn the_control_plane_backs_off_a_proxy_that_keeps_nacking() {
         )
     };
     let mesh = Mesh::start(&svc(0)).await;
-    let mut client = DiscoveryClient::connect(mesh.url()).await.unwrap();
+    let mut client = DiscoveryClient::new(mesh.channel());
     let (tx, rx) = mpsc::channel(16);
     let node = pb::Node {
         id: "rejecter".into(),

@@ -67,10 +67,13 @@ async fn weft_proxy_reports_every_bad_setting_then_exits_64() {
     .await;
     assert_eq!(code, 64, "{stderr}");
     let lines: Vec<_> = stderr.lines().collect();
-    assert_eq!(lines.len(), 3, "one line per bad setting: {stderr}");
+    assert_eq!(lines.len(), 6, "one line per bad setting: {stderr}");
     assert!(stderr.contains("inbound-addr=\"nowhere\""));
     assert!(stderr.contains("namespace: required"));
     assert!(stderr.contains("service-account=\"Not_Valid\""));
+    assert!(stderr.contains("the control plane is reached over TLS only; use https://"));
+    assert!(stderr.contains("trust-anchors: required"));
+    assert!(stderr.contains("join-token or token-file: required"));
     let (code, stdout_or_err) = run("weft-proxy", &["--version"]).await;
     assert_eq!(code, 0, "{stdout_or_err}");
 }
@@ -90,7 +93,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .collect();
     drop(ports);
     let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
-    server.start(&mesh.url(), "shop", "orders", app.addr);
+    server.start(&mesh, "shop", "orders", app.addr);
     let mut proxy = Command::new(binary("weft-proxy"))
         .args([
             "run",
@@ -101,6 +104,12 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             "--service-account",
             "frontend",
         ])
+        .arg("--trust-anchors")
+        .arg(mesh.anchors())
+        .env(
+            "WEFT_PROXY_JOIN_TOKEN",
+            mesh.access("shop", "frontend").token,
+        )
         .args([
             "--inbound-addr",
             &addrs[0].to_string(),

@@ -17,8 +17,8 @@ async fn pair(protocol: &str, app: std::net::SocketAddr) -> (Mesh, Sidecar, Side
     let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
     let mut server = Sidecar::bind(&[]).await;
     let mesh = Mesh::start(&service_yaml("shop", "orders", protocol, &[server.inbound])).await;
-    server.start(&mesh.url(), "shop", "orders", app);
-    client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
+    server.start(&mesh, "shop", "orders", app);
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     (mesh, client, server)
 }

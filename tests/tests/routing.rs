@@ -37,8 +37,8 @@ async fn routes_by_authority_and_by_upstream_mapping() {
     let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
     let mut server = Sidecar::bind(&[]).await;
     let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
-    server.start(&mesh.url(), "shop", "orders", app.addr);
-    client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
+    server.start(&mesh, "shop", "orders", app.addr);
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
 
@@ -102,9 +102,9 @@ async fn http_route_matches_path_headers_and_method() {
         service_yaml("shop", "orders-v2", "HTTP", &[s2.inbound])
     );
     let mesh = Mesh::start(&yaml).await;
-    s1.start(&mesh.url(), "shop", "orders-v1", v1.addr);
-    s2.start(&mesh.url(), "shop", "orders-v2", v2.addr);
-    client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
+    s1.start(&mesh, "shop", "orders-v1", v1.addr);
+    s2.start(&mesh, "shop", "orders-v2", v2.addr);
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
     let app = |method: &'static str,
@@ -172,9 +172,9 @@ spec:
 "#
     );
     let mesh = Mesh::start(&yaml).await;
-    s1.start(&mesh.url(), "shop", "orders-v1", v1.addr);
-    s2.start(&mesh.url(), "shop", "orders-v2", v2.addr);
-    client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
+    s1.start(&mesh, "shop", "orders-v1", v1.addr);
+    s2.start(&mesh, "shop", "orders-v2", v2.addr);
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
     let mut counts: HashMap<String, u32> = HashMap::new();
@@ -218,9 +218,9 @@ async fn ewma_balancer_steers_away_from_a_slow_endpoint() {
     let eps: Vec<_> = sidecars.iter().map(|s| s.inbound).collect();
     let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &eps)).await;
     for (s, app) in sidecars.iter_mut().zip([&fast1, &fast2, &slow]) {
-        s.start(&mesh.url(), "shop", "orders", app.addr);
+        s.start(&mesh, "shop", "orders", app.addr);
     }
-    client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
     // Four concurrent callers, 100 requests each.
@@ -251,8 +251,8 @@ async fn proxy_errors_are_marked_and_counted() {
     let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
     let mut server = Sidecar::bind(&[]).await;
     let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
-    server.start(&mesh.url(), "shop", "orders", NO_APP.parse().unwrap());
-    client.start(&mesh.url(), "shop", "frontend", NO_APP.parse().unwrap());
+    server.start(&mesh, "shop", "orders", NO_APP.parse().unwrap());
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
     let r = get(&http, client.upstreams[0], "orders", "/")

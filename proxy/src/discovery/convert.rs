@@ -127,6 +127,9 @@ fn mesh_settings(m: &pb::MeshSettings) -> Result<MeshSettings> {
             "mesh: tracing sampling ratio {ratio} is not within 0..1"
         ));
     }
+    if !m.trust_anchors.is_empty() {
+        crate::tls::parse_anchors(&m.trust_anchors).map_err(|e| format!("mesh: {e}"))?;
+    }
     Ok(MeshSettings {
         trust_domain: m.trust_domain.clone(),
         certificate_ttl: Duration::from_millis(m.certificate_ttl_ms),
@@ -138,6 +141,8 @@ fn mesh_settings(m: &pb::MeshSettings) -> Result<MeshSettings> {
             .unwrap_or_default(),
         sampling_ratio: ratio,
         access_log_json: m.access_log() == pb::AccessLog::Json,
+        trust_anchors: m.trust_anchors.clone(),
+        issuer: m.issuer.clone(),
     })
 }
 

@@ -1,0 +1,114 @@
+//! The channel to the control plane: gRPC over TLS, verified against the trust anchors.
+//!
+//! The control plane presents a certificate from the mesh CA whose SPIFFE ID is
+//! `spiffe://TRUST_DOMAIN/ns/weft-system/sa/weft-control-plane` (no workload can obtain an
+//! identity in `weft-system`). The proxy starts with the anchors of its `trust-anchors` file and
+//! from then on trusts the roots the control plane publishes with each config, which arrive over
+//! this verified channel: that is how a trust-anchor rotation reaches a running proxy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{ServerName, TrustAnchor};
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::tls::{self, ControlPlaneVerifier};
+
+/// The path part of the control plane's SPIFFE ID.
+pub const CONTROL_PLANE_ID_SUFFIX: &str = "/ns/weft-system/sa/weft-control-plane";
+
+pub struct ControlPlane {
+    url: String,
+    anchors_pem: ArcSwap<String>,
+    anchors: ArcSwap<Vec<TrustAnchor<'static>>>,
+}
+
+impl ControlPlane {
+    /// `anchors_pem`: the `trust-anchors` file; it must hold at least one certificate.
+    pub fn new(url: String, anchors_pem: String) -> Result<Self, String> {
+        let anchors = tls::parse_anchors(&anchors_pem)?;
+        Ok(Self {
+            url,
+            anchors_pem: ArcSwap::from_pointee(anchors_pem),
+            anchors: ArcSwap::from_pointee(anchors),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The roots trusted now, PEM.
+    pub fn anchors_pem(&self) -> Arc<String> {
+        self.anchors_pem.load_full()
+    }
+
+    /// Trusts `pem` from now on (the roots the control plane published). Unusable roots are
+    /// refused and the current ones stay.
+    pub fn set_anchors(&self, pem: &str) -> Result<bool, String> {
+        if pem.is_empty() || **self.anchors_pem.load() == pem {
+            return Ok(false);
+        }
+        let anchors = tls::parse_anchors(pem)?;
+        self.anchors.store(Arc::new(anchors));
+        self.anchors_pem.store(Arc::new(pem.to_string()));
+        Ok(true)
+    }
+
+    /// A channel that connects (and reconnects) on first use. Each connection verifies the
+    /// control plane against the anchors trusted at that moment.
+    pub fn channel(self: &Arc<Self>, keepalive: bool) -> Result<Channel, String> {
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| format!("control-plane URL {}: {e}", self.url))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        if keepalive {
+            endpoint = endpoint
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5));
+        } else {
+            endpoint = endpoint.timeout(Duration::from_secs(10));
+        }
+        let this = self.clone();
+        let connector = tower::service_fn(move |uri: Uri| {
+            let this = this.clone();
+            async move { this.connect(uri).await }
+        });
+        Ok(endpoint.connect_with_connector_lazy(connector))
+    }
+
+    async fn connect(
+        &self,
+        uri: Uri,
+    ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
+        let io = |e: String| std::io::Error::other(e);
+        let host = uri
+            .host()
+            .ok_or_else(|| io(format!("no host in {uri}")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let tcp = TcpStream::connect((host.as_str(), port)).await?;
+        tcp.set_nodelay(true)?;
+        let verifier = ControlPlaneVerifier::new(self.anchors.load_full());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| io(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        // The name is not what is verified (the SPIFFE ID is), but rustls needs one.
+        let name = ServerName::try_from(host).map_err(|e| io(e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        Ok(TokioIo::new(tls))
+    }
+}
