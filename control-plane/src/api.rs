@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use weft_proxy::body::{self, Body};
 
@@ -16,6 +15,18 @@ use crate::ca::{Ca, CaError, Phase, Step};
 use crate::discovery::Proxies;
 use crate::state::State;
 use crate::tokens::{Record, Tokens, Workload};
+
+/// What the API reads requests from: hyper's `Incoming`, or any body in tests.
+pub trait RequestBody:
+    http_body::Body<Data = bytes::Bytes, Error: std::error::Error + Send + Sync + 'static> + Send
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error: std::error::Error + Send + Sync + 'static>
+        + Send
+{
+}
 
 /// The largest request body the API reads.
 const MAX_BODY: usize = 1 << 20;
@@ -29,10 +40,10 @@ pub struct Api {
 }
 
 impl Api {
-    pub async fn handle(
+    pub async fn handle<B: RequestBody>(
         self: Arc<Self>,
         peer: SocketAddr,
-        req: Request<Incoming>,
+        req: Request<B>,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path();
         // Tokens grant identities and the CA decides what is trusted: loopback callers only,
@@ -109,7 +120,11 @@ impl Api {
     /// `POST /api/v1/tokens`, `GET /api/v1/tokens`, `DELETE /api/v1/tokens/{id}`. Join tokens
     /// grant identities, so they are served to loopback callers only until the API has
     /// authentication.
-    async fn tokens_api(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    async fn tokens_api<B: RequestBody>(
+        &self,
+        peer: SocketAddr,
+        req: Request<B>,
+    ) -> Response<Body> {
         let path = req.uri().path().to_string();
         match (req.method().clone(), path.trim_end_matches('/')) {
             (Method::GET, "/api/v1/tokens") => {
@@ -191,7 +206,7 @@ struct Rotate {
 impl Api {
     /// `GET /api/v1/ca`: roots, issuer, rotation phase, and which proxies hold certificates
     /// from which issuer. `POST /api/v1/ca/rotate {"step": "prepare|activate|retire"}`.
-    async fn ca_api(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    async fn ca_api<B: RequestBody>(&self, peer: SocketAddr, req: Request<B>) -> Response<Body> {
         let path = req.uri().path().trim_end_matches('/').to_string();
         match (req.method().clone(), path.as_str()) {
             (Method::GET, "/api/v1/ca") => json(&self.ca_status()),
@@ -286,8 +301,8 @@ impl Api {
 }
 
 /// Reads a JSON request body, or the response that says why it cannot be.
-async fn read_json<T: serde::de::DeserializeOwned>(
-    req: Request<Incoming>,
+async fn read_json<T: serde::de::DeserializeOwned, B: RequestBody>(
+    req: Request<B>,
 ) -> Result<T, Response<Body>> {
     let body = Limited::new(req.into_body(), MAX_BODY)
         .collect()
@@ -322,4 +337,79 @@ fn typed(status: StatusCode, body: String, content_type: &'static str) -> Respon
         header::HeaderValue::from_static(content_type),
     );
     rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(dir: &std::path::Path) -> Arc<Api> {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let mesh = crate::mesh::Mesh::compile(Vec::new(), "weft.local", 1);
+        Arc::new(Api {
+            state: Arc::new(State::new(mesh, "weft.local".into(), metrics)),
+            ca: Arc::new(Ca::load_or_create(dir, "weft.local").unwrap()),
+            proxies: Arc::default(),
+            tokens: Arc::new(Tokens::open(dir).unwrap()),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    async fn call(
+        api: &Arc<Api>,
+        peer: &str,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        let rsp = api
+            .clone()
+            .handle(peer.parse().unwrap(), req)
+            .await
+            .unwrap();
+        let status = rsp.status().as_u16();
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn tokens_and_the_ca_are_refused_to_callers_off_loopback() {
+        let dir = std::env::temp_dir().join(format!("weft-api-test-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let api = api(&dir);
+        let create = r#"{"workload": "shop/orders"}"#;
+        for (method, path, body) in [
+            (Method::POST, "/api/v1/tokens", create),
+            (Method::GET, "/api/v1/tokens", ""),
+            (Method::DELETE, "/api/v1/tokens/abc", ""),
+            (Method::GET, "/api/v1/ca", ""),
+            (Method::POST, "/api/v1/ca/rotate", r#"{"step": "prepare"}"#),
+        ] {
+            let (status, text) = call(&api, "10.1.2.3:40000", method.clone(), path, body).await;
+            assert_eq!(status, 403, "{method} {path}: {text}");
+            assert!(text.contains("loopback"), "{text}");
+        }
+        assert!(api.tokens.list().is_empty(), "nothing was created");
+        assert_eq!(api.ca.phase(), Some(Phase::Steady), "nothing was rotated");
+        // The same calls from loopback work.
+        let (status, text) = call(
+            &api,
+            "127.0.0.1:40000",
+            Method::POST,
+            "/api/v1/tokens",
+            create,
+        )
+        .await;
+        assert_eq!(status, 201, "{text}");
+        let (status, text) = call(&api, "[::1]:40000", Method::GET, "/api/v1/ca", "").await;
+        assert_eq!(status, 200, "{text}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -337,10 +337,12 @@ impl Ca {
                         "the new issuer is active: `weft ca rotate retire` once every proxy has renewed"
                     }
                 };
-                return Err(CaError::Rotation(format!(
-                    "cannot {step:?} now: {hint}",
-                    step = step
-                )));
+                let step = match step {
+                    Step::Prepare => "prepare",
+                    Step::Activate => "activate",
+                    Step::Retire => "retire",
+                };
+                return Err(CaError::Rotation(format!("cannot {step} now: {hint}")));
             }
         }
         tracing::info!(?step, "trust-anchor rotation step done");
@@ -837,5 +839,91 @@ mod tests {
             Err(CaError::BadCsr(_))
         ));
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn rotation_steps_go_in_order_and_change_roots_then_issuer() {
+        let dir = temp_dir();
+        let ca = Ca::load_or_create(&dir, "weft.local").unwrap();
+        let first = ca.signer();
+        assert_eq!(ca.phase(), Some(Phase::Steady));
+        for step in [Step::Activate, Step::Retire] {
+            assert!(matches!(ca.rotate(step), Err(CaError::Rotation(_))));
+        }
+        ca.rotate(Step::Prepare).unwrap();
+        assert_eq!(ca.phase(), Some(Phase::Prepared));
+        assert_eq!(ca.signer().anchors.len(), 2);
+        assert_eq!(
+            ca.signer().issuer_id,
+            first.issuer_id,
+            "the old issuer still signs"
+        );
+        let err = ca.rotate(Step::Prepare).unwrap_err().to_string();
+        assert!(err.contains("cannot prepare now"), "{err}");
+        ca.rotate(Step::Activate).unwrap();
+        assert_eq!(ca.phase(), Some(Phase::Activated));
+        assert_ne!(ca.signer().issuer_id, first.issuer_id);
+        assert_eq!(ca.signer().anchors.len(), 2);
+        ca.rotate(Step::Retire).unwrap();
+        assert_eq!(ca.phase(), Some(Phase::Steady));
+        let anchors = &ca.signer().anchors;
+        assert_eq!(anchors.len(), 1);
+        assert_ne!(anchors[0], first.anchors[0]);
+        assert_eq!(
+            fs::read_to_string(dir.join("trust-anchors.pem")).unwrap(),
+            ca.trust_anchors_pem()
+        );
+        // A new CA from the same files after a restart.
+        let again = Ca::load_or_create(&dir, "weft.local").unwrap();
+        assert_eq!(again.signer().issuer_id, ca.signer().issuer_id);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn files_must_hold_a_ca_its_key_and_a_way_to_the_roots() {
+        let dir = temp_dir();
+        create(&dir, "weft.local").unwrap();
+        let source = |cert: &str, roots: Option<&str>| Source::Files {
+            cert: dir.join(cert),
+            key: dir.join("issuer.key"),
+            roots: roots.map(|r| dir.join(r)),
+        };
+        // Issuer + root in one file: the root is found at the end.
+        let bundle = format!(
+            "{}{}",
+            fs::read_to_string(dir.join("issuer.pem")).unwrap(),
+            fs::read_to_string(dir.join("root.pem")).unwrap()
+        );
+        fs::write(dir.join("bundle.pem"), bundle).unwrap();
+        let out = dir.join("out");
+        fs::create_dir_all(&out).unwrap();
+        let ca = Ca::open(&out, "weft.local", source("bundle.pem", None)).unwrap();
+        assert_eq!(ca.signer().anchors.len(), 1);
+        assert_eq!(ca.phase(), None);
+        assert!(ca.rotate(Step::Prepare).is_err());
+        // Issuer alone, roots beside it.
+        Ca::open(&out, "weft.local", source("issuer.pem", Some("root.pem"))).unwrap();
+        // Issuer alone without roots: nothing to trust.
+        let err = Ca::open(&out, "weft.local", source("issuer.pem", None)).unwrap_err();
+        assert!(err.to_string().contains("no trust anchors"), "{err}");
+        // The root as issuer: refused.
+        let err = Ca::open(&out, "weft.local", source("root.pem", Some("root.pem"))).unwrap_err();
+        assert!(err.to_string().contains("self-signed root"), "{err}");
+        // Roots that did not sign the issuer.
+        let other = temp_dir();
+        create(&other, "weft.local").unwrap();
+        fs::copy(other.join("root.pem"), dir.join("other-root.pem")).unwrap();
+        let err = Ca::open(
+            &out,
+            "weft.local",
+            source("issuer.pem", Some("other-root.pem")),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not signed by any trust anchor"),
+            "{err}"
+        );
+        fs::remove_dir_all(dir).unwrap();
+        fs::remove_dir_all(other).unwrap();
     }
 }

@@ -34,14 +34,16 @@ impl Admin {
                 } else if self.discovery.has_config() && self.has_identity() {
                     text(StatusCode::OK, "ready")
                 } else if self.discovery.has_config() {
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: waiting for a certificate from the control plane",
-                    )
+                    let msg = format!(
+                        "not ready: waiting for a certificate from the control plane{}",
+                        last_attempt(self.identity.last_error())
+                    );
+                    text(StatusCode::SERVICE_UNAVAILABLE, &msg)
                 } else {
                     let msg = format!(
-                        "not ready: waiting for config from the control plane at {}",
-                        self.config.control_plane
+                        "not ready: waiting for config from the control plane at {}{}",
+                        self.config.control_plane,
+                        last_attempt(self.discovery.last_error())
                     );
                     text(StatusCode::SERVICE_UNAVAILABLE, &msg)
                 }
@@ -63,10 +65,14 @@ impl Admin {
                 }
             }
             (&Method::GET, "/identity") => match self.identity.current() {
-                Some(creds) => match serde_json::to_string_pretty(&*creds) {
-                    Ok(json) => with_type(StatusCode::OK, json, "application/json"),
-                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-                },
+                Some(creds) => {
+                    let mut doc = serde_json::to_value(&*creds).unwrap_or_default();
+                    doc["trustAnchors"] = self.identity.trust_anchors().into();
+                    match serde_json::to_string_pretty(&doc) {
+                        Ok(json) => with_type(StatusCode::OK, json, "application/json"),
+                        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                    }
+                }
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet"),
             },
             (&Method::GET, "/metrics") => with_type(
@@ -95,6 +101,10 @@ impl Admin {
     fn has_identity(&self) -> bool {
         self.identity.current().is_some()
     }
+}
+
+fn last_attempt(error: Option<String>) -> String {
+    error.map_or_else(String::new, |e| format!(" (last attempt: {e})"))
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {

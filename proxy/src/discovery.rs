@@ -93,6 +93,8 @@ pub struct Discovery {
     metrics: Arc<Metrics>,
     /// The certificate this proxy serves with, reported to the control plane.
     certificate: watch::Sender<Option<Certificate>>,
+    /// Why the last attempt to reach the control plane failed; cleared once a stream is open.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Discovery {
@@ -108,6 +110,7 @@ impl Discovery {
             registry: EndpointRegistry::default(),
             metrics,
             certificate: watch::channel(None).0,
+            last_error: Mutex::new(None),
         }
     }
 
@@ -118,6 +121,17 @@ impl Discovery {
     /// True once a config update has been accepted.
     pub fn has_config(&self) -> bool {
         *self.updates.borrow() > 0
+    }
+
+    /// Why the config stream is down, if it is.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok()?.clone()
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = e;
+        }
     }
 
     /// Changes with every accepted config.
@@ -215,6 +229,7 @@ impl Discovery {
                 Ok(()) => "stream closed by the control plane".to_string(),
                 Err(e) => e,
             };
+            self.set_last_error(Some(err.clone()));
             failures = failures.saturating_add(1);
             let cap = BACKOFF_BASE
                 .saturating_mul(1 << failures.min(16))
@@ -264,6 +279,7 @@ impl Discovery {
             .map_err(|s| format!("open stream: {}", crate::transport::status_text(&s)))?
             .into_inner();
         self.metrics.control_plane_connected.set(1);
+        self.set_last_error(None);
         tracing::info!(control_plane = %control.url(), "config stream open");
         loop {
             tokio::select! {

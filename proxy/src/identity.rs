@@ -67,6 +67,8 @@ impl std::fmt::Debug for Credentials {
 
 pub struct Identity {
     current: ArcSwapOption<Credentials>,
+    /// Why the last certificate request failed; cleared by the next success.
+    last_error: std::sync::Mutex<Option<String>>,
     updates: watch::Sender<u64>,
     metrics: Arc<Metrics>,
     tls: Arc<Tls>,
@@ -77,6 +79,7 @@ impl Identity {
     pub fn new(metrics: Arc<Metrics>, tls: Arc<Tls>) -> Self {
         Self {
             current: ArcSwapOption::empty(),
+            last_error: std::sync::Mutex::new(None),
             updates: watch::channel(0).0,
             metrics,
             tls,
@@ -85,6 +88,27 @@ impl Identity {
 
     pub fn current(&self) -> Option<Arc<Credentials>> {
         self.current.load_full()
+    }
+
+    /// Why the last certificate request failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok()?.clone()
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = e;
+        }
+    }
+
+    /// Fingerprints (hex SHA-256) of the roots peers are verified against now.
+    pub fn trust_anchors(&self) -> Vec<String> {
+        self.tls.anchors_pem().map_or_else(Vec::new, |pem| {
+            rustls_pemfile::certs(&mut pem.as_bytes())
+                .flatten()
+                .map(|der| fingerprint(&der))
+                .collect()
+        })
     }
 
     /// Resolves once the first certificate is in hand.
@@ -127,6 +151,7 @@ impl Identity {
             let wait = match obtained {
                 Ok(creds) => {
                     failures = 0;
+                    self.set_last_error(None);
                     let wait = renew_after(
                         creds.issued_at,
                         creds.expiry(),
@@ -159,6 +184,7 @@ impl Identity {
                         .min(RETRY_MAX);
                     let wait = rand::rng().random_range(cap / 2..=cap);
                     let serving = self.current().map(|c| c.serial.clone());
+                    self.set_last_error(Some(e.clone()));
                     tracing::warn!(error = %e, retry_in = ?wait, ?serving, "certificate request failed; the current certificate keeps serving");
                     wait
                 }
@@ -259,11 +285,16 @@ fn issuer_of(chain_pem: &str) -> Result<String, String> {
         .nth(1)
         .ok_or("the certificate chain has no issuer")?
         .map_err(|e| format!("certificate chain: {e}"))?;
-    Ok(ring::digest::digest(&ring::digest::SHA256, &der)
+    Ok(fingerprint(&der))
+}
+
+/// Hex SHA-256 of a certificate's DER, as the control plane names issuers and roots.
+fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
-        .collect())
+        .collect()
 }
 
 /// When to renew: at `0.7 + jitter` of the way from issue to expiry (never before now).

@@ -91,6 +91,11 @@ impl Tls {
         self.configs.load().is_some()
     }
 
+    /// The roots peers are verified against now, PEM.
+    pub fn anchors_pem(&self) -> Option<String> {
+        self.configs.load().as_ref().map(|c| c.anchors_pem.clone())
+    }
+
     /// The server config for the inbound listener, once the proxy has a certificate.
     pub fn server(&self) -> Option<Arc<ServerConfig>> {
         self.configs.load().as_ref().map(|c| c.server.clone())

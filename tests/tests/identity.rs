@@ -306,3 +306,64 @@ async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_verifies_the_control_plane_against_its_trust_anchors() {
+    let mesh = Mesh::start(MESH).await;
+    let other = Mesh::start(MESH).await;
+    // Anchors of another mesh: the control plane's certificate does not verify, so the proxy
+    // gets neither config nor certificate, and says why.
+    let mut proxy = Sidecar::bind(&[]).await;
+    let access = Access {
+        anchors: other.anchors(),
+        ..mesh.access("shop", "orders")
+    };
+    proxy.start_with(&access, "shop", "orders", NO_APP.parse().unwrap());
+    let body = eventually(
+        "the proxy to report the failed handshake",
+        Duration::from_secs(10),
+        || async {
+            let r = get(&http1_client(), proxy.admin, "admin", "/ready")
+                .await
+                .ok()?;
+            assert_eq!(r.status, 503);
+            r.body.contains("last attempt").then_some(r.body)
+        },
+    )
+    .await;
+    assert!(
+        body.contains("waiting for config") && body.contains("UnknownIssuer"),
+        "{body}"
+    );
+    assert!(mesh.proxies().is_empty(), "it never got a stream open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_workload_gets_an_identity_in_the_control_planes_namespace() {
+    let mesh = Mesh::start(MESH).await;
+    // The API refuses to make such a token...
+    let body = serde_json::json!({ "workload": "weft-system/weft-control-plane" }).to_string();
+    let req = http::Request::post(format!("http://{}/api/v1/tokens", mesh.api_addr))
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let rsp = http1_client().request(req).await.unwrap();
+    assert_eq!(rsp.status(), 422);
+    // ...and the CA refuses to sign for one even with a token that names it.
+    let (_, token) = mesh
+        .running()
+        .tokens
+        .create(
+            "weft-system/weft-control-plane".parse().unwrap(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let err = certify(
+        &mesh,
+        csr("spiffe://weft.local/ns/weft-system/sa/weft-control-plane"),
+        &token,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(err.message().contains("reserved"), "{}", err.message());
+}
