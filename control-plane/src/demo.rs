@@ -358,11 +358,28 @@ async fn stop_child(child: &mut Child) {
     let _ = child.kill().await;
 }
 
-async fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+/// Loopback ports for processes that must be told their addresses before they start (the
+/// sidecars, whose inbound addresses are in the config). They are picked below the kernel's
+/// ephemeral range and checked free, so that no port-0 bind — in this process or any other —
+/// can take one between the check and the child's own bind.
+pub async fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    use rand::Rng;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let range = (ephemeral_low / 2).max(1024)..ephemeral_low.max(2048);
     let mut listeners = Vec::new();
-    for _ in 0..n {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+    for _ in 0..n * 100 {
+        if listeners.len() == n {
+            break;
+        }
+        let port = rand::rng().random_range(range.clone());
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)).await {
+            listeners.push(l);
+        }
     }
+    anyhow::ensure!(listeners.len() == n, "no free loopback ports in {range:?}");
     listeners
         .iter()
         .map(|l| l.local_addr().map_err(Into::into))

@@ -28,6 +28,7 @@ async fn a_proxy_that_stops_reading_is_cut_off_without_holding_up_others() {
     let ack_timeout = Duration::from_secs(2);
     let mesh = Mesh::start_with_ack_timeout(&yaml(0), ack_timeout).await;
     server.start(&mesh, "shop", "orders", app.addr);
+    server.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
 

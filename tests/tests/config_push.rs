@@ -47,7 +47,9 @@ async fn two_versions() -> TwoVersions {
     );
     let mesh = Mesh::start(&format!("{base}{}", route_to("orders-v1"))).await;
     s1.start(&mesh, "shop", "orders-v1", v1.addr);
+    s1.ready().await;
     s2.start(&mesh, "shop", "orders-v2", v2.addr);
+    s2.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     TwoVersions {

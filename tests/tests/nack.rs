@@ -205,6 +205,7 @@ async fn a_bad_update_is_nacked_and_the_last_good_config_keeps_serving() {
         nack.error_detail
     );
     assert_eq!(client.version(), "1", "the last-good config stays in force");
+    client.ready().await;
     let r = get(&http1_client(), client.upstreams[0], "orders", "/")
         .await
         .unwrap();

@@ -82,18 +82,11 @@ async fn weft_proxy_reports_every_bad_setting_then_exits_64() {
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let app = HttpApp::start("orders").await;
     let mut server = Sidecar::bind(&[]).await;
-    // The caller's proxy is a real process: bind its ports first, then free them for it.
-    let ports: Vec<_> = futures_util::future::join_all(
-        (0..4).map(|_| tokio::net::TcpListener::bind("127.0.0.1:0")),
-    )
-    .await;
-    let addrs: Vec<_> = ports
-        .iter()
-        .map(|l| l.as_ref().unwrap().local_addr().unwrap())
-        .collect();
-    drop(ports);
+    // The caller's proxy is a real process: its ports are picked for it.
+    let addrs = weft::demo::free_ports(4).await.unwrap();
     let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
     server.start(&mesh, "shop", "orders", app.addr);
+    server.ready().await;
     let mut proxy = Command::new(binary("weft-proxy"))
         .args([
             "run",

@@ -18,6 +18,7 @@ async fn pair(protocol: &str, app: std::net::SocketAddr) -> (Mesh, Sidecar, Side
     let mut server = Sidecar::bind(&[]).await;
     let mesh = Mesh::start(&service_yaml("shop", "orders", protocol, &[server.inbound])).await;
     server.start(&mesh, "shop", "orders", app);
+    server.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     (mesh, client, server)

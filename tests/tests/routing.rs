@@ -38,6 +38,7 @@ async fn routes_by_authority_and_by_upstream_mapping() {
     let mut server = Sidecar::bind(&[]).await;
     let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
     server.start(&mesh, "shop", "orders", app.addr);
+    server.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
@@ -103,7 +104,9 @@ async fn http_route_matches_path_headers_and_method() {
     );
     let mesh = Mesh::start(&yaml).await;
     s1.start(&mesh, "shop", "orders-v1", v1.addr);
+    s1.ready().await;
     s2.start(&mesh, "shop", "orders-v2", v2.addr);
+    s2.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
@@ -173,7 +176,9 @@ spec:
     );
     let mesh = Mesh::start(&yaml).await;
     s1.start(&mesh, "shop", "orders-v1", v1.addr);
+    s1.ready().await;
     s2.start(&mesh, "shop", "orders-v2", v2.addr);
+    s2.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
@@ -219,6 +224,7 @@ async fn ewma_balancer_steers_away_from_a_slow_endpoint() {
     let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &eps)).await;
     for (s, app) in sidecars.iter_mut().zip([&fast1, &fast2, &slow]) {
         s.start(&mesh, "shop", "orders", app.addr);
+        s.ready().await;
     }
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
@@ -252,6 +258,7 @@ async fn proxy_errors_are_marked_and_counted() {
     let mut server = Sidecar::bind(&[]).await;
     let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
     server.start(&mesh, "shop", "orders", NO_APP.parse().unwrap());
+    server.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let http = http1_client();
