@@ -89,6 +89,7 @@ async fn run_in(dir: &Path, opts: DemoOptions) -> anyhow::Result<()> {
             trust_domain: "weft.local".into(),
             ack_timeout: crate::DEFAULT_ACK_TIMEOUT,
             ca: None,
+            kubeconfig: None,
         },
         grpc,
         api,

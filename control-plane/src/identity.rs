@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use weft_proto::identity::{self as pb, certify_request::Proof, identity_server};
 
 use crate::ca::{Ca, CaError};
+use crate::kubernetes::{ReviewError, TokenReviewer};
 use crate::state::State;
 use crate::tokens::{TokenError, Tokens};
 
@@ -15,6 +16,7 @@ pub struct IdentityService {
     pub ca: Arc<Ca>,
     pub tokens: Arc<Tokens>,
     pub state: Arc<State>,
+    pub kubernetes: Arc<TokenReviewer>,
 }
 
 impl IdentityService {
@@ -36,12 +38,17 @@ impl identity_server::Identity for IdentityService {
                 TokenError::Store(_) => Status::internal(e.to_string()),
                 _ => Status::unauthenticated(e.to_string()),
             })?,
-            Some(Proof::ServiceAccountToken(_)) => {
-                return Err(Status::unimplemented(
-                    "Kubernetes service-account tokens are not accepted by this control plane yet; use a join token",
+            Some(Proof::ServiceAccountToken(token)) => {
+                self.kubernetes.review(&token).await.map_err(|e| match e {
+                    ReviewError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
+                    ReviewError::Unavailable(_) => Status::unavailable(e.to_string()),
+                })?
+            }
+            None => {
+                return Err(Status::unauthenticated(
+                    "no proof of identity: send a join token or a Kubernetes service-account token",
                 ))
             }
-            None => return Err(Status::unauthenticated("no proof of identity: send a join token")),
         };
         if workload.namespace == crate::ca::SYSTEM_NAMESPACE {
             return Err(Status::permission_denied(format!(

@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod files;
 pub mod grpc_tls;
 pub mod identity;
+pub mod kubernetes;
 pub mod mesh;
 pub mod metrics;
 pub mod resources;
@@ -41,6 +42,9 @@ pub struct ServeConfig {
     pub ack_timeout: Duration,
     /// Where the CA comes from: `None` for the one weft manages in `DATA_DIR/ca`.
     pub ca: Option<ca::Source>,
+    /// The Kubernetes API for service-account tokens; `None`: in-cluster config, or
+    /// `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// The default [`ServeConfig::ack_timeout`].
@@ -155,6 +159,7 @@ pub fn start(
         ca: ca.clone(),
         tokens: tokens.clone(),
         state: state.clone(),
+        kubernetes: Arc::new(kubernetes::TokenReviewer::new(cfg.kubeconfig.clone())),
     }
     .into_server();
     let stop = shutdown.clone();

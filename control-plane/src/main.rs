@@ -43,6 +43,10 @@ enum Command {
         /// Trust anchors for --ca-cert (PEM) [default: the self-signed root ending --ca-cert].
         #[arg(long, requires = "ca_cert")]
         ca_roots: Option<PathBuf>,
+        /// Kubernetes API for reviewing service-account tokens [default: the in-cluster service
+        /// account, else $KUBECONFIG or ~/.kube/config].
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Run a whole mesh on loopback and show what it does.
     Demo {
@@ -166,6 +170,7 @@ async fn run(command: Command) -> ExitCode {
             ca_cert,
             ca_key,
             ca_roots,
+            kubeconfig,
         } => {
             let ca = ca_cert
                 .zip(ca_key)
@@ -180,6 +185,7 @@ async fn run(command: Command) -> ExitCode {
                 trust_domain,
                 ack_timeout: weft::DEFAULT_ACK_TIMEOUT,
                 ca,
+                kubeconfig,
             };
             serve(cfg, grpc_addr, api_addr).await
         }

@@ -165,6 +165,7 @@ impl Mesh {
             trust_domain: "weft.local".into(),
             ack_timeout,
             ca,
+            kubeconfig: Some(dir.0.join("kubeconfig")),
         }
     }
 
@@ -204,6 +205,7 @@ impl Mesh {
             url: self.url(),
             anchors: self.anchors(),
             token: token.to_string(),
+            token_file: None,
         }
     }
 
@@ -271,7 +273,10 @@ async fn bind_again(addr: SocketAddr) -> TcpListener {
 pub struct Access {
     pub url: String,
     pub anchors: PathBuf,
+    /// A join token, used unless `token_file` is set.
     pub token: String,
+    /// A Kubernetes service-account token file, as mounted in a pod.
+    pub token_file: Option<PathBuf>,
 }
 
 /// A proxy whose listeners are bound but which has not started yet.
@@ -329,7 +334,8 @@ impl Sidecar {
         let args = weft_proxy::config::Args {
             control_plane: access.url.clone(),
             trust_anchors: Some(access.anchors.clone()),
-            join_token: Some(access.token.clone()),
+            join_token: access.token_file.is_none().then(|| access.token.clone()),
+            token_file: access.token_file.clone(),
             namespace: Some(namespace.into()),
             service_account: Some(name.into()),
             inbound_addr: self.inbound.to_string(),

@@ -127,6 +127,7 @@ async fn scripted(
         ca: running.ca.clone(),
         tokens: running.tokens.clone(),
         state: running.state.clone(),
+        kubernetes: std::sync::Arc::new(weft::kubernetes::TokenReviewer::new(None)),
     }
     .into_server();
     let serving = weft::grpc_tls::ServingIdentity::new(&running.ca, "weft.local").unwrap();
