@@ -3,8 +3,9 @@
 
 Runs three setups in one go, one after another on the same machine:
   direct  the load generator straight to the upstream
-  weft    weft-proxy pair (HTTP/2 between the proxies), control plane `weft serve`
-  envoy   Envoy pair configured the same way (HTTP/2 between the proxies)
+  weft    weft-proxy pair (mutual TLS 1.3 + HTTP/2 between the proxies: weft has no plaintext
+          mode between proxies), control plane `weft serve`
+  envoy   Envoy pair, plaintext HTTP/2 between the proxies (bench/mtls.py gives Envoy mTLS)
 Each proxy gets one worker thread (weft --workers 1, envoy --concurrency 1).
 
 For each: latency percentiles at a constant rate (oha -q, with latency correction, so
@@ -19,6 +20,20 @@ import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, ti
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
+
+
+def weft_proxy_cmd(tmp, grpc, api, sa, *args):
+    """`weft-proxy run` for workload bench/SA of the control plane at GRPC/API (data dir TMP/data):
+    TLS to the control plane, its trust anchors, a join token made for it."""
+    token = subprocess.run([os.path.join(REL, "weft"), "token", "create", f"bench/{sa}", "--server", f"http://127.0.0.1:{api}"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    return [os.path.join(REL, "weft-proxy"), "run", "--control-plane", f"https://127.0.0.1:{grpc}",
+            "--trust-anchors", f"{tmp}/data/trust-anchors.pem", "--join-token", token,
+            "--namespace", "bench", "--workers", "1", "--service-account", sa, *args]
+
+
+def weft_proxy_env():
+    return dict(os.environ, WEFT_LOG="warn")
 
 
 def free_port():
@@ -195,15 +210,14 @@ spec:
         procs.start([os.path.join(REL, "weft"), "serve", "--config", f"{tmp}/mesh.yaml", "--data-dir", f"{tmp}/data",
                      "--grpc-addr", f"127.0.0.1:{grpc}", "--api-addr", f"127.0.0.1:{api}"], f"{tmp}/weft.log")
         wait_http(f"http://127.0.0.1:{api}/admin/ready")
-        common = ["--control-plane", f"http://127.0.0.1:{grpc}", "--namespace", "bench", "--workers", "1"]
-        env = dict(os.environ, WEFT_LOG="warn")
-        server = procs.start([os.path.join(REL, "weft-proxy"), "run", *common, "--service-account", "upstream",
+        server = procs.start(weft_proxy_cmd(tmp, grpc, api, "upstream",
                               "--inbound-addr", f"127.0.0.1:{s_in}", "--outbound-addr", f"127.0.0.1:{s_out}",
-                              "--admin-addr", f"127.0.0.1:{s_admin}", "--app-addr", f"127.0.0.1:{up}"], f"{tmp}/server.log", env=env)
-        client = procs.start([os.path.join(REL, "weft-proxy"), "run", *common, "--service-account", "client",
+                              "--admin-addr", f"127.0.0.1:{s_admin}", "--app-addr", f"127.0.0.1:{up}"), f"{tmp}/server.log",
+                             env=weft_proxy_env())
+        client = procs.start(weft_proxy_cmd(tmp, grpc, api, "client",
                               "--inbound-addr", f"127.0.0.1:{c_in}", "--outbound-addr", f"127.0.0.1:{c_out}",
-                              "--admin-addr", f"127.0.0.1:{c_admin}", "--upstream", f"127.0.0.1:{c_up}=upstream.bench:8080"],
-                             f"{tmp}/client.log", env=env)
+                              "--admin-addr", f"127.0.0.1:{c_admin}", "--upstream", f"127.0.0.1:{c_up}=upstream.bench:8080"),
+                             f"{tmp}/client.log", env=weft_proxy_env())
         wait_http(f"http://127.0.0.1:{s_admin}/ready")
         wait_http(f"http://127.0.0.1:{c_admin}/ready")
         results.append(measure("weft", f"http://127.0.0.1:{c_up}/", [client.pid, server.pid], args, args.profile))

@@ -1,9 +1,8 @@
 #!/usr/bin/env python3
-"""weft's mTLS benchmark, beside plaintext weft and an Envoy pair with mTLS, in one run.
+"""weft's mTLS benchmark beside an Envoy pair with mTLS, in one run.
 
 Setups (each proxy one worker: weft --workers 1, envoy --concurrency 1), all on 127.0.0.1,
 upstream `bench-upstream` (1 KiB responses):
-  weft-plain   weft-proxy pair without certificates (plaintext HTTP/2 between them)
   weft-mtls    weft-proxy pair with certificates from `weft serve` (join tokens): mutual TLS 1.3
   envoy-mtls   Envoy pair, mutual TLS 1.3 with ECDSA P-256 certificates from a CA made with openssl,
                SPIFFE URI SAN checked by the client Envoy, HTTP/2 between them
@@ -16,12 +15,15 @@ Two measurements per setup:
            (m)TLS handshake (weft: a Service with protocol TCP; Envoy: tcp_proxy with TLS between
            the Envoys). Each starts once earlier runs' TIME_WAIT sockets have drained.
 
+(weft has no plaintext mode between proxies any more; the plaintext figures docs/benchmarks.md
+compares with come from bench/mesh.py's runs before mTLS became mandatory.)
+
 Usage: bench/mtls.py [--rate 1000] [--duration 30] [--connect-requests 5000] [--skip-build]
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mesh import REL, ROOT, Procs, cpu_seconds, free_port, oha, peak_rss_mib, wait_http  # noqa: E402
+from mesh import REL, ROOT, Procs, cpu_seconds, free_port, oha, peak_rss_mib, wait_http, weft_proxy_cmd, weft_proxy_env  # noqa: E402
 
 
 def steady(url, pids, args):
@@ -148,28 +150,21 @@ def envoy(d, side, ports):
     return f"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ports[side + '_admin']}}}}}}}\nstatic_resources:\n  listeners:{listeners}\n  clusters:{clusters}\n"
 
 
-def weft_pair(procs, tmp, name, grpc, api, up, s_in, tokens):
+def weft_pair(procs, tmp, name, grpc, api, up, s_in):
     """A weft-proxy pair, the server's inbound on `s_in` (its Services name that address); the
     client has upstream listeners for the HTTP and the TCP service."""
     p = {k: free_port() for k in ("s_out", "s_admin", "c_in", "c_out", "c_admin", "c_http", "c_tcp")}
     p["s_in"] = s_in
-    env = dict(os.environ, WEFT_LOG="warn")
-    common = ["--control-plane", f"http://127.0.0.1:{grpc}", "--namespace", "bench", "--workers", "1"]
-    def token(sa):
-        if not tokens:
-            return []
-        t = run([os.path.join(REL, "weft"), "token", "create", f"bench/{sa}", "--server", f"http://127.0.0.1:{api}"]).strip()
-        return ["--join-token", t]
-    server = procs.start([os.path.join(REL, "weft-proxy"), "run", *common, "--service-account", f"{name}-server",
+    server = procs.start(weft_proxy_cmd(tmp, grpc, api, f"{name}-server",
                           "--inbound-addr", f"127.0.0.1:{p['s_in']}", "--outbound-addr", f"127.0.0.1:{p['s_out']}",
-                          "--admin-addr", f"127.0.0.1:{p['s_admin']}", "--app-addr", f"127.0.0.1:{up}", *token(f"{name}-server")],
-                         f"{tmp}/{name}-server.log", env=env)
-    client = procs.start([os.path.join(REL, "weft-proxy"), "run", *common, "--service-account", f"{name}-client",
+                          "--admin-addr", f"127.0.0.1:{p['s_admin']}", "--app-addr", f"127.0.0.1:{up}"),
+                         f"{tmp}/{name}-server.log", env=weft_proxy_env())
+    client = procs.start(weft_proxy_cmd(tmp, grpc, api, f"{name}-client",
                           "--inbound-addr", f"127.0.0.1:{p['c_in']}", "--outbound-addr", f"127.0.0.1:{p['c_out']}",
-                          "--admin-addr", f"127.0.0.1:{p['c_admin']}", *token(f"{name}-client"),
+                          "--admin-addr", f"127.0.0.1:{p['c_admin']}",
                           "--upstream", f"127.0.0.1:{p['c_http']}={name}-server.bench:8080",
-                          "--upstream", f"127.0.0.1:{p['c_tcp']}={name}-server-tcp.bench:8080"],
-                         f"{tmp}/{name}-client.log", env=env)
+                          "--upstream", f"127.0.0.1:{p['c_tcp']}={name}-server-tcp.bench:8080"),
+                         f"{tmp}/{name}-client.log", env=weft_proxy_env())
     return p, client, server
 
 
@@ -206,16 +201,16 @@ def main():
         procs.start([os.path.join(REL, "bench-upstream"), f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
         grpc, api = free_port(), free_port()
         # Reserve the server inbound ports first: Services name them.
-        inbound = {"plain": free_port(), "mtls": free_port()}
+        inbound = {"mtls": free_port()}
         with open(f"{tmp}/mesh.yaml", "w") as f:
-            for name in ("plain", "mtls"):
+            for name in ("mtls",):
                 f.write(service(f"{name}-server", "HTTP", inbound[name]))
                 f.write(service(f"{name}-server-tcp", "TCP", inbound[name]))
         procs.start([os.path.join(REL, "weft"), "serve", "--config", f"{tmp}/mesh.yaml", "--data-dir", f"{tmp}/data",
                      "--grpc-addr", f"127.0.0.1:{grpc}", "--api-addr", f"127.0.0.1:{api}"], f"{tmp}/weft.log")
         wait_http(f"http://127.0.0.1:{api}/admin/ready")
-        for name, tokens in (("plain", False), ("mtls", True)):
-            p, client, server = weft_pair(procs, tmp, name, grpc, api, up, inbound[name], tokens)
+        for name in ("mtls",):
+            p, client, server = weft_pair(procs, tmp, name, grpc, api, up, inbound[name])
             wait_http(f"http://127.0.0.1:{p['s_admin']}/ready")
             wait_http(f"http://127.0.0.1:{p['c_admin']}/ready")
             pids = [client.pid, server.pid]

@@ -16,7 +16,7 @@ use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::tls::{self, ControlPlaneVerifier};
+use crate::tls::{self, SpiffeVerifier};
 
 /// The path part of the control plane's SPIFFE ID.
 pub const CONTROL_PLANE_ID_SUFFIX: &str = "/ns/weft-system/sa/weft-control-plane";
@@ -95,7 +95,7 @@ impl ControlPlane {
         let port = uri.port_u16().unwrap_or(443);
         let tcp = TcpStream::connect((host.as_str(), port)).await?;
         tcp.set_nodelay(true)?;
-        let verifier = ControlPlaneVerifier::new(self.anchors.load_full());
+        let verifier = SpiffeVerifier::control_plane(self.anchors.load_full());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])

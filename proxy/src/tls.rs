@@ -167,59 +167,20 @@ enum Expected {
 
 /// Verifies a server's chain against the trust anchors, then its SPIFFE ID.
 #[derive(Debug)]
-struct SpiffeVerifier {
+pub struct SpiffeVerifier {
     anchors: Arc<Vec<TrustAnchor<'static>>>,
     expected: Expected,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// Verifies the control plane's certificate: see [`crate::control`].
-#[derive(Debug)]
-pub struct ControlPlaneVerifier(SpiffeVerifier);
-
-impl ControlPlaneVerifier {
-    pub fn new(anchors: Arc<Vec<TrustAnchor<'static>>>) -> Self {
-        Self(SpiffeVerifier {
+impl SpiffeVerifier {
+    /// Verifies the control plane's certificate: see [`crate::control`].
+    pub fn control_plane(anchors: Arc<Vec<TrustAnchor<'static>>>) -> Self {
+        Self {
             anchors,
             expected: Expected::ControlPlane,
             algorithms: provider().signature_verification_algorithms,
-        })
-    }
-}
-
-impl ServerCertVerifier for ControlPlaneVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        }
     }
 }
 

@@ -512,18 +512,36 @@ impl Load {
         callers: usize,
         good: fn(&Reply) -> bool,
     ) -> Self {
+        let http = http1_client();
+        Self::with(callers, move || {
+            let http = http.clone();
+            async move {
+                let r = get(&http, addr, host, "/").await?;
+                anyhow::ensure!(good(&r), "unexpected reply: {r:?}");
+                Ok(())
+            }
+        })
+    }
+
+    /// `callers` concurrent callers each run `exchange` in a loop until stopped; an `Err` is
+    /// printed and counted as a failure.
+    pub fn with<F, Fut>(callers: usize, exchange: F) -> Self
+    where
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let callers = (0..callers)
             .map(|_| {
                 let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                let exchange = exchange.clone();
                 tokio::spawn(async move {
-                    let http = http1_client();
                     while !stop.load(Ordering::Relaxed) {
-                        match get(&http, addr, host, "/").await {
-                            Ok(r) if good(&r) => ok.fetch_add(1, Ordering::Relaxed),
-                            other => {
-                                eprintln!("failed request: {other:?}");
+                        match exchange().await {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                eprintln!("failed exchange: {e:#}");
                                 failed.fetch_add(1, Ordering::Relaxed)
                             }
                         };

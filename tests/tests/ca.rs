@@ -7,8 +7,6 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,55 +15,8 @@ use weft_tests::*;
 
 /// Callers that each open a new TCP connection per exchange through the client proxy: every
 /// exchange is a new mTLS connection between the proxies.
-struct TcpLoad {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl TcpLoad {
-    fn start(addr: SocketAddr, callers: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let tasks = (0..callers)
-            .map(|_| {
-                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        match exchange(addr).await {
-                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                            Err(e) => {
-                                eprintln!("failed TCP exchange: {e}");
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                    }
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            ok,
-            failed,
-            tasks,
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    async fn stop(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
+fn tcp_load(addr: SocketAddr, callers: usize) -> Load {
+    Load::with(callers, move || exchange(addr))
 }
 
 async fn exchange(addr: SocketAddr) -> anyhow::Result<()> {
@@ -201,7 +152,7 @@ fn anchors_of(mesh: &Mesh) -> Vec<String> {
 
 /// Lets at least `n` more exchanges of each load happen: the step just taken is exercised by
 /// new handshakes before the next one.
-async fn more_traffic(http: &Load, tcp: &TcpLoad, n: u64) {
+async fn more_traffic(http: &Load, tcp: &Load, n: u64) {
     let (h, t) = (http.ok(), tcp.ok());
     eventually("traffic to go on", Duration::from_secs(10), || async {
         (http.ok() >= h + n && tcp.ok() >= t + n).then_some(())
@@ -222,7 +173,7 @@ async fn trust_anchor_rotation_under_load_fails_no_request() {
     let http = Load::start(traffic.client.upstreams[0], "orders", 2, |r| {
         r.status == 200
     });
-    let tcp = TcpLoad::start(traffic.client.upstreams[1], 2);
+    let tcp = tcp_load(traffic.client.upstreams[1], 2);
     more_traffic(&http, &tcp, 20).await;
 
     // Steps out of order are refused with what to do instead.
@@ -380,7 +331,7 @@ async fn a_replaced_issuer_on_disk_is_picked_up_without_a_restart() {
     let http = Load::start(traffic.client.upstreams[0], "orders", 2, |r| {
         r.status == 200
     });
-    let tcp = TcpLoad::start(traffic.client.upstreams[1], 2);
+    let tcp = tcp_load(traffic.client.upstreams[1], 2);
     more_traffic(&http, &tcp, 20).await;
 
     // A key that does not belong to the certificate is refused; the CA in force keeps signing.
