@@ -222,6 +222,7 @@ impl Mesh {
             cluster_ips: spec.cluster_ips.iter().map(ToString::to_string).collect(),
             rules,
             backends,
+            policy: self.policies.get(&k).map(policy),
         })
     }
 
@@ -294,12 +295,9 @@ fn policy(p: &TrafficPolicySpec) -> pb::TrafficPolicy {
             per_try_timeout_ms: ms(r.per_try_timeout),
             backoff_base_ms: ms(r.backoff.as_ref().and_then(|b| b.base)),
             backoff_max_ms: ms(r.backoff.as_ref().and_then(|b| b.max)),
-            budget_ratio: r.budget.as_ref().and_then(|b| b.ratio).unwrap_or(0.0),
-            budget_min_per_second: r
-                .budget
-                .as_ref()
-                .and_then(|b| b.min_per_second)
-                .unwrap_or(0),
+            budget_ratio: r.budget.as_ref().and_then(|b| b.ratio),
+            budget_min_per_second: r.budget.as_ref().and_then(|b| b.min_per_second),
+            non_idempotent: r.non_idempotent,
         }),
         circuit_breaker: p.circuit_breaker.as_ref().map(|c| pb::CircuitBreaker {
             consecutive_failures: c.consecutive_failures.unwrap_or(0),
@@ -328,12 +326,20 @@ fn policy(p: &TrafficPolicySpec) -> pb::TrafficPolicy {
 /// rule order.
 type SortKey = (u8, Reverse<usize>, u8, Reverse<usize>, String, usize, usize);
 
+/// An HTTPRoute annotation: its rules' retries may repeat non-idempotent requests once sent.
+pub const NON_IDEMPOTENT_ANNOTATION: &str = "retry.weft.dev/non-idempotent";
+
 fn compile_route(
     o: &Object<HttpRouteSpec>,
     out: &mut BTreeMap<Key, Vec<(SortKey, pb::RouteRule)>>,
 ) {
     let ns = &o.metadata.namespace;
     let route = format!("{ns}/{}", o.metadata.name);
+    let non_idempotent = o
+        .metadata
+        .annotations
+        .get(NON_IDEMPOTENT_ANNOTATION)
+        .is_some_and(|v| v == "true");
     for parent in &o.spec.parent_refs {
         let parent_key = key(parent.namespace.as_deref().unwrap_or(ns), &parent.name);
         for (ri, rule) in o.spec.rules.iter().enumerate() {
@@ -406,6 +412,7 @@ fn compile_route(
                             codes: r.codes.iter().map(|c| u32::from(*c)).collect(),
                             attempts: r.attempts.unwrap_or(0),
                             backoff_ms: r.backoff.map_or(0, resources::Dur::millis),
+                            non_idempotent,
                         }),
                     },
                 ));

@@ -6,7 +6,11 @@
 //! through TrafficPolicy `loadBalancer`.
 //!
 //! Endpoints are shared across config updates (see `discovery::convert`), so their latency
-//! estimates and their connections survive a change that does not remove them.
+//! estimates, breaker state and connections survive a change that does not remove them.
+//!
+//! With outlier detection on, ejected endpoints are skipped (`breaker`), an endpoint whose
+//! ejection is over takes the next request as its probe, and a retry avoids the endpoints its
+//! request already tried when there are others.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +22,8 @@ use rand::Rng;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::breaker::{BackendState, Health, Transition};
+use crate::policy::Outlier;
 use crate::transport::PeerConn;
 
 /// How long a latency sample takes to fade: the EWMA's time constant.
@@ -51,25 +57,99 @@ impl Balancer {
         }
     }
 
-    /// Chooses an endpoint, or `None` when the backend has none.
-    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+    /// Chooses an endpoint for a try, or `None` when none can take it (every endpoint is
+    /// ejected, or there are none). `tried`: endpoints this request already tried, avoided
+    /// while another is available.
+    pub fn pick(&self, tried: &[SocketAddr], state: &BackendState) -> Option<Pick> {
         let eps = &self.endpoints;
-        match eps.len() {
+        if tried.is_empty() && state.ejected.load(Ordering::Relaxed) == 0 {
+            // The hot path: every endpoint is a candidate.
+            return self.choose(eps.len(), |i| &eps[i]).map(Pick::regular);
+        }
+        let now = Instant::now();
+        // An endpoint whose ejection is over gets the next request as its probe.
+        if let Some(ep) = eps.iter().find(|e| {
+            !tried.contains(&e.addr) && e.health.probe_due(now) && e.health.claim_probe(now)
+        }) {
+            return Some(Pick {
+                endpoint: ep.clone(),
+                probe: true,
+            });
+        }
+        let mut candidates: Vec<&Arc<Endpoint>> = eps
+            .iter()
+            .filter(|e| e.health.is_closed() && !tried.contains(&e.addr))
+            .collect();
+        if candidates.is_empty() {
+            // Every untried endpoint is ejected: a retry may go back to one it tried.
+            candidates = eps.iter().filter(|e| e.health.is_closed()).collect();
+        }
+        self.choose(candidates.len(), |i| candidates[i])
+            .map(Pick::regular)
+    }
+
+    fn choose<'a>(
+        &self,
+        n: usize,
+        get: impl Fn(usize) -> &'a Arc<Endpoint>,
+    ) -> Option<Arc<Endpoint>> {
+        match n {
             0 => None,
-            1 => eps.first(),
-            n => match self.kind {
-                LbKind::RoundRobin => eps.get(self.next.fetch_add(1, Ordering::Relaxed) % n),
-                LbKind::Ewma | LbKind::LeastRequest => {
-                    let (a, b) = two_distinct(n);
-                    let now = Instant::now();
-                    let cost = |e: &Endpoint| match self.kind {
-                        LbKind::LeastRequest => e.pending() as f64,
-                        _ => e.cost(now),
-                    };
-                    let (ea, eb) = (&eps[a], &eps[b]);
-                    Some(if cost(eb) < cost(ea) { eb } else { ea })
+            1 => Some(get(0).clone()),
+            n => Some(
+                match self.kind {
+                    LbKind::RoundRobin => get(self.next.fetch_add(1, Ordering::Relaxed) % n),
+                    LbKind::Ewma | LbKind::LeastRequest => {
+                        let (a, b) = two_distinct(n);
+                        let now = Instant::now();
+                        let cost = |e: &Endpoint| match self.kind {
+                            LbKind::LeastRequest => e.pending() as f64,
+                            _ => e.cost(now),
+                        };
+                        let (ea, eb) = (get(a), get(b));
+                        if cost(eb) < cost(ea) {
+                            eb
+                        } else {
+                            ea
+                        }
+                    }
                 }
-            },
+                .clone(),
+            ),
+        }
+    }
+
+    /// Endpoints open (ejected) or half-open now.
+    pub fn open_endpoints(&self) -> usize {
+        self.endpoints
+            .iter()
+            .filter(|e| !e.health.is_closed())
+            .count()
+    }
+}
+
+/// An endpoint chosen for one try.
+pub struct Pick {
+    pub endpoint: Arc<Endpoint>,
+    /// This try is the endpoint's half-open probe.
+    pub probe: bool,
+}
+
+impl Pick {
+    fn regular(endpoint: Arc<Endpoint>) -> Self {
+        Self {
+            endpoint,
+            probe: false,
+        }
+    }
+
+    /// Marks the try as outstanding on the endpoint until the returned guard is dropped.
+    pub fn start(self) -> InFlight {
+        self.endpoint.pending.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            endpoint: self.endpoint,
+            start: Instant::now(),
+            probe: self.probe,
         }
     }
 }
@@ -92,6 +172,8 @@ pub struct Endpoint {
     ewma: Mutex<Ewma>,
     #[serde(skip)]
     pub conn: PeerConn,
+    #[serde(skip)]
+    pub health: Health,
 }
 
 #[derive(Debug)]
@@ -113,6 +195,7 @@ impl Endpoint {
                 stamp: Instant::now(),
             }),
             conn: PeerConn::new(addr, identity),
+            health: Health::default(),
         }
     }
 
@@ -151,13 +234,9 @@ impl Endpoint {
         ewma.stamp = now;
     }
 
-    /// Marks a request as outstanding on this endpoint until the returned guard is dropped.
+    /// Marks a request as outstanding on this endpoint (not a probe).
     pub fn start(self: &Arc<Self>) -> InFlight {
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            endpoint: self.clone(),
-            start: Instant::now(),
-        }
+        Pick::regular(self.clone()).start()
     }
 }
 
@@ -165,9 +244,33 @@ impl Endpoint {
 pub struct InFlight {
     endpoint: Arc<Endpoint>,
     start: Instant,
+    /// Set while this try is a half-open probe whose outcome is not recorded yet.
+    probe: bool,
 }
 
 impl InFlight {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// Records the try's outcome with the endpoint's breaker (when `outlier` is on).
+    pub fn record(
+        &mut self,
+        ok: bool,
+        outlier: Option<&Outlier>,
+        state: &BackendState,
+        endpoints: usize,
+    ) -> Transition {
+        let probe = std::mem::take(&mut self.probe);
+        match outlier {
+            Some(policy) => self
+                .endpoint
+                .health
+                .record(ok, probe, policy, state, endpoints),
+            None => Transition::None,
+        }
+    }
+
     /// Records the latency to the response head as a sample for the estimate.
     pub fn responded(&self) {
         let now = Instant::now();
@@ -178,6 +281,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            self.endpoint.health.abandon_probe();
+        }
     }
 }
 
@@ -197,10 +303,63 @@ mod tests {
             .collect()
     }
 
+    fn pick(b: &Balancer) -> Arc<Endpoint> {
+        b.pick(&[], &BackendState::default()).unwrap().endpoint
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoints_are_skipped_then_probed() {
+        let eps = endpoints(3);
+        let state = BackendState::default();
+        let policy = Outlier {
+            consecutive_failures: 1,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(5),
+            max_ejected_percent: 100,
+        };
+        let b = Balancer::new(eps.clone(), LbKind::RoundRobin);
+        let mut bad = eps[0].start();
+        assert!(matches!(
+            bad.record(false, Some(&policy), &state, 3),
+            Transition::Ejected(_)
+        ));
+        drop(bad);
+        for _ in 0..10 {
+            assert_ne!(b.pick(&[], &state).unwrap().endpoint.addr.port(), 1000);
+        }
+        // A retry avoids what it tried.
+        let tried = [eps[1].addr];
+        assert_eq!(b.pick(&tried, &state).unwrap().endpoint.addr.port(), 1002);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let probe = b.pick(&[], &state).unwrap();
+        assert!(probe.probe);
+        assert_eq!(probe.endpoint.addr.port(), 1000);
+        let mut inflight = probe.start();
+        assert_eq!(
+            inflight.record(true, Some(&policy), &state, 3),
+            Transition::Restored
+        );
+        assert_eq!(b.open_endpoints(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_to_pick_when_every_endpoint_is_ejected() {
+        let eps = endpoints(1);
+        let state = BackendState::default();
+        let policy = Outlier {
+            consecutive_failures: 1,
+            max_ejected_percent: 100,
+            ..Outlier::default()
+        };
+        let b = Balancer::new(eps.clone(), LbKind::Ewma);
+        eps[0].start().record(false, Some(&policy), &state, 1);
+        assert!(b.pick(&[], &state).is_none());
+    }
+
     #[test]
     fn round_robin_visits_every_endpoint_in_turn() {
         let b = Balancer::new(endpoints(3), LbKind::RoundRobin);
-        let ports: Vec<u16> = (0..6).map(|_| b.pick().unwrap().addr.port()).collect();
+        let ports: Vec<u16> = (0..6).map(|_| pick(&b).addr.port()).collect();
         assert_eq!(ports, [1000, 1001, 1002, 1000, 1001, 1002]);
     }
 
@@ -212,9 +371,7 @@ mod tests {
         eps[1].observe(Duration::from_millis(1), now);
         eps[2].observe(Duration::from_millis(50), now);
         let b = Balancer::new(eps, LbKind::Ewma);
-        let slow = (0..1000)
-            .filter(|_| b.pick().unwrap().addr.port() == 1002)
-            .count();
+        let slow = (0..1000).filter(|_| pick(&b).addr.port() == 1002).count();
         assert_eq!(
             slow, 0,
             "P2C never prefers the slow endpoint over a fast one"
@@ -240,7 +397,7 @@ mod tests {
         let eps = endpoints(2);
         let busy: Vec<_> = (0..5).map(|_| eps[0].start()).collect();
         let b = Balancer::new(eps, LbKind::LeastRequest);
-        assert!((0..100).all(|_| b.pick().unwrap().addr.port() == 1001));
+        assert!((0..100).all(|_| pick(&b).addr.port() == 1001));
         drop(busy);
     }
 }

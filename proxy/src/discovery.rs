@@ -75,6 +75,8 @@ pub struct Inbound {
     pub ports: Vec<Port>,
     /// `Some` when any AuthorizationPolicy targets this service.
     pub authorization: Option<crate::authz::Policy>,
+    /// TrafficPolicy `rateLimit` for this service.
+    pub rate_limit: Option<crate::policy::RateLimit>,
 }
 
 fn ser_services<S: serde::Serializer>(m: &ServiceMap, s: S) -> Result<S::Ok, S::Error> {

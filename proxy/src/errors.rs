@@ -30,9 +30,27 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    CircuitOpen(String),
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    BudgetExhausted(String),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    #[error("fault injected: {0}")]
+    FaultInjected(StatusCode),
 }
 
 impl ProxyError {
+    /// A connect that ran out of time (rather than being refused).
+    pub fn is_connect_timeout(&self) -> bool {
+        matches!(self, Self::ConnectFailed { reason, .. } if reason.starts_with(crate::transport::CONNECT_TIMED_OUT))
+    }
+
     /// The `x-weft-error` reason (CONTRACT.md, "Errors the proxy itself produces").
     pub fn reason(&self) -> &'static str {
         match self {
@@ -44,6 +62,11 @@ impl ProxyError {
             Self::Timeout(_) => "timeout",
             Self::BadRequest(_) => "bad-request",
             Self::Forbidden(_) => "forbidden",
+            Self::CircuitOpen(_) => "circuit-open",
+            Self::Overloaded(_) => "overloaded",
+            Self::BudgetExhausted(_) => "budget-exhausted",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::FaultInjected(_) => "fault-injected",
         }
     }
 
@@ -57,22 +80,45 @@ impl ProxyError {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::CircuitOpen(_) | Self::Overloaded(_) | Self::BudgetExhausted(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::FaultInjected(status) => *status,
         }
     }
 
     /// The gRPC status code a gRPC caller sees instead of the HTTP status.
     fn grpc_status(&self) -> u16 {
         match self {
-            Self::NoRoute(_) => 12,    // UNIMPLEMENTED
-            Self::Timeout(_) => 4,     // DEADLINE_EXCEEDED
-            Self::Forbidden(_) => 7,   // PERMISSION_DENIED
-            Self::BadRequest(_) => 13, // INTERNAL
+            Self::NoRoute(_) => 12,        // UNIMPLEMENTED
+            Self::Timeout(_) => 4,         // DEADLINE_EXCEEDED
+            Self::Forbidden(_) => 7,       // PERMISSION_DENIED
+            Self::BadRequest(_) => 13,     // INTERNAL
+            Self::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
+            Self::FaultInjected(status) => grpc_status_of_http(status.as_u16()),
             // Listed, not `_`: a new error must choose its status.
             Self::NoEndpoints(_)
             | Self::ConnectFailed { .. }
             | Self::UpstreamReset { .. }
-            | Self::TlsFailed { .. } => 14, // UNAVAILABLE
+            | Self::TlsFailed { .. }
+            | Self::CircuitOpen(_)
+            | Self::Overloaded(_)
+            | Self::BudgetExhausted(_) => 14, // UNAVAILABLE
         }
+    }
+}
+
+/// The gRPC status for an HTTP status, as gRPC's HTTP mapping has it.
+fn grpc_status_of_http(status: u16) -> u16 {
+    match status {
+        200..=299 => 0,
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
     }
 }
 
@@ -103,6 +149,12 @@ pub fn rescue(err: &ProxyError, grpc: bool) -> Response<Body> {
         rsp
     };
     rsp.headers_mut().insert(ERROR_HEADER, reason);
+    if let ProxyError::RateLimited { retry_after, .. } = err {
+        // Whole seconds, rounded up: a caller that waits this long gets a token.
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        rsp.headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
     rsp
 }
 

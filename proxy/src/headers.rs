@@ -72,9 +72,46 @@ pub fn absolute_uri(parts: &Parts, authority: &http::uri::Authority) -> Result<U
         .map_err(|e| ProxyError::BadRequest(format!("cannot forward URI: {e}")))
 }
 
+/// The deadline a gRPC caller set in `grpc-timeout` (e.g. `100m`: 100 ms), if any and valid.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let v = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        use std::time::Duration;
+        assert_eq!(h("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(h("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(h("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(h("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(h("123456789m"), None, "at most 8 digits");
+        assert_eq!(h("m"), None);
+        assert_eq!(h("10x"), None);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {

@@ -28,8 +28,9 @@ use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
 use crate::headers;
 use crate::metrics::ConnectionLabels;
-use crate::metrics::{Metrics, RequestLabels, INBOUND};
+use crate::metrics::{Metrics, RequestLabels, ServiceLabels, INBOUND};
 use crate::outbound::error_label;
+use crate::ratelimit::TokenBucket;
 use crate::server::Accepted;
 use crate::server::Http;
 use crate::tls::Tls;
@@ -54,6 +55,8 @@ pub struct Inbound {
     http2: Client<AppConnector, Body>,
     tls: Arc<Tls>,
     discovery: Arc<Discovery>,
+    /// The rate limit's bucket, replaced when its settings change.
+    limiter: std::sync::Mutex<Option<Arc<TokenBucket>>>,
 }
 
 impl Inbound {
@@ -85,7 +88,40 @@ impl Inbound {
             http2,
             tls,
             discovery,
+            limiter: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Takes a token from this service's rate limit, if it has one.
+    fn rate_limit(&self) -> Result<(), ProxyError> {
+        let snapshot = self.discovery.snapshot();
+        let Some(params) = snapshot.inbound.as_ref().and_then(|i| i.rate_limit) else {
+            return Ok(());
+        };
+        let bucket = {
+            let Ok(mut slot) = self.limiter.lock() else {
+                return Ok(());
+            };
+            match slot.as_ref() {
+                Some(b) if *b.params() == params => b.clone(),
+                _ => slot.insert(Arc::new(TokenBucket::new(params))).clone(),
+            }
+        };
+        bucket.take().map_err(|retry_after| {
+            self.metrics
+                .rate_limited
+                .get_or_create(&ServiceLabels {
+                    service: self.service.clone(),
+                })
+                .inc();
+            ProxyError::RateLimited {
+                message: format!(
+                    "{} accepts {} requests a second (burst {})",
+                    self.service, params.requests_per_second, params.burst
+                ),
+                retry_after,
+            }
+        })
     }
 
     /// Serves one connection from a peer.
@@ -184,6 +220,9 @@ impl Inbound {
         match kind {
             Detected::Opaque => match OpaqueHeader::read(&mut io).await {
                 Ok(header) => {
+                    if let Err(e) = self.rate_limit() {
+                        return tracing::debug!(%peer, error = %e, "inbound TCP connection refused");
+                    }
                     crate::tcp::inbound(io, header, self.app_addr, self.metrics.clone()).await
                 }
                 Err(e) => {
@@ -238,6 +277,7 @@ impl Inbound {
                 parts.uri.path()
             )));
         }
+        self.rate_limit()?;
         // Only this proxy vouches for a caller, and only for one it authenticated.
         parts.headers.remove(CLIENT_IDENTITY_HEADER);
         if let Some(id) = client.and_then(|c| HeaderValue::from_str(c).ok()) {
@@ -249,7 +289,15 @@ impl Inbound {
 
         if headers::is_upgrade(&parts) {
             let req = Request::from_parts(parts, body::boxed(body));
-            return upgrade::forward(self.app_addr, req, caller_upgrade, None).await;
+            return upgrade::forward(
+                self.app_addr,
+                req,
+                caller_upgrade,
+                None,
+                transport::DEFAULT_CONNECT_TIMEOUT,
+                (),
+            )
+            .await;
         }
 
         let orig_proto = parts.headers.remove(ORIG_PROTO_HEADER);

@@ -46,6 +46,57 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub service: String,
+    /// What the retried try came to: `connect-failure`, `reset`, `timeout`, `status`,
+    /// `grpc-status`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    pub direction: &'static str,
+    pub service: String,
+    /// `connect`, `request`, `per-try` or `idle`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The backend service, `name.namespace`.
+    pub service: String,
+    /// The endpoint's address.
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub service: String,
+    pub endpoint: String,
+    /// `success` or `failure`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub service: String,
+    /// `requests`, `pending-requests` or `connections`.
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub service: String,
+    /// `delay` or `abort`.
+    pub fault: &'static str,
+}
+
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -72,6 +123,15 @@ pub struct Metrics {
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     pub authorization: Family<DecisionLabels, Counter>,
     pub renewals: Family<OutcomeLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
+    pub timeouts: Family<TimeoutLabels, Counter>,
+    pub ejections: Family<EndpointLabels, Counter>,
+    pub endpoint_ejected: Family<EndpointLabels, Gauge>,
+    pub probes: Family<ProbeLabels, Counter>,
+    pub overloaded: Family<LimitLabels, Counter>,
+    pub rate_limited: Family<ServiceLabels, Counter>,
+    pub faults: Family<FaultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -166,6 +226,60 @@ impl Metrics {
             "Inbound requests and TCP connections checked against AuthorizationPolicy, by decision",
             authorization.clone(),
         );
+        let retries = Family::default();
+        registry.register(
+            "retries",
+            "Retries sent, by service and what the retried try came to",
+            retries.clone(),
+        );
+        let retry_budget_exhausted = Family::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries the policy allowed but the retry budget refused",
+            retry_budget_exhausted.clone(),
+        );
+        let timeouts = Family::default();
+        registry.register(
+            "timeouts",
+            "Timeouts that expired, by kind (connect, request, per-try, idle)",
+            timeouts.clone(),
+        );
+        let ejections = Family::default();
+        registry.register(
+            "endpoint_ejections",
+            "Times an endpoint's breaker opened (ejections, including after a failed probe)",
+            ejections.clone(),
+        );
+        let endpoint_ejected = Family::default();
+        registry.register(
+            "endpoint_ejected",
+            "1 while an endpoint's breaker is open or half-open, 0 while closed",
+            endpoint_ejected.clone(),
+        );
+        let probes = Family::default();
+        registry.register(
+            "endpoint_probes",
+            "Half-open probes of ejected endpoints, by outcome",
+            probes.clone(),
+        );
+        let overloaded = Family::default();
+        registry.register(
+            "overloaded",
+            "Requests and connections refused at once by a concurrency limit",
+            overloaded.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Inbound requests and connections refused by the rate limit",
+            rate_limited.clone(),
+        );
+        let faults = Family::default();
+        registry.register(
+            "faults_injected",
+            "Faults injected into outbound requests, by kind (delay, abort)",
+            faults.clone(),
+        );
         Self {
             registry,
             requests,
@@ -182,6 +296,67 @@ impl Metrics {
             inbound_connections,
             authorization,
             renewals,
+            retries,
+            retry_budget_exhausted,
+            timeouts,
+            ejections,
+            endpoint_ejected,
+            probes,
+            overloaded,
+            rate_limited,
+            faults,
+        }
+    }
+
+    /// Counts an expired timeout.
+    pub fn timeout(&self, direction: &'static str, service: &str, kind: &'static str) {
+        self.timeouts
+            .get_or_create(&TimeoutLabels {
+                direction,
+                service: service.to_string(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Records a breaker transition of `endpoint` of backend `service`.
+    pub fn breaker(
+        &self,
+        service: &str,
+        endpoint: std::net::SocketAddr,
+        t: crate::breaker::Transition,
+    ) {
+        use crate::breaker::Transition;
+        let labels = EndpointLabels {
+            service: service.to_string(),
+            endpoint: endpoint.to_string(),
+        };
+        let probe = |outcome| {
+            self.probes
+                .get_or_create(&ProbeLabels {
+                    service: labels.service.clone(),
+                    endpoint: labels.endpoint.clone(),
+                    outcome,
+                })
+                .inc();
+        };
+        match t {
+            Transition::None => {}
+            Transition::Ejected(d) => {
+                tracing::warn!(%service, %endpoint, ejected_for = ?d, "endpoint ejected after consecutive failures");
+                self.ejections.get_or_create(&labels).inc();
+                self.endpoint_ejected.get_or_create(&labels).set(1);
+            }
+            Transition::Reejected(d) => {
+                tracing::info!(%service, %endpoint, ejected_for = ?d, "probe failed; endpoint ejected again");
+                probe("failure");
+                self.ejections.get_or_create(&labels).inc();
+            }
+            Transition::Restored => {
+                tracing::info!(%service, %endpoint, "probe succeeded; endpoint restored");
+                probe("success");
+                self.endpoint_ejected.get_or_create(&labels).set(0);
+            }
         }
     }
 

@@ -1,25 +1,35 @@
 //! Traffic from the local app: find the service, pick a route, a backend and an endpoint, and
-//! carry the request to the endpoint's proxy.
+//! carry the request to the endpoint's proxy, retrying within policy.
 //!
 //! The request path, in order: target (`upstream` listener, or the request's authority) →
-//! discovery ([`Discovery::resolve`]) → port → HTTPRoute rule → weighted split → load balancer →
-//! peer connection (`transport`). Errors from any step reach the caller through
+//! discovery ([`Discovery::resolve`]) → port → HTTPRoute rule → injected faults → then, for
+//! each try: weighted split → concurrency limit → load balancer (skipping ejected endpoints) →
+//! peer connection (`transport`) → breaker bookkeeping → retry decision. The whole exchange runs
+//! under the request timeout. Errors from any step reach the caller through
 //! [`errors::rescue`] only.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use http::request::Parts;
 use http::{header, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::balance::{InFlight, Pick};
 use crate::body::{self, Body};
+use crate::breaker::{Limit, Permit};
 use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
 use crate::headers;
-use crate::metrics::{Metrics, RequestLabels, OUTBOUND};
-use crate::routes::ServiceKey;
-use crate::transport::{self, ORIG_PROTO_HEADER};
+use crate::metrics::{
+    FaultLabels, LimitLabels, Metrics, RequestLabels, RetryLabels, ServiceLabels, OUTBOUND,
+};
+use crate::policy::MAX_REPLAY_BODY;
+use crate::retry::{self, Outcome, Replay};
+use crate::routes::{Backend, LogicalService, Rule, ServiceKey};
+use crate::transport::{SendError, ORIG_PROTO_HEADER};
 use crate::upgrade;
 
 /// Where an outbound listener sends its traffic.
@@ -71,6 +81,7 @@ impl Outbound {
         mut req: Request<Incoming>,
         service_label: &mut String,
     ) -> Result<Response<Body>, ProxyError> {
+        let start = Instant::now();
         let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
         let authority = headers::authority(&parts).ok_or_else(|| {
@@ -99,19 +110,10 @@ impl Outbound {
                 parts.uri.path()
             ))
         })?;
-        let backend = rule.split.pick().ok_or_else(|| {
-            ProxyError::NoEndpoints(format!("{key}: rule {} has no backend", rule.name))
-        })?;
-        let endpoint = backend
-            .balancer
-            .pick()
-            .ok_or_else(|| ProxyError::NoEndpoints(format!("{} has no endpoints", backend.key)))?
-            .clone();
 
         if headers::is_upgrade(&parts) {
             let req = Request::from_parts(parts, body::boxed(body));
-            let tls = Some(endpoint.conn.tls_config(&self.tls)?);
-            return upgrade::forward(endpoint.addr, req, client_upgrade, tls).await;
+            return self.upgrade(rule, req, client_upgrade).await;
         }
 
         // HTTP/1.x travels as an HTTP/2 stream, marked so the peer restores it.
@@ -132,22 +134,331 @@ impl Outbound {
         parts.headers.remove(header::HOST);
         parts.uri = headers::absolute_uri(&parts, &authority)?;
         parts.version = Version::HTTP_2;
-        let req = Request::from_parts(parts, body::boxed(body));
 
-        let inflight = endpoint.start();
-        let rsp = endpoint
+        // The request timeout, or the gRPC caller's deadline if sooner.
+        let timeout = match (
+            rule.policy.request_timeout,
+            headers::grpc_timeout(&parts.headers),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let deadline = timeout.map(|t| start + t);
+        let exchange = async {
+            self.inject_faults(&service, rule).await?;
+            self.exchange(&service, rule, parts, body).await
+        };
+        let (rsp, idle) = match deadline {
+            None => exchange.await?,
+            Some(deadline) => match tokio::time::timeout_at(deadline, exchange).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    self.metrics.timeout(OUTBOUND, service_label, "request");
+                    return Err(ProxyError::Timeout(format!(
+                        "{key}: no response within the request timeout of {:?}",
+                        timeout.unwrap_or_default()
+                    )));
+                }
+            },
+        };
+        if deadline.is_none() && idle.is_none() {
+            return Ok(rsp);
+        }
+        let (metrics, label) = (self.metrics.clone(), service_label.clone());
+        Ok(rsp.map(|b| {
+            body::boxed(body::Timed::new(b, deadline, idle, move |kind| {
+                metrics.timeout(OUTBOUND, &label, kind);
+            }))
+        }))
+    }
+
+    /// Delays or aborts a share of requests, as TrafficPolicy `faultInjection` asks.
+    async fn inject_faults(&self, service: &LogicalService, rule: &Rule) -> Result<(), ProxyError> {
+        let Some(f) = &rule.policy.faults else {
+            return Ok(());
+        };
+        let count = |fault| {
+            self.metrics
+                .faults
+                .get_or_create(&FaultLabels {
+                    service: service.key.to_string(),
+                    fault,
+                })
+                .inc();
+        };
+        if service.state.delays.hit(f.delay_percent) {
+            count("delay");
+            tokio::time::sleep(f.delay).await;
+        }
+        if service.state.aborts.hit(f.abort_percent) {
+            count("abort");
+            let status = http::StatusCode::from_u16(f.abort_status)
+                .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+            return Err(ProxyError::FaultInjected(status));
+        }
+        Ok(())
+    }
+
+    /// Sends the request, retrying as the rule's policy and the service's budget allow.
+    /// Returns the response and the stream idle timeout of the backend that answered.
+    async fn exchange(
+        &self,
+        service: &LogicalService,
+        rule: &Rule,
+        parts: Parts,
+        body: Incoming,
+    ) -> Result<(Response<Body>, Option<std::time::Duration>), ProxyError> {
+        use http_body::Body as _;
+        let policy = &rule.policy.retry;
+        let budget = &service.state.budget;
+        budget.deposit(&policy.budget);
+        let may_repeat = retry::may_repeat(&parts.method, policy);
+        // A request without a body (most GETs) needs nothing kept for a retry.
+        let replay =
+            (!body.is_end_stream()).then(|| Replay::new(body::boxed(body), MAX_REPLAY_BODY));
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut retries = 0u32;
+        loop {
+            let backend = rule.split.pick().ok_or_else(|| {
+                ProxyError::NoEndpoints(format!(
+                    "{}: rule {} has no backend",
+                    service.key, rule.name
+                ))
+            })?;
+            let req_body = match &replay {
+                None => body::empty(),
+                Some(r) => body::boxed(r.body(retries)),
+            };
+            let req = Request::from_parts(parts.clone(), req_body);
+            let (result, outcome, guard) = self.try_once(backend, req, policy, &tried).await?;
+            let replayable = replay.as_ref().is_none_or(Replay::replayable);
+            let again = retries < policy.max_retries
+                && retry::decide(outcome, policy, may_repeat, replayable);
+            if !again {
+                return finish(result, guard, backend);
+            }
+            if !budget.withdraw(&policy.budget) {
+                self.metrics
+                    .retry_budget_exhausted
+                    .get_or_create(&ServiceLabels {
+                        service: service.key.to_string(),
+                    })
+                    .inc();
+                return match result {
+                    // A real response: the caller gets it as it is.
+                    Ok(rsp) => finish(Ok(rsp), guard, backend),
+                    Err(e) => Err(ProxyError::BudgetExhausted(format!(
+                        "{}: retry budget exhausted; last try: {e}",
+                        service.key
+                    ))),
+                };
+            }
+            let addr = guard.inflight.endpoint().addr;
+            drop((result, guard));
+            self.metrics
+                .retries
+                .get_or_create(&RetryLabels {
+                    service: service.key.to_string(),
+                    reason: outcome.label(),
+                })
+                .inc();
+            tried.push(addr);
+            retries += 1;
+            let backoff = policy.backoff(retries);
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+
+    /// One try: limits, endpoint choice, send, breaker bookkeeping.
+    async fn try_once(
+        &self,
+        backend: &Backend,
+        req: Request<Body>,
+        policy: &crate::policy::RetryPolicy,
+        tried: &[SocketAddr],
+    ) -> Result<(Result<Response<Incoming>, ProxyError>, Outcome, Guard), ProxyError> {
+        let limits = &backend.policy.limits;
+        let permit = backend
+            .state
+            .acquire(Limit::Requests, limits)
+            .map_err(|l| self.overloaded(backend, l))?;
+        let pick = self.pick(backend, tried)?;
+        let pending = if pick.endpoint.conn.is_connected() {
+            None
+        } else {
+            Some(
+                backend
+                    .state
+                    .acquire(Limit::Pending, limits)
+                    .map_err(|l| self.overloaded(backend, l))?,
+            )
+        };
+        let mut inflight = pick.start();
+        let addr = inflight.endpoint().addr;
+        let send = inflight
+            .endpoint()
             .conn
-            .send(req, transport::DEFAULT_CONNECT_TIMEOUT, &self.tls)
-            .await?;
-        inflight.responded();
-        let (mut parts, body) = rsp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        tracing::trace!(service = %service.key, endpoint = %endpoint.addr, status = %parts.status, "forwarded");
-        Ok(Response::from_parts(
-            parts,
-            body::boxed(body::guarded(body, inflight)),
+            .send(req, backend.policy.connect_timeout, &self.tls);
+        let sent = match policy.per_try_timeout {
+            None => send.await,
+            Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
+                self.metrics
+                    .timeout(OUTBOUND, &backend.key.to_string(), "per-try");
+                Err(SendError {
+                    error: ProxyError::Timeout(format!(
+                        "no response from {addr} within the per-try timeout of {t:?}"
+                    )),
+                    sent: true,
+                })
+            }),
+        };
+        drop(pending);
+        let (result, outcome) = match sent {
+            Ok(rsp) => {
+                let outcome = Outcome::Response {
+                    status: rsp.status().as_u16(),
+                    grpc: grpc_status(&rsp),
+                };
+                (Ok(rsp), outcome)
+            }
+            Err(SendError { error, sent }) => {
+                if error.is_connect_timeout() {
+                    self.metrics
+                        .timeout(OUTBOUND, &backend.key.to_string(), "connect");
+                }
+                let outcome = match (&error, sent) {
+                    (_, false) => Outcome::NotSent,
+                    (ProxyError::Timeout(_), true) => Outcome::TimedOut,
+                    (_, true) => Outcome::Reset,
+                };
+                (Err(error), outcome)
+            }
+        };
+        let transition = inflight.record(
+            !outcome.is_failure(),
+            backend.policy.outlier.as_ref(),
+            &backend.state,
+            backend.balancer.endpoints.len(),
+        );
+        if transition != crate::breaker::Transition::None {
+            self.metrics
+                .breaker(&backend.key.to_string(), addr, transition);
+        }
+        Ok((
+            result,
+            outcome,
+            Guard {
+                inflight,
+                _permit: permit,
+            },
         ))
     }
+
+    /// The endpoint for a try: `circuit-open` when every endpoint is ejected.
+    fn pick(&self, backend: &Backend, tried: &[SocketAddr]) -> Result<Pick, ProxyError> {
+        backend.balancer.pick(tried, &backend.state).ok_or_else(|| {
+            if backend.balancer.endpoints.is_empty() {
+                ProxyError::NoEndpoints(format!("{} has no endpoints", backend.key))
+            } else {
+                ProxyError::CircuitOpen(format!(
+                    "every endpoint of {} is ejected after failures",
+                    backend.key
+                ))
+            }
+        })
+    }
+
+    fn overloaded(&self, backend: &Backend, limit: Limit) -> ProxyError {
+        self.metrics
+            .overloaded
+            .get_or_create(&LimitLabels {
+                service: backend.key.to_string(),
+                limit: limit.name(),
+            })
+            .inc();
+        ProxyError::Overloaded(format!(
+            "{}: concurrency limit reached ({} at most {})",
+            backend.key,
+            limit.name(),
+            backend.state.in_use(limit)
+        ))
+    }
+
+    /// A request that upgrades (WebSocket): its own connection, counted under
+    /// `maxConnections` while it lasts. Not retried.
+    async fn upgrade(
+        &self,
+        rule: &Rule,
+        req: Request<Body>,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+    ) -> Result<Response<Body>, ProxyError> {
+        let backend = rule
+            .split
+            .pick()
+            .ok_or_else(|| ProxyError::NoEndpoints(format!("rule {} has no backend", rule.name)))?;
+        let permit = backend
+            .state
+            .acquire(Limit::Connections, &backend.policy.limits)
+            .map_err(|l| self.overloaded(backend, l))?;
+        let pick = self.pick(backend, &[])?;
+        let tls = Some(pick.endpoint.conn.tls_config(&self.tls)?);
+        let addr = pick.endpoint.addr;
+        let mut inflight = pick.start();
+        let result = upgrade::forward(
+            addr,
+            req,
+            client_upgrade,
+            tls,
+            backend.policy.connect_timeout,
+            permit,
+        )
+        .await;
+        let ok = result.as_ref().is_ok_and(|r| r.status().as_u16() < 500);
+        let transition = inflight.record(
+            ok,
+            backend.policy.outlier.as_ref(),
+            &backend.state,
+            backend.balancer.endpoints.len(),
+        );
+        if transition != crate::breaker::Transition::None {
+            self.metrics
+                .breaker(&backend.key.to_string(), addr, transition);
+        }
+        result
+    }
+}
+
+/// What keeps a try's endpoint and limit slot counted until its response body is done.
+struct Guard {
+    inflight: InFlight,
+    _permit: Permit,
+}
+
+/// Hands the caller a try's response, its body keeping the guard.
+fn finish(
+    result: Result<Response<Incoming>, ProxyError>,
+    guard: Guard,
+    backend: &Backend,
+) -> Result<(Response<Body>, Option<std::time::Duration>), ProxyError> {
+    let rsp = result?;
+    guard.inflight.responded();
+    let (mut parts, body) = rsp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    tracing::trace!(backend = %backend.key, endpoint = %guard.inflight.endpoint().addr, status = %parts.status, "forwarded");
+    Ok((
+        Response::from_parts(parts, body::boxed(body::guarded(body, guard))),
+        backend.policy.idle_timeout,
+    ))
+}
+
+/// The gRPC status of a trailers-only response (an error without a body), if it is one.
+fn grpc_status<B>(rsp: &Response<B>) -> Option<u16> {
+    rsp.headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// The `error` metric label: the proxy's own error reason, if it made the response up.

@@ -14,6 +14,10 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 
 use crate::balance::Balancer;
+use crate::breaker::BackendState;
+use crate::policy::{BackendPolicy, RequestPolicy};
+use crate::ratelimit::Spread;
+use crate::retry::Budget;
 
 /// A service's name as `name.namespace`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -92,6 +96,16 @@ pub struct LogicalService {
     pub rules: Vec<Rule>,
     /// The rule used on a port no HTTPRoute attaches to: everything to the service itself.
     pub default_rule: Rule,
+    #[serde(skip)]
+    pub state: Arc<ServiceState>,
+}
+
+/// What a logical service keeps across config updates: its retry budget and fault sequences.
+#[derive(Debug, Default)]
+pub struct ServiceState {
+    pub budget: Budget,
+    pub delays: Spread,
+    pub aborts: Spread,
 }
 
 impl LogicalService {
@@ -130,6 +144,8 @@ pub struct Rule {
     /// Empty matches every request.
     pub matches: Vec<Match>,
     pub split: Split,
+    /// Timeouts, retries and faults for requests this rule takes.
+    pub policy: Arc<RequestPolicy>,
 }
 
 impl Rule {
@@ -247,6 +263,9 @@ pub struct Backend {
     /// The identity its endpoints must present (checked once mTLS is on).
     pub identity: String,
     pub balancer: Balancer,
+    pub policy: BackendPolicy,
+    #[serde(skip)]
+    pub state: Arc<BackendState>,
 }
 
 /// All services a proxy knows, by key.
@@ -337,6 +356,8 @@ mod tests {
                 key: ServiceKey::new(n, "ns"),
                 identity: String::new(),
                 balancer: Balancer::new(vec![], Default::default()),
+                policy: Default::default(),
+                state: Default::default(),
             })
         };
         let split = Split::new(vec![

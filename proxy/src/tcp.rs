@@ -1,15 +1,26 @@
 //! Opaque TCP: services whose protocol is TCP are forwarded byte for byte, both ways, with
 //! half-close preserved (one side's FIN is passed on while the other direction keeps flowing).
+//!
+//! A connection counts toward the backend's `maxConnections`; its endpoint is chosen past
+//! ejected ones, another endpoint is tried when a connect fails (within the retry budget), and
+//! a connection that carries nothing either way for the idle timeout is closed.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
+use crate::breaker::{Limit, Permit, Transition};
 use crate::discovery::Discovery;
 use crate::errors::ProxyError;
-use crate::metrics::{Metrics, TcpLabels, INBOUND, OUTBOUND};
+use crate::metrics::{LimitLabels, Metrics, TcpLabels, INBOUND, OUTBOUND};
+use crate::policy::DEFAULT_TCP_IDLE_TIMEOUT;
 use crate::routes::ServiceKey;
 use crate::transport::{self, OpaqueHeader};
 
@@ -26,15 +37,16 @@ pub async fn outbound(
         direction: OUTBOUND,
         service: service.to_string(),
     };
-    let peer = match connect(&service, port, &discovery, &tls).await {
-        Ok(peer) => peer,
+    let (peer, permit, idle) = match connect(&service, port, &discovery, &tls, &metrics).await {
+        Ok(connected) => connected,
         Err(e) => {
             // Nothing to answer on a raw connection: closing it is the error.
-            tracing::info!(%service, error = %e, "outbound TCP connection refused");
+            tracing::info!(%service, error = %e, reason = e.reason(), "outbound TCP connection refused");
             return;
         }
     };
-    relay(&mut app, peer, &labels, &metrics).await;
+    relay(&mut app, peer, &labels, &metrics, idle).await;
+    drop(permit);
 }
 
 async fn connect(
@@ -42,29 +54,77 @@ async fn connect(
     port: u16,
     discovery: &Discovery,
     tls: &crate::tls::Tls,
-) -> Result<transport::PeerIo, ProxyError> {
+    metrics: &Metrics,
+) -> Result<(transport::PeerIo, Permit, Duration), ProxyError> {
     let svc = discovery.resolve(service).await?;
-    let backend = svc
-        .default_rule
+    let rule = &svc.default_rule;
+    let backend = rule
         .split
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoints(format!("{service} has no backend")))?;
-    let endpoint = backend
-        .balancer
-        .pick()
-        .ok_or_else(|| ProxyError::NoEndpoints(format!("{} has no endpoints", backend.key)))?;
+    let backend_name = backend.key.to_string();
+    let permit = backend
+        .state
+        .acquire(Limit::Connections, &backend.policy.limits)
+        .map_err(|limit| {
+            metrics
+                .overloaded
+                .get_or_create(&LimitLabels {
+                    service: backend_name.clone(),
+                    limit: limit.name(),
+                })
+                .inc();
+            ProxyError::Overloaded(format!("{backend_name}: connection limit reached"))
+        })?;
     let header = OpaqueHeader {
         port,
         service: service.to_string(),
     };
-    let config = Some(endpoint.conn.tls_config(tls)?);
-    transport::connect_opaque(
-        endpoint.addr,
-        transport::DEFAULT_CONNECT_TIMEOUT,
-        &header,
-        config,
-    )
-    .await
+    let retry = &rule.policy.retry;
+    svc.state.budget.deposit(&retry.budget);
+    let mut tried = Vec::new();
+    loop {
+        let pick = backend
+            .balancer
+            .pick(&tried, &backend.state)
+            .ok_or_else(|| {
+                if backend.balancer.endpoints.is_empty() {
+                    ProxyError::NoEndpoints(format!("{backend_name} has no endpoints"))
+                } else {
+                    ProxyError::CircuitOpen(format!("every endpoint of {backend_name} is ejected"))
+                }
+            })?;
+        let mut inflight = pick.start();
+        let addr = inflight.endpoint().addr;
+        let config = Some(inflight.endpoint().conn.tls_config(tls)?);
+        let result =
+            transport::connect_opaque(addr, backend.policy.connect_timeout, &header, config).await;
+        let transition = inflight.record(
+            result.is_ok(),
+            backend.policy.outlier.as_ref(),
+            &backend.state,
+            backend.balancer.endpoints.len(),
+        );
+        if transition != Transition::None {
+            metrics.breaker(&backend_name, addr, transition);
+        }
+        match result {
+            Ok(io) => return Ok((io, permit, backend.policy.tcp_idle_timeout())),
+            Err(e) => {
+                if e.is_connect_timeout() {
+                    metrics.timeout(OUTBOUND, &backend_name, "connect");
+                }
+                let again = tried.len() < retry.max_retries as usize
+                    && retry.on.connect_failure
+                    && svc.state.budget.withdraw(&retry.budget);
+                if !again {
+                    return Err(e);
+                }
+                tracing::debug!(service = %backend_name, endpoint = %addr, error = %e, "TCP connect failed; trying another endpoint");
+                tried.push(addr);
+            }
+        }
+    }
 }
 
 /// Carries one opaque connection from a peer proxy to the local app.
@@ -81,22 +141,53 @@ pub async fn inbound<I>(
         service: header.service.clone(),
     };
     match transport::dial(app_addr, transport::DEFAULT_CONNECT_TIMEOUT).await {
-        Ok(app) => relay(&mut peer, app, &labels, &metrics).await,
+        Ok(app) => relay(&mut peer, app, &labels, &metrics, DEFAULT_TCP_IDLE_TIMEOUT).await,
         Err(e) => {
             tracing::info!(service = %header.service, error = %e, "inbound TCP: app unreachable")
         }
     }
 }
 
-/// Copies both ways until both directions have closed, and counts it.
-async fn relay<A, B>(client: &mut A, mut server: B, labels: &TcpLabels, metrics: &Metrics)
-where
+/// Copies both ways until both directions have closed, or nothing has moved for `idle`, and
+/// counts it.
+async fn relay<A, B>(
+    client: &mut A,
+    server: B,
+    labels: &TcpLabels,
+    metrics: &Metrics,
+    idle: Duration,
+) where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     metrics.tcp_opened.get_or_create(labels).inc();
     metrics.tcp_open.get_or_create(labels).inc();
-    let result = tokio::io::copy_bidirectional(client, &mut server).await;
+    let activity = Arc::new(Activity::default());
+    let mut client = Watched {
+        io: client,
+        activity: activity.clone(),
+        client: true,
+    };
+    let mut server = Watched {
+        io: server,
+        activity: activity.clone(),
+        client: false,
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+    tokio::pin!(copy);
+    let result = loop {
+        let deadline = activity.last() + idle;
+        tokio::select! {
+            r = &mut copy => break r,
+            () = tokio::time::sleep_until(deadline) => {
+                if activity.last() + idle <= Instant::now() {
+                    metrics.timeout(labels.direction, &labels.service, "idle");
+                    tracing::debug!(service = %labels.service, ?idle, "TCP connection idle; closed");
+                    break Ok((activity.sent(), activity.received()));
+                }
+            }
+        }
+    };
     metrics.tcp_open.get_or_create(labels).dec();
     metrics.tcp_closed.get_or_create(labels).inc();
     match result {
@@ -108,5 +199,96 @@ where
                 .inc_by(received);
         }
         Err(e) => tracing::debug!(service = %labels.service, error = %e, "TCP relay ended"),
+    }
+}
+
+/// When a relayed connection last moved bytes, and how many moved (client side).
+struct Activity {
+    base: Instant,
+    /// Milliseconds after `base`.
+    last_ms: AtomicU64,
+    from_client: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            from_client: AtomicU64::new(0),
+            to_client: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self, read_from_client: Option<bool>, n: usize) {
+        match read_from_client {
+            Some(true) => self.from_client.fetch_add(n as u64, Ordering::Relaxed),
+            Some(false) => self.to_client.fetch_add(n as u64, Ordering::Relaxed),
+            None => 0,
+        };
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn sent(&self) -> u64 {
+        self.from_client.load(Ordering::Relaxed)
+    }
+
+    fn received(&self) -> u64 {
+        self.to_client.load(Ordering::Relaxed)
+    }
+}
+
+/// An IO that records its activity (reads of the client side count as bytes sent).
+struct Watched<T> {
+    io: T,
+    activity: Arc<Activity>,
+    client: bool,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.activity.touch(Some(self.client), n);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            if *n > 0 {
+                self.activity.touch(None, *n);
+            }
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -65,15 +65,16 @@ pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
 /// The first bytes of an opaque TCP connection between proxies.
 pub const OPAQUE_MAGIC: &[u8; 8] = b"WEFTTCP1";
 const H2_PREFACE_START: &[u8; 8] = b"PRI * HT";
-/// How long a connection to a peer may take, unless TrafficPolicy says otherwise.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub use crate::policy::DEFAULT_CONNECT_TIMEOUT;
+/// How a connect error that was a timeout begins its reason (see [`ProxyError::is_connect_timeout`]).
+pub const CONNECT_TIMED_OUT: &str = "timed out after";
 
 /// Opens a TCP connection (to a peer, through [`dial_peer`], or to the local app).
 pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     let fail = |reason: String| ProxyError::ConnectFailed { addr, reason };
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| fail(format!("timed out after {timeout:?}")))?
+        .map_err(|_| fail(format!("{CONNECT_TIMED_OUT} {timeout:?}")))?
         .map_err(|e| fail(e.to_string()))?;
     // Latency matters more than packet count on every hop of the mesh.
     stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
@@ -111,6 +112,11 @@ impl PeerConn {
                 reason: "this proxy has no certificate yet (is the control plane reachable?)"
                     .into(),
             })
+    }
+
+    /// Whether a pooled connection is open (a request need not wait for one).
+    pub fn is_connected(&self) -> bool {
+        self.cached().is_some()
     }
 
     fn cached(&self) -> Option<http2::SendRequest<Body>> {
@@ -156,13 +162,15 @@ impl PeerConn {
         Ok(sender)
     }
 
-    /// Sends one request as a stream on the peer's HTTP/2 connection.
+    /// Sends one request as a stream on the peer's HTTP/2 connection. The error says whether
+    /// the request may have reached the peer.
     pub async fn send(
         &self,
         req: http::Request<Body>,
         connect_timeout: Duration,
         tls: &Tls,
-    ) -> Result<http::Response<Incoming>, ProxyError> {
+    ) -> Result<http::Response<Incoming>, SendError> {
+        let not_sent = |error| SendError { error, sent: false };
         let mut sender = self
             .sender(connect_timeout, tls)
             .await
@@ -172,9 +180,17 @@ impl PeerConn {
                     reason: format!("{reason}; is the peer's sidecar running?"),
                 },
                 other => other,
-            })?;
-        sender.ready().await.map_err(|e| self.reset(&e))?;
-        sender.send_request(req).await.map_err(|e| self.reset(&e))
+            })
+            .map_err(not_sent)?;
+        sender.ready().await.map_err(|e| not_sent(self.reset(&e)))?;
+        sender.try_send_request(req).await.map_err(|mut e| {
+            let unsent = e.take_message().is_some();
+            let error = e.into_error();
+            SendError {
+                sent: !(unsent || is_refused_stream(&error)),
+                error: self.reset(&error),
+            }
+        })
     }
 
     fn reset(&self, e: &hyper::Error) -> ProxyError {
@@ -183,6 +199,27 @@ impl PeerConn {
             reason: error_chain(e),
         }
     }
+}
+
+/// A failed [`PeerConn::send`].
+#[derive(Debug)]
+pub struct SendError {
+    pub error: ProxyError,
+    /// False when the request certainly did not reach the peer's app (connect or TLS failure,
+    /// a connection that closed first, a stream the peer refused): safe to send again.
+    pub sent: bool,
+}
+
+/// HTTP/2 REFUSED_STREAM: the peer did not process the stream at all (RFC 9113, 8.7).
+fn is_refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Opens a dedicated HTTP/1.1 connection, for a request that upgrades: to a peer proxy (with

@@ -14,14 +14,16 @@ use crate::transport;
 /// Sends an upgrade request to `addr` on a connection of its own (TLS with `tls`); on
 /// `101 Switching Protocols`, splices `caller` (the upgrade of the connection the request came in
 /// on) with the new one.
-pub async fn forward(
+/// `guard` is held until the spliced connection ends (a concurrency-limit slot).
+pub async fn forward<G: Send + 'static>(
     addr: SocketAddr,
     req: Request<Body>,
     caller: OnUpgrade,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    connect_timeout: std::time::Duration,
+    guard: G,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut sender =
-        transport::connect_http1(addr, transport::DEFAULT_CONNECT_TIMEOUT, tls).await?;
+    let mut sender = transport::connect_http1(addr, connect_timeout, tls).await?;
     let mut rsp = sender
         .send_request(req)
         .await
@@ -31,7 +33,10 @@ pub async fn forward(
         })?;
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut rsp);
-        tokio::spawn(splice(caller, upstream));
+        tokio::spawn(async move {
+            splice(caller, upstream).await;
+            drop(guard);
+        });
     }
     Ok(rsp.map(body::boxed))
 }

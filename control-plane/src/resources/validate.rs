@@ -8,7 +8,21 @@ use super::{
     Sourced, TargetRef, TrafficPolicySpec,
 };
 
-const RETRY_ON: [&str; 4] = ["5xx", "gateway-error", "connect-failure", "reset"];
+/// Retry conditions (TrafficPolicy `retries.on`), besides `retriable-status:CODE`; the last five
+/// are gRPC statuses, as Envoy names them.
+const RETRY_ON: [&str; 9] = [
+    "5xx",
+    "gateway-error",
+    "connect-failure",
+    "reset",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+/// The most retries a policy may ask for (the proxy enforces the same).
+const MAX_RETRIES: u32 = 10;
 const MAX_WEIGHT: u32 = 1_000_000;
 
 struct Checker<'a> {
@@ -244,6 +258,12 @@ fn http_route(c: &mut Checker<'_>, s: &HttpRouteSpec) {
             }
         }
         if let Some(retry) = &rule.retry {
+            if retry.attempts.is_some_and(|a| a > MAX_RETRIES) {
+                c.fail(
+                    format!("spec.rules[{r}].retry.attempts"),
+                    format!("at most {MAX_RETRIES}"),
+                );
+            }
             for (i, code) in retry.codes.iter().enumerate() {
                 if !(400..600).contains(code) {
                     c.fail(
@@ -259,6 +279,9 @@ fn http_route(c: &mut Checker<'_>, s: &HttpRouteSpec) {
 fn traffic_policy(c: &mut Checker<'_>, s: &TrafficPolicySpec) {
     c.target("spec.targetRef", &s.target_ref);
     if let Some(r) = &s.retries {
+        if r.attempts.is_some_and(|a| a > MAX_RETRIES) {
+            c.fail("spec.retries.attempts", format!("at most {MAX_RETRIES}"));
+        }
         for (i, on) in r.on.iter().enumerate() {
             let ok = RETRY_ON.contains(&on.as_str())
                 || on
