@@ -26,6 +26,11 @@ pub enum ProxyError {
     TlsFailed { addr: SocketAddr, reason: String },
     #[error("{0}")]
     Timeout(String),
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout {
+        addr: SocketAddr,
+        after: std::time::Duration,
+    },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -48,7 +53,7 @@ pub enum ProxyError {
 impl ProxyError {
     /// A connect that ran out of time (rather than being refused).
     pub fn is_connect_timeout(&self) -> bool {
-        matches!(self, Self::ConnectFailed { reason, .. } if reason.starts_with(crate::transport::CONNECT_TIMED_OUT))
+        matches!(self, Self::ConnectTimeout { .. })
     }
 
     /// The `x-weft-error` reason (CONTRACT.md, "Errors the proxy itself produces").
@@ -59,7 +64,7 @@ impl ProxyError {
             Self::ConnectFailed { .. } => "connect-failed",
             Self::UpstreamReset { .. } => "upstream-reset",
             Self::TlsFailed { .. } => "tls-failed",
-            Self::Timeout(_) => "timeout",
+            Self::Timeout(_) | Self::ConnectTimeout { .. } => "timeout",
             Self::BadRequest(_) => "bad-request",
             Self::Forbidden(_) => "forbidden",
             Self::CircuitOpen(_) => "circuit-open",
@@ -77,7 +82,7 @@ impl ProxyError {
             Self::ConnectFailed { .. } | Self::UpstreamReset { .. } | Self::TlsFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Timeout(_) | Self::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::CircuitOpen(_) | Self::Overloaded(_) | Self::BudgetExhausted(_) => {
@@ -91,11 +96,11 @@ impl ProxyError {
     /// The gRPC status code a gRPC caller sees instead of the HTTP status.
     fn grpc_status(&self) -> u16 {
         match self {
-            Self::NoRoute(_) => 12,        // UNIMPLEMENTED
-            Self::Timeout(_) => 4,         // DEADLINE_EXCEEDED
-            Self::Forbidden(_) => 7,       // PERMISSION_DENIED
-            Self::BadRequest(_) => 13,     // INTERNAL
-            Self::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
+            Self::NoRoute(_) => 12,                              // UNIMPLEMENTED
+            Self::Timeout(_) | Self::ConnectTimeout { .. } => 4, // DEADLINE_EXCEEDED
+            Self::Forbidden(_) => 7,                             // PERMISSION_DENIED
+            Self::BadRequest(_) => 13,                           // INTERNAL
+            Self::RateLimited { .. } => 8,                       // RESOURCE_EXHAUSTED
             Self::FaultInjected(status) => grpc_status_of_http(status.as_u16()),
             // Listed, not `_`: a new error must choose its status.
             Self::NoEndpoints(_)

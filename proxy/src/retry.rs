@@ -433,6 +433,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replay_of_many_chunks() {
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = (0..8)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![i as u8; 4096]))))
+            .collect();
+        let stream = http_body_util::StreamBody::new(tokio_stream::iter(chunks));
+        let replay = Replay::new(body::boxed(stream), 65536);
+        let a = replay.body(0).collect().await.unwrap().to_bytes();
+        let b = replay.body(1).collect().await.unwrap().to_bytes();
+        assert_eq!(a.len(), 32768);
+        assert_eq!(a, b);
+    }
+
+    #[tokio::test]
     async fn a_body_over_the_limit_is_not_replayable() {
         let replay = Replay::new(body::full(vec![7u8; 2048]), 1024);
         assert!(!replay.replayable(), "its declared size is over the limit");

@@ -66,15 +66,16 @@ pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
 pub const OPAQUE_MAGIC: &[u8; 8] = b"WEFTTCP1";
 const H2_PREFACE_START: &[u8; 8] = b"PRI * HT";
 pub use crate::policy::DEFAULT_CONNECT_TIMEOUT;
-/// How a connect error that was a timeout begins its reason (see [`ProxyError::is_connect_timeout`]).
-pub const CONNECT_TIMED_OUT: &str = "timed out after";
 
 /// Opens a TCP connection (to a peer, through [`dial_peer`], or to the local app).
 pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
     let fail = |reason: String| ProxyError::ConnectFailed { addr, reason };
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| fail(format!("{CONNECT_TIMED_OUT} {timeout:?}")))?
+        .map_err(|_| ProxyError::ConnectTimeout {
+            addr,
+            after: timeout,
+        })?
         .map_err(|e| fail(e.to_string()))?;
     // Latency matters more than packet count on every hop of the mesh.
     stream.set_nodelay(true).map_err(|e| fail(e.to_string()))?;

@@ -254,3 +254,159 @@ impl grpc::echo_server::Echo for Echo {
         Ok(tonic::Response::new(Box::pin(stream)))
     }
 }
+
+/// What a [`FaultyApp`] does with the requests it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// 200, with `x-app` and the request body echoed.
+    Healthy,
+    /// Answers this status.
+    Status(u16),
+    /// Closes the connection without answering.
+    Reset,
+    /// Never answers.
+    Hang,
+    /// Answers after this many milliseconds.
+    Slow(u64),
+    /// Sends a 200 head and one chunk of body, then nothing more.
+    StallBody,
+}
+
+/// An HTTP/1.1 + HTTP/2 app that fails on command: `fail_next(n, b)` behaves as `b` for the next
+/// `n` requests, then as the standing behaviour (`set`). It counts requests and remembers their
+/// methods.
+#[derive(Clone)]
+pub struct FaultyApp {
+    pub addr: SocketAddr,
+    state: Arc<std::sync::Mutex<FaultState>>,
+    hits: Arc<AtomicU64>,
+}
+
+struct FaultState {
+    name: String,
+    standing: Behaviour,
+    next: std::collections::VecDeque<Behaviour>,
+    methods: Vec<String>,
+}
+
+impl FaultyApp {
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let app = Self {
+            addr,
+            state: Arc::new(std::sync::Mutex::new(FaultState {
+                name: name.to_string(),
+                standing: Behaviour::Healthy,
+                next: Default::default(),
+                methods: Vec::new(),
+            })),
+            hits: Arc::new(AtomicU64::new(0)),
+        };
+        let served = app.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let app = served.clone();
+                tokio::spawn(async move {
+                    let (kill_tx, kill_rx) = tokio::sync::watch::channel(false);
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (app, kill) = (app.clone(), kill_tx.clone());
+                        async move { app.respond(req, kill).await }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let mut kill_rx = kill_rx;
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = kill_rx.wait_for(|k| *k) => {}
+                    }
+                });
+            }
+        });
+        app
+    }
+
+    /// The behaviour for requests after the queued ones.
+    pub fn set(&self, b: Behaviour) {
+        self.state.lock().unwrap().standing = b;
+    }
+
+    /// The next `n` requests behave as `b`.
+    pub fn fail_next(&self, n: usize, b: Behaviour) {
+        let mut s = self.state.lock().unwrap();
+        s.next.extend(std::iter::repeat_n(b, n));
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn reset_hits(&self) {
+        self.hits.store(0, Ordering::Relaxed);
+        self.state.lock().unwrap().methods.clear();
+    }
+
+    /// The methods of the requests seen, in order.
+    pub fn methods(&self) -> Vec<String> {
+        self.state.lock().unwrap().methods.clone()
+    }
+
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        kill: tokio::sync::watch::Sender<bool>,
+    ) -> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let (behaviour, name) = {
+            let mut s = self.state.lock().unwrap();
+            s.methods.push(req.method().to_string());
+            let b = s.next.pop_front().unwrap_or(s.standing);
+            (b, s.name.clone())
+        };
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let full = |status: u16, body: Bytes| {
+            let mut rsp = Response::new(Full::new(body).boxed());
+            *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+            rsp.headers_mut().insert("x-app", name.parse().unwrap());
+            Ok(rsp)
+        };
+        match behaviour {
+            Behaviour::Healthy => full(
+                200,
+                if body.is_empty() {
+                    Bytes::from(name.clone())
+                } else {
+                    body
+                },
+            ),
+            Behaviour::Status(code) => full(code, Bytes::from(format!("{name} says {code}"))),
+            Behaviour::Slow(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                full(200, Bytes::from(name.clone()))
+            }
+            Behaviour::Hang => std::future::pending().await,
+            Behaviour::Reset => {
+                let _ = kill.send(true);
+                std::future::pending().await
+            }
+            Behaviour::StallBody => {
+                let first = futures_util::stream::once(async {
+                    Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(b"partial")))
+                });
+                let stream = first.chain(futures_util::stream::pending());
+                let mut rsp =
+                    Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)));
+                rsp.headers_mut().insert("x-app", name.parse().unwrap());
+                Ok(rsp)
+            }
+        }
+    }
+}

@@ -419,6 +419,19 @@ pub async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Reply> {
+    send_body(client, addr, host, method, path, headers, Bytes::new()).await
+}
+
+/// Like [`send`], with a request body.
+pub async fn send_body(
+    client: &HttpClient,
+    addr: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> anyhow::Result<Reply> {
     let mut req = http::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))
@@ -428,7 +441,7 @@ pub async fn send(
     }
     let rsp = tokio::time::timeout(
         Duration::from_secs(10),
-        client.request(req.body(Full::new(Bytes::new()))?),
+        client.request(req.body(Full::new(body))?),
     )
     .await??;
     let status = rsp.status().as_u16();
@@ -448,6 +461,20 @@ pub async fn get(
     path: &str,
 ) -> anyhow::Result<Reply> {
     send(client, addr, host, "GET", path, &[]).await
+}
+
+/// The sum of a metric's series whose label sets contain every one of `labels` (written as in
+/// the exposition: `service="orders.shop"`), from Prometheus text.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Creates a join token through the control plane's API; returns (id, token).
