@@ -170,9 +170,10 @@ pub fn decide(outcome: Outcome, policy: &RetryPolicy, sent_ok: bool, replayable:
     match outcome {
         Outcome::NotSent => on.connect_failure,
         Outcome::Reset | Outcome::TimedOut => sent_ok && on.retries_reset(),
-        Outcome::Response { status, grpc } => {
-            sent_ok && (on.retries_status(status) || grpc.is_some_and(|g| on.grpc.contains(&g)))
-        }
+        // A listed gRPC status is retried whatever the method (gRPC calls are all POST): naming
+        // it is the opt-in, as in gRPC's own retry policy.
+        Outcome::Response { grpc: Some(g), .. } if on.grpc.contains(&g) => true,
+        Outcome::Response { status, .. } => sent_ok && on.retries_status(status),
     }
 }
 
@@ -222,9 +223,12 @@ impl Replay {
         }
     }
 
-    /// Whether another try can still be given the whole body.
+    /// Whether another try can still be given the whole body: it was kept, or none of it has
+    /// been read yet (a try that never left, with a body too large to keep).
     pub fn replayable(&self) -> bool {
-        self.shared.lock().is_ok_and(|s| !s.overflowed)
+        self.shared
+            .lock()
+            .is_ok_and(|s| !s.overflowed || (s.read == 0 && s.source.is_some()))
     }
 
     /// The body of try number `n` (0-based); earlier tries' bodies stop.
@@ -448,10 +452,15 @@ mod tests {
     #[tokio::test]
     async fn a_body_over_the_limit_is_not_replayable() {
         let replay = Replay::new(body::full(vec![7u8; 2048]), 1024);
-        assert!(!replay.replayable(), "its declared size is over the limit");
-        let mut first = replay.body(0);
+        assert!(
+            replay.replayable(),
+            "nothing read yet: a try that never left may go again"
+        );
+        let _unsent = replay.body(0);
+        let mut first = replay.body(1);
         let got = (&mut first).collect().await.unwrap().to_bytes();
-        assert_eq!(got.len(), 2048, "the body still streams for the one try");
+        assert_eq!(got.len(), 2048, "the body streams for its try");
+        assert!(!replay.replayable(), "read and not kept: no further try");
     }
 
     #[tokio::test]
@@ -493,6 +502,16 @@ mod tests {
         assert!(!decide(rsp, &default, true, true));
         assert!(!decide(Outcome::Reset, &default, true, true));
         assert!(decide(Outcome::NotSent, &default, false, true));
+        let mut grpc = RetryPolicy::explicit();
+        grpc.on.grpc.push(14);
+        let unavailable = Outcome::Response {
+            status: 200,
+            grpc: Some(14),
+        };
+        assert!(
+            decide(unavailable, &grpc, false, true),
+            "a listed gRPC status, even for POST"
+        );
         assert!(may_repeat(&http::Method::GET, &p));
         assert!(!may_repeat(&http::Method::POST, &p));
     }

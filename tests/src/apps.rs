@@ -270,6 +270,8 @@ pub enum Behaviour {
     Slow(u64),
     /// Sends a 200 head and one chunk of body, then nothing more.
     StallBody,
+    /// A gRPC error: a trailers-only response with this `grpc-status`.
+    GrpcStatus(u16),
 }
 
 /// An HTTP/1.1 + HTTP/2 app that fails on command: `fail_next(n, b)` behaves as `b` for the next
@@ -393,6 +395,14 @@ impl FaultyApp {
                 full(200, Bytes::from(name.clone()))
             }
             Behaviour::Hang => std::future::pending().await,
+            Behaviour::GrpcStatus(code) => {
+                let mut rsp = Response::new(Full::new(Bytes::new()).boxed());
+                let h = rsp.headers_mut();
+                h.insert("content-type", "application/grpc".parse().unwrap());
+                h.insert("grpc-status", code.into());
+                h.insert("x-app", name.parse().unwrap());
+                Ok(rsp)
+            }
             Behaviour::Reset => {
                 let _ = kill.send(true);
                 std::future::pending().await

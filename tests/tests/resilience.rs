@@ -192,6 +192,73 @@ spec:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_goes_to_another_endpoint_and_grpc_statuses_are_retried() {
+    let t = Setup::start(
+        2,
+        &policy(
+            "  loadBalancer: round-robin\n  retries: {attempts: 2, on: [5xx, unavailable], backoff: {base: 1ms}, budget: {minPerSecond: 100}}\n",
+        ),
+    )
+    .await;
+    // Endpoint 0 always fails; a retry never goes back to it while another endpoint is left, so
+    // every request succeeds.
+    t.apps[0].set(Behaviour::Status(500));
+    for _ in 0..30 {
+        let r = t.get("/").await;
+        assert_eq!((r.status, r.header("x-app")), (200, "orders-1"), "{r:?}");
+    }
+    assert!(t.apps[0].hits() > 0, "the failing endpoint was tried");
+
+    // A gRPC UNAVAILABLE (trailers-only) is retried; the caller sees the good answer.
+    t.apps[0].set(Behaviour::GrpcStatus(14));
+    t.apps[1].set(Behaviour::GrpcStatus(14));
+    let grpc = |path: &'static str| {
+        let addr = t.client.upstreams[0];
+        async move {
+            send(
+                &http2_client(),
+                addr,
+                HOST,
+                "POST",
+                path,
+                &[("content-type", "application/grpc"), ("te", "trailers")],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = grpc("/svc/Method").await;
+    assert_eq!(
+        r.header("grpc-status"),
+        "14",
+        "both endpoints unavailable: {r:?}"
+    );
+    let before = t.hits();
+    t.apps[0].set(Behaviour::Healthy);
+    t.apps[1].set(Behaviour::Healthy);
+    t.apps[0].fail_next(1, Behaviour::GrpcStatus(14));
+    t.apps[1].fail_next(1, Behaviour::GrpcStatus(14));
+    let r = grpc("/svc/Method").await;
+    assert_eq!(
+        (r.status, r.header("grpc-status")),
+        (200, ""),
+        "{r:?} after {} tries; {}",
+        t.hits() - before,
+        t.metrics()
+    );
+    assert_eq!(
+        t.hits() - before,
+        3,
+        "UNAVAILABLE from each endpoint, then a retry that succeeds"
+    );
+    let m = t.metrics();
+    assert!(
+        metric(&m, "weft_proxy_retries_total", &["reason=\"grpc-status\""]) >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_policy_only_requests_that_never_left_are_retried() {
     // Endpoint 1's proxy is never started: nothing listens there, so every try to it fails to
     // connect and is retried on endpoint 0.

