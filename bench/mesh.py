@@ -22,12 +22,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 
 
-def weft_proxy_cmd(tmp, grpc, api, sa, *args):
+def weft_proxy_cmd(tmp, grpc, api, sa, *args, bindir=REL):
     """`weft-proxy run` for workload bench/SA of the control plane at GRPC/API (data dir TMP/data):
-    TLS to the control plane, its trust anchors, a join token made for it."""
-    token = subprocess.run([os.path.join(REL, "weft"), "token", "create", f"bench/{sa}", "--server", f"http://127.0.0.1:{api}"],
+    TLS to the control plane, its trust anchors, a join token made for it. BINDIR holds the
+    binaries (default: this checkout's release build)."""
+    token = subprocess.run([os.path.join(bindir, "weft"), "token", "create", f"bench/{sa}", "--server", f"http://127.0.0.1:{api}"],
                            check=True, capture_output=True, text=True).stdout.strip()
-    return [os.path.join(REL, "weft-proxy"), "run", "--control-plane", f"https://127.0.0.1:{grpc}",
+    return [os.path.join(bindir, "weft-proxy"), "run", "--control-plane", f"https://127.0.0.1:{grpc}",
             "--trust-anchors", f"{tmp}/data/trust-anchors.pem", "--join-token", token,
             "--namespace", "bench", "--workers", "1", "--service-account", sa, *args]
 
@@ -127,7 +128,13 @@ class Procs:
         self.procs = []
 
 
-def envoy_config(port, admin, target, h2_upstream):
+def envoy_config(port, admin, target, h2_upstream, route_extra="", cluster_extra=""):
+    """An Envoy proxy on PORT sending everything to TARGET (a port, or a list of ports: one
+    cluster of several endpoints). ROUTE_EXTRA and CLUSTER_EXTRA are YAML lines added to the
+    route and the cluster (retry policy, outlier detection)."""
+    targets = target if isinstance(target, list) else [target]
+    endpoints = "\n".join(
+        f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {t}}}}}}}" for t in targets)
     proto = ""
     if h2_upstream:
         proto = """
@@ -156,7 +163,8 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {{prefix: "/"}}
-                route: {{cluster: target}}
+                route:
+                  cluster: target{route_extra}
           http_filters:
           - name: envoy.filters.http.router
             typed_config:
@@ -165,12 +173,12 @@ static_resources:
   - name: target
     connect_timeout: 1s
     type: STATIC
-    lb_policy: LEAST_REQUEST
+    lb_policy: LEAST_REQUEST{cluster_extra}
     load_assignment:
       cluster_name: target
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {target}}}}}}}{proto}
+{endpoints}{proto}
 """
 
 

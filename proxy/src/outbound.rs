@@ -336,16 +336,7 @@ impl Outbound {
                 (Err(error), outcome)
             }
         };
-        let transition = inflight.record(
-            !outcome.is_failure(),
-            backend.policy.outlier.as_ref(),
-            &backend.state,
-            backend.balancer.endpoints.len(),
-        );
-        if transition != crate::breaker::Transition::None {
-            self.metrics
-                .breaker(&backend.key.to_string(), addr, transition);
-        }
+        backend.record(&mut inflight, !outcome.is_failure(), &self.metrics);
         Ok((
             result,
             outcome,
@@ -416,16 +407,7 @@ impl Outbound {
         )
         .await;
         let ok = result.as_ref().is_ok_and(|r| r.status().as_u16() < 500);
-        let transition = inflight.record(
-            ok,
-            backend.policy.outlier.as_ref(),
-            &backend.state,
-            backend.balancer.endpoints.len(),
-        );
-        if transition != crate::breaker::Transition::None {
-            self.metrics
-                .breaker(&backend.key.to_string(), addr, transition);
-        }
+        backend.record(&mut inflight, ok, &self.metrics);
         result
     }
 }

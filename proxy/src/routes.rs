@@ -268,6 +268,26 @@ pub struct Backend {
     pub state: Arc<BackendState>,
 }
 
+impl Backend {
+    /// Records a try's outcome with its endpoint's breaker, and counts any change.
+    pub fn record(
+        &self,
+        inflight: &mut crate::balance::InFlight,
+        ok: bool,
+        metrics: &crate::metrics::Metrics,
+    ) {
+        let transition = inflight.record(
+            ok,
+            self.policy.outlier.as_ref(),
+            &self.state,
+            self.balancer.endpoints.len(),
+        );
+        if transition != crate::breaker::Transition::None {
+            metrics.breaker(&self.key.to_string(), inflight.endpoint().addr, transition);
+        }
+    }
+}
+
 /// All services a proxy knows, by key.
 pub type ServiceMap = HashMap<ServiceKey, Arc<LogicalService>>;
 

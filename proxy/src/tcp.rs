@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::breaker::{Limit, Permit, Transition};
+use crate::breaker::{Limit, Permit};
 use crate::discovery::Discovery;
 use crate::errors::ProxyError;
 use crate::metrics::{LimitLabels, Metrics, TcpLabels, INBOUND, OUTBOUND};
@@ -99,15 +99,7 @@ async fn connect(
         let config = Some(inflight.endpoint().conn.tls_config(tls)?);
         let result =
             transport::connect_opaque(addr, backend.policy.connect_timeout, &header, config).await;
-        let transition = inflight.record(
-            result.is_ok(),
-            backend.policy.outlier.as_ref(),
-            &backend.state,
-            backend.balancer.endpoints.len(),
-        );
-        if transition != Transition::None {
-            metrics.breaker(&backend_name, addr, transition);
-        }
+        backend.record(&mut inflight, result.is_ok(), metrics);
         match result {
             Ok(io) => return Ok((io, permit, backend.policy.tcp_idle_timeout())),
             Err(e) => {
