@@ -250,7 +250,10 @@ fn render(
             ms(r.p99_ms)
         );
     }
-    s.push_str("\nmeasured by each service's inbound sidecar; orders-v2 is a canary failing 5% of its requests.\n");
+    s.push_str("\nmeasured by each service's inbound sidecar; orders-v2 is a canary failing 5% of its requests,\n");
+    s.push_str(
+        "which frontend's sidecar retries (TrafficPolicy retries on 5xx, within a budget).\n",
+    );
     s.push_str(
         "every hop between sidecars is mutual TLS with SPIFFE identities from the demo's own CA.\n",
     );
@@ -402,7 +405,7 @@ fn mesh_yaml(workloads: &[Workload], otlp: Option<&str>) -> String {
     }
     let _ = write!(
         y,
-        "---\napiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: orders, namespace: {NS}}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: orders-canary, namespace: {NS}}}\nspec:\n  parentRefs: [{{kind: Service, name: orders}}]\n  rules:\n  - backendRefs:\n    - {{name: orders-v1, port: 8080, weight: 90}}\n    - {{name: orders-v2, port: 8080, weight: 10}}\n"
+        "---\napiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: orders, namespace: {NS}}}\nspec:\n  ports: [{{name: http, port: 8080}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: orders-canary, namespace: {NS}}}\nspec:\n  parentRefs: [{{kind: Service, name: orders}}]\n  rules:\n  - backendRefs:\n    - {{name: orders-v1, port: 8080, weight: 90}}\n    - {{name: orders-v2, port: 8080, weight: 10}}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: orders, namespace: {NS}}}\nspec:\n  targetRef: {{name: orders}}\n  timeouts: {{request: 2s}}\n  retries: {{attempts: 2, on: [5xx], backoff: {{base: 5ms, max: 50ms}}}}\n"
     );
     y
 }
