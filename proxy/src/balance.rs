@@ -28,8 +28,11 @@ use crate::transport::PeerConn;
 
 /// How long a latency sample takes to fade: the EWMA's time constant.
 const DECAY: Duration = Duration::from_secs(10);
-/// The latency assumed for an endpoint that has not answered yet.
+/// The latency assumed for each request outstanding on an endpoint that has not answered yet.
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// The latency charged to an endpoint a request could not reach (connect or TLS failure): it
+/// is avoided, then tried again as the penalty decays.
+const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -203,19 +206,20 @@ impl Endpoint {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Peak-EWMA cost: latency estimate times (outstanding requests + 1).
+    /// Peak-EWMA cost: latency estimate times (outstanding requests + 1). An endpoint that has
+    /// not answered yet costs nothing while idle, so a new endpoint is tried (and measured) at
+    /// once, and [`DEFAULT_RTT`] per outstanding request, so it is not flooded before its first
+    /// answer.
     fn cost(&self, now: Instant) -> f64 {
-        let pending = self.pending() as f64 + 1.0;
+        let pending = self.pending() as f64;
         let Ok(ewma) = self.ewma.lock() else {
             return f64::MAX;
         };
-        let rtt = if ewma.cost == 0.0 {
-            DEFAULT_RTT.as_nanos() as f64
-        } else {
-            let elapsed = now.saturating_duration_since(ewma.stamp).as_secs_f64();
-            ewma.cost * (-elapsed / DECAY.as_secs_f64()).exp()
-        };
-        rtt * pending
+        if ewma.cost == 0.0 {
+            return DEFAULT_RTT.as_nanos() as f64 * pending;
+        }
+        let elapsed = now.saturating_duration_since(ewma.stamp).as_secs_f64();
+        ewma.cost * (-elapsed / DECAY.as_secs_f64()).exp() * (pending + 1.0)
     }
 
     fn observe(&self, rtt: Duration, now: Instant) {
@@ -275,6 +279,12 @@ impl InFlight {
     pub fn responded(&self) {
         let now = Instant::now();
         self.endpoint.observe(now - self.start, now);
+    }
+
+    /// The request could not reach the endpoint: it is charged [`FAILURE_PENALTY`], so the
+    /// balancer steers away from it until that decays.
+    pub fn unreachable(&self) {
+        self.endpoint.observe(FAILURE_PENALTY, Instant::now());
     }
 }
 
@@ -389,6 +399,29 @@ mod tests {
         assert!(
             cost_ms < 20.0,
             "cost {cost_ms}ms should have decayed toward 1ms"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_endpoint_is_tried_and_an_unreachable_one_avoided() {
+        let eps = endpoints(3);
+        let now = Instant::now();
+        eps[0].observe(Duration::from_millis(1), now);
+        eps[1].observe(Duration::from_millis(1), now);
+        let b = Balancer::new(eps.clone(), LbKind::Ewma);
+        let new = (0..100).filter(|_| pick(&b).addr.port() == 1002).count();
+        assert!(new > 0, "a new endpoint gets traffic while idle");
+        let busy: Vec<_> = (0..2).map(|_| eps[2].start()).collect();
+        assert!(
+            (0..100).all(|_| pick(&b).addr.port() != 1002),
+            "but not a flood before its first answer"
+        );
+        for f in busy {
+            f.unreachable();
+        }
+        assert!(
+            (0..100).all(|_| pick(&b).addr.port() != 1002),
+            "an unreachable endpoint is avoided"
         );
     }
 

@@ -336,6 +336,9 @@ impl Outbound {
                 (Err(error), outcome)
             }
         };
+        if outcome == Outcome::NotSent {
+            inflight.unreachable();
+        }
         backend.record(&mut inflight, !outcome.is_failure(), &self.metrics);
         Ok((
             result,

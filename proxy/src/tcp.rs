@@ -99,6 +99,9 @@ async fn connect(
         let config = Some(inflight.endpoint().conn.tls_config(tls)?);
         let result =
             transport::connect_opaque(addr, backend.policy.connect_timeout, &header, config).await;
+        if result.is_err() {
+            inflight.unreachable();
+        }
         backend.record(&mut inflight, result.is_ok(), metrics);
         match result {
             Ok(io) => return Ok((io, permit, backend.policy.tcp_idle_timeout())),
