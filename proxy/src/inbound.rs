@@ -34,6 +34,7 @@ use crate::ratelimit::TokenBucket;
 use crate::server::Accepted;
 use crate::server::Http;
 use crate::tls::Tls;
+use crate::trace::{self, SpanKind, Tracer};
 use crate::transport::{self, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
 use crate::upgrade;
 use hyper_util::server::graceful::Watcher;
@@ -57,6 +58,7 @@ pub struct Inbound {
     discovery: Arc<Discovery>,
     /// The rate limit's bucket, replaced when its settings change.
     limiter: std::sync::Mutex<Option<Arc<TokenBucket>>>,
+    tracer: Arc<Tracer>,
 }
 
 impl Inbound {
@@ -66,6 +68,7 @@ impl Inbound {
         metrics: Arc<Metrics>,
         tls: Arc<Tls>,
         discovery: Arc<Discovery>,
+        tracer: Arc<Tracer>,
     ) -> Self {
         let connector = AppConnector { addr: app_addr };
         let http1 = Client::builder(TokioExecutor::new())
@@ -89,6 +92,7 @@ impl Inbound {
             tls,
             discovery,
             limiter: std::sync::Mutex::new(None),
+            tracer,
         }
     }
 
@@ -230,8 +234,9 @@ impl Inbound {
                 }
             },
             Detected::Http1 | Detected::Http2 => {
-                let svc =
-                    hyper::service::service_fn(move |req| self.clone().handle(client.clone(), req));
+                let svc = hyper::service::service_fn(move |req| {
+                    self.clone().handle(client.clone(), peer, req)
+                });
                 http.serve(Prefixed::new(prefix, io), watcher, svc).await;
             }
         }
@@ -240,10 +245,17 @@ impl Inbound {
     async fn handle(
         self: Arc<Self>,
         client: Option<Arc<str>>,
-        req: Request<Incoming>,
+        peer: SocketAddr,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let grpc = errors::is_grpc(&req);
+        let span = self.tracer.start(SpanKind::Server, req.headers());
+        let line = span.as_ref().map(|s| {
+            // The app's spans become children of this one.
+            trace::inject(req.headers_mut(), s);
+            (req.method().to_string(), req.uri().path().to_string())
+        });
         let rsp = match self.forward(client.as_deref(), req).await {
             Ok(rsp) => rsp,
             Err(e) => {
@@ -251,11 +263,39 @@ impl Inbound {
                 errors::rescue(&e, grpc)
             }
         };
+        let error = error_label(&rsp);
+        if let (Some(span), Some((method, path))) = (span, line) {
+            use trace::KeyValue as Kv;
+            let status = rsp.status().as_u16();
+            let mut a = vec![
+                Kv::new("http.request.method", method.clone()),
+                Kv::new("url.path", path),
+                Kv::new("http.response.status_code", i64::from(status)),
+                Kv::new("client.address", peer.ip().to_string()),
+                Kv::new("network.peer.address", peer.ip().to_string()),
+                Kv::new("network.peer.port", i64::from(peer.port())),
+                Kv::new("server.address", self.service.clone()),
+                Kv::new("weft.service", self.service.clone()),
+            ];
+            if let Some(id) = &client {
+                a.push(Kv::new("weft.peer.identity", id.to_string()));
+            }
+            crate::outbound::span_outcome(&mut a, &rsp, &error, grpc);
+            let failed = (!error.is_empty() || status >= 500).then(|| {
+                if error.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    error.clone()
+                }
+            });
+            self.tracer
+                .finish(span, format!("{method} {}", self.service), a, failed);
+        }
         let labels = RequestLabels {
             direction: INBOUND,
             service: self.service.clone(),
             code: rsp.status().as_u16(),
-            error: error_label(&rsp),
+            error,
         };
         self.metrics
             .record_request(labels, start.elapsed().as_secs_f64());

@@ -26,6 +26,7 @@ pub mod routes;
 pub mod server;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod transport;
 pub mod upgrade;
 
@@ -174,11 +175,40 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         shutdown.clone(),
     ));
 
+    let (tracer, export) = trace::Tracer::new(
+        format!("{}.{}", config.service, config.namespace),
+        metrics.clone(),
+    );
+    {
+        // Spans are exported until shutdown; tracing settings follow the mesh config.
+        let (shutdown, discovery, tracer) = (shutdown.clone(), discovery.clone(), tracer.clone());
+        tokio::spawn(async move {
+            let follow = async {
+                let mut changes = discovery.changes();
+                loop {
+                    let mesh = discovery.snapshot().mesh.clone();
+                    if discovery.has_config() {
+                        tracer.configure(&mesh.otlp_endpoint, mesh.sampling_ratio);
+                    }
+                    if changes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = export => {}
+                () = follow => {}
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+
     let outbound = Arc::new(Outbound {
         discovery: discovery.clone(),
         metrics: metrics.clone(),
         namespace: config.namespace.clone(),
         tls: tls.clone(),
+        tracer: tracer.clone(),
     });
     let outbound_addr = listeners.outbound.local_addr()?;
     tasks.spawn(serve_outbound(
@@ -211,6 +241,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         metrics.clone(),
         tls.clone(),
         discovery.clone(),
+        tracer,
     ));
     tasks.spawn(server::accept_loop(
         "inbound",

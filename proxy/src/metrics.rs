@@ -47,6 +47,11 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     pub service: String,
 }
@@ -132,6 +137,8 @@ pub struct Metrics {
     pub overloaded: Family<LimitLabels, Counter>,
     pub rate_limited: Family<ServiceLabels, Counter>,
     pub faults: Family<FaultLabels, Counter>,
+    pub spans_exported: Counter,
+    pub spans_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -280,6 +287,18 @@ impl Metrics {
             "Faults injected into outbound requests, by kind (delay, abort)",
             faults.clone(),
         );
+        let spans_exported = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans the collector accepted",
+            spans_exported.clone(),
+        );
+        let spans_dropped = Family::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Sampled spans dropped instead of exported, by reason (queue-full, export-failed, no-collector)",
+            spans_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -305,6 +324,8 @@ impl Metrics {
             overloaded,
             rate_limited,
             faults,
+            spans_exported,
+            spans_dropped,
         }
     }
 

@@ -29,6 +29,7 @@ use crate::metrics::{
 use crate::policy::MAX_REPLAY_BODY;
 use crate::retry::{self, Outcome, Replay};
 use crate::routes::{Backend, LogicalService, Rule, ServiceKey};
+use crate::trace::{self, SpanKind, Tracer};
 use crate::transport::{SendError, ORIG_PROTO_HEADER};
 use crate::upgrade;
 
@@ -46,29 +47,53 @@ pub struct Outbound {
     pub metrics: Arc<Metrics>,
     pub namespace: String,
     pub tls: Arc<crate::tls::Tls>,
+    pub tracer: Arc<Tracer>,
+}
+
+/// What the request path learned about one request, for its metrics, span and log line.
+#[derive(Debug, Default)]
+pub struct Info {
+    /// The service addressed, `name.namespace`.
+    pub service: String,
+    /// The HTTPRoute rule that took it.
+    pub route: String,
+    /// The endpoint of the last try, and the identity it proved.
+    pub endpoint: Option<SocketAddr>,
+    pub peer_identity: String,
+    pub retries: u32,
 }
 
 impl Outbound {
     pub async fn handle(
         self: Arc<Self>,
         target: Target,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let grpc = errors::is_grpc(&req);
-        let mut service = String::new();
-        let rsp = match self.proxy(&target, req, &mut service).await {
+        let span = self.tracer.start(SpanKind::Client, req.headers());
+        let request = span.as_ref().map(|s| {
+            trace::inject(req.headers_mut(), s);
+            RequestLine::of(&req)
+        });
+        let mut info = Info::default();
+        let rsp = match self.proxy(&target, req, &mut info).await {
             Ok(rsp) => rsp,
             Err(e) => {
-                tracing::debug!(%service, error = %e, "outbound request failed");
+                tracing::debug!(service = %info.service, error = %e, "outbound request failed");
                 errors::rescue(&e, grpc)
             }
         };
+        let error = error_label(&rsp);
+        if let (Some(span), Some(request)) = (span, request) {
+            let (name, attributes, status) = request.span_attributes(&rsp, &info, &error);
+            self.tracer.finish(span, name, attributes, status);
+        }
         let labels = RequestLabels {
             direction: OUTBOUND,
-            service,
+            service: info.service,
             code: rsp.status().as_u16(),
-            error: error_label(&rsp),
+            error,
         };
         self.metrics
             .record_request(labels, start.elapsed().as_secs_f64());
@@ -79,7 +104,7 @@ impl Outbound {
         &self,
         target: &Target,
         mut req: Request<Incoming>,
-        service_label: &mut String,
+        info: &mut Info,
     ) -> Result<Response<Body>, ProxyError> {
         let start = Instant::now();
         let client_upgrade = hyper::upgrade::on(&mut req);
@@ -95,7 +120,7 @@ impl Outbound {
                 (key, authority.port_u16())
             }
         };
-        *service_label = key.to_string();
+        info.service = key.to_string();
         let service = self.discovery.resolve(&key).await?;
         let port = service.port(port).ok_or_else(|| {
             ProxyError::NoRoute(format!(
@@ -110,6 +135,7 @@ impl Outbound {
                 parts.uri.path()
             ))
         })?;
+        info.route.clone_from(&rule.name);
 
         if headers::is_upgrade(&parts) {
             let req = Request::from_parts(parts, body::boxed(body));
@@ -146,14 +172,14 @@ impl Outbound {
         let deadline = timeout.map(|t| start + t);
         let exchange = async {
             self.inject_faults(&service, rule).await?;
-            self.exchange(&service, rule, parts, body).await
+            self.exchange(&service, rule, parts, body, info).await
         };
         let (rsp, idle) = match deadline {
             None => exchange.await?,
             Some(deadline) => match tokio::time::timeout_at(deadline, exchange).await {
                 Ok(result) => result?,
                 Err(_) => {
-                    self.metrics.timeout(OUTBOUND, service_label, "request");
+                    self.metrics.timeout(OUTBOUND, &key.to_string(), "request");
                     return Err(ProxyError::Timeout(format!(
                         "{key}: no response within the request timeout of {:?}",
                         timeout.unwrap_or_default()
@@ -164,7 +190,7 @@ impl Outbound {
         if deadline.is_none() && idle.is_none() {
             return Ok(rsp);
         }
-        let (metrics, label) = (self.metrics.clone(), service_label.clone());
+        let (metrics, label) = (self.metrics.clone(), info.service.clone());
         Ok(rsp.map(|b| {
             body::boxed(body::Timed::new(b, deadline, idle, move |kind| {
                 metrics.timeout(OUTBOUND, &label, kind);
@@ -207,6 +233,7 @@ impl Outbound {
         rule: &Rule,
         parts: Parts,
         body: Incoming,
+        info: &mut Info,
     ) -> Result<(Response<Body>, Option<std::time::Duration>), ProxyError> {
         use http_body::Body as _;
         let policy = &rule.policy.retry;
@@ -231,6 +258,9 @@ impl Outbound {
             };
             let req = Request::from_parts(parts.clone(), req_body);
             let (result, outcome, guard) = self.try_once(backend, req, policy, &tried).await?;
+            info.endpoint = Some(guard.inflight.endpoint().addr);
+            info.peer_identity.clone_from(&backend.identity);
+            info.retries = retries;
             let replayable = replay.as_ref().is_none_or(Replay::replayable);
             let again = retries < policy.max_retries
                 && retry::decide(outcome, policy, may_repeat, replayable);
@@ -453,4 +483,96 @@ pub fn error_label<B>(rsp: &Response<B>) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string()
+}
+
+/// The parts of a request its span reports, taken before the request is consumed.
+pub struct RequestLine {
+    method: http::Method,
+    path: String,
+    host: String,
+    port: Option<u16>,
+    grpc: bool,
+}
+
+impl RequestLine {
+    pub fn of<B>(req: &Request<B>) -> Self {
+        let authority = req
+            .uri()
+            .authority()
+            .cloned()
+            .or_else(|| req.headers().get(header::HOST)?.to_str().ok()?.parse().ok());
+        Self {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            host: authority
+                .as_ref()
+                .map(|a| a.host().to_string())
+                .unwrap_or_default(),
+            port: authority.as_ref().and_then(http::uri::Authority::port_u16),
+            grpc: errors::is_grpc(req),
+        }
+    }
+
+    /// A CLIENT span's name, attributes (OpenTelemetry HTTP semantic conventions, plus weft's)
+    /// and error status.
+    fn span_attributes<B>(
+        &self,
+        rsp: &Response<B>,
+        info: &Info,
+        error: &str,
+    ) -> (String, Vec<trace::KeyValue>, Option<String>) {
+        use trace::KeyValue as Kv;
+        let status = rsp.status().as_u16();
+        let mut a = vec![
+            Kv::new("http.request.method", self.method.to_string()),
+            Kv::new("url.path", self.path.clone()),
+            Kv::new("server.address", self.host.clone()),
+            Kv::new("http.response.status_code", i64::from(status)),
+            Kv::new("weft.service", info.service.clone()),
+            Kv::new("weft.retries", i64::from(info.retries)),
+        ];
+        if let Some(p) = self.port {
+            a.push(Kv::new("server.port", i64::from(p)));
+        }
+        if !info.route.is_empty() {
+            a.push(Kv::new("weft.route", info.route.clone()));
+        }
+        if let Some(ep) = info.endpoint {
+            a.push(Kv::new("network.peer.address", ep.ip().to_string()));
+            a.push(Kv::new("network.peer.port", i64::from(ep.port())));
+        }
+        if !info.peer_identity.is_empty() {
+            a.push(Kv::new("weft.peer.identity", info.peer_identity.clone()));
+        }
+        span_outcome(&mut a, rsp, error, self.grpc);
+        let name = if info.service.is_empty() {
+            self.method.to_string()
+        } else {
+            format!("{} {}", self.method, info.service)
+        };
+        let failed = (!error.is_empty() || status >= 500).then(|| {
+            if error.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                error.to_string()
+            }
+        });
+        (name, a, failed)
+    }
+}
+
+/// Attributes every span gets from its response: the `x-weft-error` reason and gRPC status.
+pub fn span_outcome<B>(a: &mut Vec<trace::KeyValue>, rsp: &Response<B>, error: &str, grpc: bool) {
+    if !error.is_empty() {
+        a.push(trace::KeyValue::new("weft.error", error.to_string()));
+        a.push(trace::KeyValue::new("error.type", error.to_string()));
+    }
+    if grpc {
+        if let Some(code) = grpc_status(rsp) {
+            a.push(trace::KeyValue::new(
+                "rpc.grpc.status_code",
+                i64::from(code),
+            ));
+        }
+    }
 }

@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Rol
 use crate::grpc;
 
 /// An HTTP/1.1 + HTTP/2 app. It answers with its name, and reports in headers what reached it:
-/// `x-app`, `x-seen-version`, `x-seen-host`, `x-seen-identity`. `/delay/MS` waits first;
+/// `x-app`, `x-seen-version`, `x-seen-host`, `x-seen-identity`, and `x-seen-<h>` for each trace
+/// header `h` (`traceparent`, `b3`, `x-b3-*`). `/delay/MS` waits first;
 /// `/status/CODE` answers that status; `/ws` is a WebSocket echo.
 pub struct HttpApp {
     pub addr: SocketAddr,
@@ -103,6 +104,18 @@ async fn respond(
         .unwrap_or("")
         .to_string();
     let version = format!("{:?}", req.version());
+    let trace_headers: Vec<(String, http::HeaderValue)> = [
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-parentspanid",
+        "x-b3-sampled",
+    ]
+    .iter()
+    .filter_map(|h| Some((format!("x-seen-{h}"), req.headers().get(*h)?.clone())))
+    .collect();
     let body = req
         .into_body()
         .collect()
@@ -126,6 +139,12 @@ async fn respond(
         "x-seen-identity",
         identity.parse().unwrap_or_else(|_| "?".parse().unwrap()),
     );
+    for (name, value) in trace_headers {
+        h.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value,
+        );
+    }
     Ok(rsp)
 }
 
