@@ -68,6 +68,10 @@ pub struct Args {
     /// Worker threads of the proxy's runtime.
     #[arg(long, env = "WEFT_PROXY_WORKERS", default_value = "1")]
     pub workers: String,
+    /// Where access log lines go when MeshConfig `accessLog` is `json`: a file (appended to),
+    /// or `-` for standard output.
+    #[arg(long, env = "WEFT_PROXY_ACCESS_LOG", default_value = "-")]
+    pub access_log: String,
 }
 
 /// A local listener bound to one service (the `upstream` setting).
@@ -152,6 +156,8 @@ pub struct Config {
     #[serde(serialize_with = "ser_duration")]
     pub drain_timeout: Duration,
     pub workers: usize,
+    /// `None`: standard output.
+    pub access_log: Option<PathBuf>,
 }
 
 impl Config {
@@ -285,6 +291,10 @@ impl Config {
                 upstreams,
                 drain_timeout,
                 workers,
+                access_log: match a.access_log.as_str() {
+                    "" | "-" => None,
+                    p => Some(PathBuf::from(p)),
+                },
             })
         } else {
             Err(errors)

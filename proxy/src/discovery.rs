@@ -121,6 +121,11 @@ impl Discovery {
         self.snapshot.load_full()
     }
 
+    /// Whether MeshConfig asks for access log lines (read per request, without a refcount).
+    pub fn access_log_on(&self) -> bool {
+        self.snapshot.load().mesh.access_log_json
+    }
+
     /// True once a config update has been accepted.
     pub fn has_config(&self) -> bool {
         *self.updates.borrow() > 0

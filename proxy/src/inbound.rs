@@ -23,12 +23,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::access_log::AccessLog;
 use crate::body::{self, Body};
 use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
 use crate::headers;
 use crate::metrics::ConnectionLabels;
 use crate::metrics::{Metrics, RequestLabels, ServiceLabels, INBOUND};
+use crate::observe::{Info, RequestLine};
 use crate::outbound::error_label;
 use crate::ratelimit::TokenBucket;
 use crate::server::Accepted;
@@ -59,6 +61,7 @@ pub struct Inbound {
     /// The rate limit's bucket, replaced when its settings change.
     limiter: std::sync::Mutex<Option<Arc<TokenBucket>>>,
     tracer: Arc<Tracer>,
+    access_log: Arc<AccessLog>,
 }
 
 impl Inbound {
@@ -69,6 +72,7 @@ impl Inbound {
         tls: Arc<Tls>,
         discovery: Arc<Discovery>,
         tracer: Arc<Tracer>,
+        access_log: Arc<AccessLog>,
     ) -> Self {
         let connector = AppConnector { addr: app_addr };
         let http1 = Client::builder(TokioExecutor::new())
@@ -93,6 +97,7 @@ impl Inbound {
             discovery,
             limiter: std::sync::Mutex::new(None),
             tracer,
+            access_log,
         }
     }
 
@@ -251,11 +256,12 @@ impl Inbound {
         let start = Instant::now();
         let grpc = errors::is_grpc(&req);
         let span = self.tracer.start(SpanKind::Server, req.headers());
-        let line = span.as_ref().map(|s| {
+        if let Some(s) = &span {
             // The app's spans become children of this one.
             trace::inject(req.headers_mut(), s);
-            (req.method().to_string(), req.uri().path().to_string())
-        });
+        }
+        let log = self.discovery.access_log_on().then_some(&*self.access_log);
+        let line = (span.is_some() || log.is_some()).then(|| RequestLine::of(&req, INBOUND, span));
         let rsp = match self.forward(client.as_deref(), req).await {
             Ok(rsp) => rsp,
             Err(e) => {
@@ -264,32 +270,15 @@ impl Inbound {
             }
         };
         let error = error_label(&rsp);
-        if let (Some(span), Some((method, path))) = (span, line) {
-            use trace::KeyValue as Kv;
-            let status = rsp.status().as_u16();
-            let mut a = vec![
-                Kv::new("http.request.method", method.clone()),
-                Kv::new("url.path", path),
-                Kv::new("http.response.status_code", i64::from(status)),
-                Kv::new("client.address", peer.ip().to_string()),
-                Kv::new("network.peer.address", peer.ip().to_string()),
-                Kv::new("network.peer.port", i64::from(peer.port())),
-                Kv::new("server.address", self.service.clone()),
-                Kv::new("weft.service", self.service.clone()),
-            ];
-            if let Some(id) = &client {
-                a.push(Kv::new("weft.peer.identity", id.to_string()));
-            }
-            crate::outbound::span_outcome(&mut a, &rsp, &error, grpc);
-            let failed = (!error.is_empty() || status >= 500).then(|| {
-                if error.is_empty() {
-                    format!("HTTP {status}")
-                } else {
-                    error.clone()
-                }
-            });
-            self.tracer
-                .finish(span, format!("{method} {}", self.service), a, failed);
+        if let Some(line) = line {
+            let info = Info {
+                service: self.service.clone(),
+                upstream: Some(self.app_addr),
+                peer_identity: client.as_deref().unwrap_or_default().to_string(),
+                peer: Some(peer),
+                ..Info::default()
+            };
+            line.finish(&rsp, &info, &error, &self.tracer, log);
         }
         let labels = RequestLabels {
             direction: INBOUND,

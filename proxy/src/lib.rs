@@ -3,6 +3,7 @@
 //! [`start`] takes already-bound listeners, so that tests bind port 0 and run many proxies in
 //! one process; `main.rs` binds the configured addresses and waits for a signal.
 
+pub mod access_log;
 pub mod admin;
 pub mod authz;
 pub mod balance;
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod inbound;
 pub mod logging;
 pub mod metrics;
+pub mod observe;
 pub mod outbound;
 pub mod policy;
 pub mod ratelimit;
@@ -203,12 +205,16 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         });
     }
 
+    let (access_log, writer) =
+        access_log::AccessLog::new(config.access_log.clone(), metrics.clone());
+    tokio::spawn(writer);
     let outbound = Arc::new(Outbound {
         discovery: discovery.clone(),
         metrics: metrics.clone(),
         namespace: config.namespace.clone(),
         tls: tls.clone(),
         tracer: tracer.clone(),
+        access_log: access_log.clone(),
     });
     let outbound_addr = listeners.outbound.local_addr()?;
     tasks.spawn(serve_outbound(
@@ -242,6 +248,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         tls.clone(),
         discovery.clone(),
         tracer,
+        access_log,
     ));
     tasks.spawn(server::accept_loop(
         "inbound",

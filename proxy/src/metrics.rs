@@ -139,6 +139,7 @@ pub struct Metrics {
     pub faults: Family<FaultLabels, Counter>,
     pub spans_exported: Counter,
     pub spans_dropped: Family<ReasonLabels, Counter>,
+    pub access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -299,6 +300,12 @@ impl Metrics {
             "Sampled spans dropped instead of exported, by reason (queue-full, export-failed, no-collector)",
             spans_dropped.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         Self {
             registry,
             requests,
@@ -326,6 +333,7 @@ impl Metrics {
             faults,
             spans_exported,
             spans_dropped,
+            access_log_dropped,
         }
     }
 

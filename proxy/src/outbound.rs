@@ -17,6 +17,7 @@ use http::{header, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::access_log::AccessLog;
 use crate::balance::{InFlight, Pick};
 use crate::body::{self, Body};
 use crate::breaker::{Limit, Permit};
@@ -26,6 +27,7 @@ use crate::headers;
 use crate::metrics::{
     FaultLabels, LimitLabels, Metrics, RequestLabels, RetryLabels, ServiceLabels, OUTBOUND,
 };
+use crate::observe::{Info, RequestLine};
 use crate::policy::MAX_REPLAY_BODY;
 use crate::retry::{self, Outcome, Replay};
 use crate::routes::{Backend, LogicalService, Rule, ServiceKey};
@@ -48,19 +50,7 @@ pub struct Outbound {
     pub namespace: String,
     pub tls: Arc<crate::tls::Tls>,
     pub tracer: Arc<Tracer>,
-}
-
-/// What the request path learned about one request, for its metrics, span and log line.
-#[derive(Debug, Default)]
-pub struct Info {
-    /// The service addressed, `name.namespace`.
-    pub service: String,
-    /// The HTTPRoute rule that took it.
-    pub route: String,
-    /// The endpoint of the last try, and the identity it proved.
-    pub endpoint: Option<SocketAddr>,
-    pub peer_identity: String,
-    pub retries: u32,
+    pub access_log: Arc<AccessLog>,
 }
 
 impl Outbound {
@@ -72,10 +62,11 @@ impl Outbound {
         let start = Instant::now();
         let grpc = errors::is_grpc(&req);
         let span = self.tracer.start(SpanKind::Client, req.headers());
-        let request = span.as_ref().map(|s| {
+        if let Some(s) = &span {
             trace::inject(req.headers_mut(), s);
-            RequestLine::of(&req)
-        });
+        }
+        let log = self.discovery.access_log_on().then_some(&*self.access_log);
+        let line = (span.is_some() || log.is_some()).then(|| RequestLine::of(&req, OUTBOUND, span));
         let mut info = Info::default();
         let rsp = match self.proxy(&target, req, &mut info).await {
             Ok(rsp) => rsp,
@@ -85,9 +76,8 @@ impl Outbound {
             }
         };
         let error = error_label(&rsp);
-        if let (Some(span), Some(request)) = (span, request) {
-            let (name, attributes, status) = request.span_attributes(&rsp, &info, &error);
-            self.tracer.finish(span, name, attributes, status);
+        if let Some(line) = line {
+            line.finish(&rsp, &info, &error, &self.tracer, log);
         }
         let labels = RequestLabels {
             direction: OUTBOUND,
@@ -258,7 +248,7 @@ impl Outbound {
             };
             let req = Request::from_parts(parts.clone(), req_body);
             let (result, outcome, guard) = self.try_once(backend, req, policy, &tried).await?;
-            info.endpoint = Some(guard.inflight.endpoint().addr);
+            info.upstream = Some(guard.inflight.endpoint().addr);
             info.peer_identity.clone_from(&backend.identity);
             info.retries = retries;
             let replayable = replay.as_ref().is_none_or(Replay::replayable);
@@ -483,96 +473,4 @@ pub fn error_label<B>(rsp: &Response<B>) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string()
-}
-
-/// The parts of a request its span reports, taken before the request is consumed.
-pub struct RequestLine {
-    method: http::Method,
-    path: String,
-    host: String,
-    port: Option<u16>,
-    grpc: bool,
-}
-
-impl RequestLine {
-    pub fn of<B>(req: &Request<B>) -> Self {
-        let authority = req
-            .uri()
-            .authority()
-            .cloned()
-            .or_else(|| req.headers().get(header::HOST)?.to_str().ok()?.parse().ok());
-        Self {
-            method: req.method().clone(),
-            path: req.uri().path().to_string(),
-            host: authority
-                .as_ref()
-                .map(|a| a.host().to_string())
-                .unwrap_or_default(),
-            port: authority.as_ref().and_then(http::uri::Authority::port_u16),
-            grpc: errors::is_grpc(req),
-        }
-    }
-
-    /// A CLIENT span's name, attributes (OpenTelemetry HTTP semantic conventions, plus weft's)
-    /// and error status.
-    fn span_attributes<B>(
-        &self,
-        rsp: &Response<B>,
-        info: &Info,
-        error: &str,
-    ) -> (String, Vec<trace::KeyValue>, Option<String>) {
-        use trace::KeyValue as Kv;
-        let status = rsp.status().as_u16();
-        let mut a = vec![
-            Kv::new("http.request.method", self.method.to_string()),
-            Kv::new("url.path", self.path.clone()),
-            Kv::new("server.address", self.host.clone()),
-            Kv::new("http.response.status_code", i64::from(status)),
-            Kv::new("weft.service", info.service.clone()),
-            Kv::new("weft.retries", i64::from(info.retries)),
-        ];
-        if let Some(p) = self.port {
-            a.push(Kv::new("server.port", i64::from(p)));
-        }
-        if !info.route.is_empty() {
-            a.push(Kv::new("weft.route", info.route.clone()));
-        }
-        if let Some(ep) = info.endpoint {
-            a.push(Kv::new("network.peer.address", ep.ip().to_string()));
-            a.push(Kv::new("network.peer.port", i64::from(ep.port())));
-        }
-        if !info.peer_identity.is_empty() {
-            a.push(Kv::new("weft.peer.identity", info.peer_identity.clone()));
-        }
-        span_outcome(&mut a, rsp, error, self.grpc);
-        let name = if info.service.is_empty() {
-            self.method.to_string()
-        } else {
-            format!("{} {}", self.method, info.service)
-        };
-        let failed = (!error.is_empty() || status >= 500).then(|| {
-            if error.is_empty() {
-                format!("HTTP {status}")
-            } else {
-                error.to_string()
-            }
-        });
-        (name, a, failed)
-    }
-}
-
-/// Attributes every span gets from its response: the `x-weft-error` reason and gRPC status.
-pub fn span_outcome<B>(a: &mut Vec<trace::KeyValue>, rsp: &Response<B>, error: &str, grpc: bool) {
-    if !error.is_empty() {
-        a.push(trace::KeyValue::new("weft.error", error.to_string()));
-        a.push(trace::KeyValue::new("error.type", error.to_string()));
-    }
-    if grpc {
-        if let Some(code) = grpc_status(rsp) {
-            a.push(trace::KeyValue::new(
-                "rpc.grpc.status_code",
-                i64::from(code),
-            ));
-        }
-    }
 }

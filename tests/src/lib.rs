@@ -288,6 +288,8 @@ pub struct Sidecar {
     listeners: Option<weft_proxy::Listeners>,
     upstream_specs: Vec<Upstream>,
     running: Option<weft_proxy::Running>,
+    /// The `access-log` setting (standard output when `None`).
+    pub access_log: Option<PathBuf>,
 }
 
 impl Sidecar {
@@ -319,6 +321,7 @@ impl Sidecar {
             }),
             upstream_specs: specs,
             running: None,
+            access_log: None,
         }
     }
 
@@ -348,6 +351,7 @@ impl Sidecar {
         };
         let mut config = weft_proxy::config::Config::from_args(args).expect("valid proxy config");
         config.upstreams = self.upstream_specs.clone();
+        config.access_log = self.access_log.clone();
         let listeners = self.listeners.take().expect("sidecar started twice");
         self.running = Some(weft_proxy::start(config, listeners).expect("proxy starts"));
     }

@@ -152,12 +152,19 @@ struct Setup {
 
 impl Setup {
     async fn start(ratio: f64) -> Self {
+        Self::with_access_log(ratio, None).await
+    }
+
+    /// With MeshConfig `accessLog: json` and the client proxy's lines in `log`.
+    async fn with_access_log(ratio: f64, log: Option<PathBuf>) -> Self {
         let collector = Collector::start().await;
         let app = HttpApp::start("orders").await;
         let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
         let mut server = Sidecar::bind(&[]).await;
+        let access = if log.is_some() { "json" } else { "off" };
+        client.access_log = log;
         let yaml = format!(
-            "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec:\n  tracing: {{otlpEndpoint: \"http://{}\", samplingRatio: {ratio}}}\n{}",
+            "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec:\n  accessLog: {access}\n  tracing: {{otlpEndpoint: \"http://{}\", samplingRatio: {ratio}}}\n{}",
             collector.addr,
             service_yaml("shop", "orders", "HTTP", &[server.inbound])
         );
@@ -340,4 +347,48 @@ async fn a_collector_that_is_down_costs_requests_nothing() {
         metric(&m, "weft_proxy_trace_spans_exported_total", &[]) >= 1.0,
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_access_log_line_per_request_with_its_trace() {
+    let dir = TempDir::new();
+    let log = dir.0.join("access.log");
+    let t = Setup::with_access_log(1.0, Some(log.clone())).await;
+    for i in 0..5 {
+        let trace = format!("{TRACE:.28}{i:04}");
+        t.get(&[("traceparent", &format!("00-{trace}-{APP_SPAN}-01"))])
+            .await;
+    }
+    let lines = eventually("five access log lines", Duration::from_secs(10), || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        (lines.len() >= 5).then_some(lines)
+    })
+    .await;
+    assert_eq!(lines.len(), 5, "one line per request");
+    for (i, line) in lines.iter().enumerate() {
+        let trace = format!("{TRACE:.28}{i:04}");
+        assert_eq!(line["trace_id"], trace.as_str(), "{line}");
+        let (client, _) = t.pair(&trace).await;
+        assert_eq!(
+            line["span_id"],
+            client.id.as_str(),
+            "the client proxy's span"
+        );
+        assert_eq!(line["direction"], "outbound");
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["path"], "/items");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["service"], "orders.shop");
+        assert_eq!(
+            line["peer_identity"],
+            "spiffe://weft.local/ns/shop/sa/orders"
+        );
+        assert!(line["upstream"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+        assert!(line["start"].as_str().unwrap().ends_with('Z'));
+    }
 }
