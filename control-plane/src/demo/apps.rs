@@ -23,6 +23,17 @@ pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
+/// The trace context headers an app passes from the request it serves to the ones it makes.
+const TRACE_HEADERS: [&str; 7] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+];
+
 /// What one app does with a request.
 #[derive(Clone)]
 pub struct App {
@@ -74,7 +85,14 @@ async fn handle(
     let mut body = format!("{} handled {}\n", app.name, req.uri().path());
     if let Some(next) = app.calls {
         let uri = format!("http://{next}{}", req.uri().path());
-        let downstream = match Request::get(uri).body(Full::new(Bytes::new())) {
+        // Like any app in a mesh, pass the trace context on, so that one trace spans every hop.
+        let mut downstream = Request::get(uri);
+        for h in TRACE_HEADERS {
+            if let Some(v) = req.headers().get(h) {
+                downstream = downstream.header(h, v);
+            }
+        }
+        let downstream = match downstream.body(Full::new(Bytes::new())) {
             Ok(r) => client.request(r).await,
             Err(e) => return Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         };
