@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -93,13 +92,18 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// The log and its writer task, writing to `path` (appending) or standard output.
-    pub fn new(
-        path: Option<PathBuf>,
-        metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, impl std::future::Future<Output = ()>) {
+    /// The log, with its writer on a thread of its own (writes to a file or standard output
+    /// are blocking calls: they stay off the proxy's workers), appending to `path` or writing
+    /// to standard output.
+    pub fn start(path: Option<PathBuf>, metrics: Arc<Metrics>) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Arc::new(Self { tx, metrics }), write(path, rx))
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write(path, rx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the access log writer");
+        }
+        Arc::new(Self { tx, metrics })
     }
 
     /// Queues an entry; never waits.
@@ -114,35 +118,36 @@ impl AccessLog {
     }
 }
 
-async fn write(path: Option<PathBuf>, mut rx: mpsc::Receiver<String>) {
-    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &path {
-        None => Box::new(tokio::io::stdout()),
-        Some(p) => match tokio::fs::OpenOptions::new()
+fn write(path: Option<PathBuf>, mut rx: mpsc::Receiver<String>) {
+    use std::io::Write;
+    let mut out: Box<dyn Write> = match &path {
+        None => Box::new(std::io::stdout()),
+        Some(p) => match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
-            .await
         {
             Ok(f) => Box::new(f),
             Err(e) => {
                 tracing::error!(path = %p.display(), error = %e, "cannot open the access log; lines go to standard output");
-                Box::new(tokio::io::stdout())
+                Box::new(std::io::stdout())
             }
         },
     };
-    while let Some(line) = rx.recv().await {
-        let mut buf = line.into_bytes();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(line) = rx.blocking_recv() {
+        buf.clear();
+        buf.extend_from_slice(line.as_bytes());
         // Take whatever else is queued, for one write.
-        while let Ok(more) = rx.try_recv() {
-            buf.extend_from_slice(more.as_bytes());
-            if buf.len() > 64 * 1024 {
-                break;
+        while buf.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(more.as_bytes()),
+                Err(_) => break,
             }
         }
-        if let Err(e) = out.write_all(&buf).await {
+        if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
             tracing::warn!(error = %e, "access log write failed");
         }
-        let _ = out.flush().await;
     }
 }
 

@@ -181,8 +181,24 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         format!("{}.{}", config.service, config.namespace),
         metrics.clone(),
     );
+    // Spans are exported from a thread of its own, so that encoding and sending batches never
+    // holds up the proxy's workers; the thread ends when the tracer is dropped.
+    let spawned = std::thread::Builder::new()
+        .name("trace-export".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(export),
+                Err(e) => tracing::error!(error = %e, "cannot start the span exporter"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the span exporter");
+    }
     {
-        // Spans are exported until shutdown; tracing settings follow the mesh config.
+        // Tracing settings follow the mesh config.
         let (shutdown, discovery, tracer) = (shutdown.clone(), discovery.clone(), tracer.clone());
         tokio::spawn(async move {
             let follow = async {
@@ -198,16 +214,13 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
                 }
             };
             tokio::select! {
-                () = export => {}
                 () = follow => {}
                 () = shutdown.cancelled() => {}
             }
         });
     }
 
-    let (access_log, writer) =
-        access_log::AccessLog::new(config.access_log.clone(), metrics.clone());
-    tokio::spawn(writer);
+    let access_log = access_log::AccessLog::start(config.access_log.clone(), metrics.clone());
     let outbound = Arc::new(Outbound {
         discovery: discovery.clone(),
         metrics: metrics.clone(),

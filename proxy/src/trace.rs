@@ -25,7 +25,7 @@ use crate::metrics::{Metrics, ReasonLabels};
 /// Spans waiting for export; beyond this, new spans are dropped.
 const QUEUE: usize = 4096;
 /// Spans per export call.
-const BATCH: usize = 512;
+const BATCH: usize = 256;
 /// How long a span may wait for its batch to fill.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long one export may take.
@@ -256,7 +256,10 @@ impl Tracer {
     pub fn new(
         service: String,
         metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, impl std::future::Future<Output = ()>) {
+    ) -> (
+        Arc<Self>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let env_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .ok()
