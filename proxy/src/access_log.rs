@@ -14,6 +14,8 @@ use tokio::sync::mpsc;
 use crate::metrics::Metrics;
 
 const QUEUE: usize = 8192;
+/// How often queued lines are written.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// One request, as logged.
 #[derive(Debug, Serialize)]
@@ -134,19 +136,28 @@ fn write(path: Option<PathBuf>, mut rx: mpsc::Receiver<String>) {
             }
         },
     };
+    // Drained on a timer, not awaited line by line: a request that queues a line never has to
+    // wake this thread.
     let mut buf = Vec::with_capacity(64 * 1024);
-    while let Some(line) = rx.blocking_recv() {
-        buf.clear();
-        buf.extend_from_slice(line.as_bytes());
-        // Take whatever else is queued, for one write.
-        while buf.len() < 64 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(more.as_bytes()),
-                Err(_) => break,
+    loop {
+        std::thread::sleep(DRAIN_EVERY);
+        loop {
+            buf.clear();
+            while buf.len() < 64 * 1024 {
+                match rx.try_recv() {
+                    Ok(line) => buf.extend_from_slice(line.as_bytes()),
+                    Err(_) => break,
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
+                tracing::warn!(error = %e, "access log write failed");
             }
         }
-        if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
-            tracing::warn!(error = %e, "access log write failed");
+        if rx.is_closed() && rx.is_empty() {
+            return;
         }
     }
 }

@@ -2,8 +2,9 @@
 //! outbound one, propagated with W3C Trace Context or B3, exported over OTLP/gRPC.
 //!
 //! Requests never wait for tracing: a finished span is handed to a bounded queue with
-//! `try_send` (a full queue drops it, counted), and one background task batches spans and
-//! exports them with `opentelemetry-otlp` (a failed export drops its batch, counted). With no
+//! `try_send` (a full queue drops it, counted), and an export task on a thread of its own
+//! drains the queue every 200 ms and exports batches with `opentelemetry-otlp` (a failed export
+//! drops its batch, counted). With no
 //! collector configured (MeshConfig `tracing.otlpEndpoint`, else `OTEL_EXPORTER_OTLP_ENDPOINT`),
 //! no span is made at all. See docs/observability.md.
 
@@ -26,8 +27,8 @@ use crate::metrics::{Metrics, ReasonLabels};
 const QUEUE: usize = 4096;
 /// Spans per export call.
 const BATCH: usize = 256;
-/// How long a span may wait for its batch to fill.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often the queue is drained and exported.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// How long one export may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -412,29 +413,33 @@ async fn export(
         }
     };
     let mut exporter = build(&settings.borrow_and_update().endpoint);
-    let mut batch = Vec::with_capacity(BATCH);
+    // The queue is drained on a timer rather than awaited span by span: a request that queues
+    // a span then never has to wake this thread.
     let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let flush = tokio::select! {
-            span = rx.recv() => match span {
-                Some(span) => {
-                    batch.push(span);
-                    batch.len() >= BATCH
-                }
-                None => true,
-            },
-            _ = tick.tick() => true,
+        tokio::select! {
+            _ = tick.tick() => {}
             Ok(()) = settings.changed() => {
                 exporter = build(&settings.borrow_and_update().endpoint);
-                false
+                continue;
             }
-        };
-        if flush && !batch.is_empty() {
-            let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            let n = spans.len() as u64;
+        }
+        loop {
+            let mut batch = Vec::with_capacity(BATCH);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(span) => batch.push(span),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len() as u64;
             match &exporter {
                 None => dropped(&metrics, "no-collector", n),
-                Some(e) => match tokio::time::timeout(EXPORT_TIMEOUT, e.export(spans)).await {
+                Some(e) => match tokio::time::timeout(EXPORT_TIMEOUT, e.export(batch)).await {
                     Ok(Ok(())) => {
                         metrics.spans_exported.inc_by(n);
                     }
@@ -446,7 +451,7 @@ async fn export(
                 },
             }
         }
-        if rx.is_closed() && rx.is_empty() && batch.is_empty() {
+        if rx.is_closed() && rx.is_empty() {
             return;
         }
     }
