@@ -70,11 +70,15 @@ impl Api {
                     text(StatusCode::OK, "ready")
                 }
             }
-            (&Method::GET, "/admin/metrics") => typed(
-                StatusCode::OK,
-                self.state.metrics.encode(),
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
+            (&Method::GET, "/admin/metrics") => {
+                let accept = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let (body, content_type) =
+                    weft_proxy::metrics::exposition(self.state.metrics.encode(), accept);
+                typed(StatusCode::OK, body, content_type)
+            }
             (&Method::GET, "/admin/config") => {
                 let mesh = self.state.mesh();
                 let resources: Vec<_> = mesh.resources.iter().map(|s| &s.resource).collect();

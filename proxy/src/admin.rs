@@ -75,11 +75,15 @@ impl Admin {
                 }
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet"),
             },
-            (&Method::GET, "/metrics") => with_type(
-                StatusCode::OK,
-                self.metrics.encode(),
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
+            (&Method::GET, "/metrics") => {
+                let accept = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let (body, content_type) =
+                    crate::metrics::exposition(self.metrics.encode(), accept);
+                with_type(StatusCode::OK, body, content_type)
+            }
             (&Method::POST, "/shutdown") => {
                 tracing::info!("drain requested through the admin listener");
                 self.shutdown.cancel();

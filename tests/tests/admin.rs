@@ -66,7 +66,22 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
         "{}",
         metrics.body
     );
-    assert!(metrics.body.ends_with("# EOF\n"));
+    assert_eq!(
+        metrics.header("content-type"),
+        "text/plain; version=0.0.4; charset=utf-8",
+        "the classic text format by default"
+    );
+    let om = send(
+        &http,
+        client.admin,
+        "admin",
+        "GET",
+        "/metrics",
+        &[("accept", "application/openmetrics-text; version=1.0.0")],
+    )
+    .await
+    .unwrap();
+    assert!(om.body.ends_with("# EOF\n"), "OpenMetrics when asked for");
 
     let r = send(&http, client.admin, "admin", "POST", "/shutdown", &[])
         .await
