@@ -196,8 +196,8 @@ struct Connection {
     /// After a NACK: send nothing new before this.
     quiet_until: Option<Instant>,
     ack_timeout: Duration,
-    /// The response in flight: its nonce, and when its ACK or NACK is overdue.
-    unacked: Option<(u64, Instant)>,
+    /// The response in flight: its nonce, when its ACK or NACK is overdue, and when it was sent.
+    unacked: Option<(u64, Instant, Instant)>,
 }
 
 impl Connection {
@@ -226,10 +226,11 @@ impl Connection {
                     break "proxy went away";
                 }
                 dirty = false;
-                self.unacked = Some((self.nonce, Instant::now() + self.ack_timeout));
+                let now = Instant::now();
+                self.unacked = Some((self.nonce, now + self.ack_timeout, now));
                 self.state.metrics.pushes.inc();
             }
-            let overdue = self.unacked.map(|(_, deadline)| deadline);
+            let overdue = self.unacked.map(|(_, deadline, _)| deadline);
             tokio::select! {
                 msg = requests.message() => match msg {
                     Ok(Some(req)) => dirty |= self.handle(req),
@@ -279,11 +280,14 @@ impl Connection {
             }
         });
         if !req.response_nonce.is_empty() {
-            if self
-                .unacked
-                .is_some_and(|(nonce, _)| req.response_nonce == nonce.to_string())
-            {
-                self.unacked = None;
+            if let Some((nonce, _, sent)) = self.unacked {
+                if req.response_nonce == nonce.to_string() {
+                    self.state
+                        .metrics
+                        .push_duration
+                        .observe(sent.elapsed().as_secs_f64());
+                    self.unacked = None;
+                }
             }
             if req.error_detail.is_empty() {
                 self.nacks = 0;

@@ -31,6 +31,22 @@ impl identity_server::Identity for IdentityService {
         &self,
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
+        let result = self.certify_one(request).await;
+        let outcome = if result.is_ok() { "issued" } else { "refused" };
+        self.state
+            .metrics
+            .certificates
+            .get_or_create(&crate::metrics::Outcome { outcome })
+            .inc();
+        result
+    }
+}
+
+impl IdentityService {
+    async fn certify_one(
+        &self,
+        request: Request<pb::CertifyRequest>,
+    ) -> Result<Response<pb::CertifyResponse>, Status> {
         let remote = request.remote_addr();
         let req = request.into_inner();
         let workload = match req.proof {

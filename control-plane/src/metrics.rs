@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,6 +21,8 @@ pub struct Metrics {
     pub slow_streams_closed: Counter,
     pub reloads: Family<Outcome, Counter>,
     pub config_generation: Gauge,
+    pub push_duration: Histogram,
+    pub certificates: Family<Outcome, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +70,20 @@ impl Default for Metrics {
             "Generation of the mesh config in force",
             config_generation.clone(),
         );
+        let push_duration = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        registry.register(
+            "config_push_duration_seconds",
+            "Time from sending a config snapshot to the proxy's ACK or NACK",
+            push_duration.clone(),
+        );
+        let certificates = Family::default();
+        registry.register(
+            "certificates",
+            "Certificate requests (Certify), by outcome (issued, refused)",
+            certificates.clone(),
+        );
         Self {
             registry,
             proxies_connected,
@@ -76,6 +93,8 @@ impl Default for Metrics {
             slow_streams_closed,
             reloads,
             config_generation,
+            push_duration,
+            certificates,
         }
     }
 }

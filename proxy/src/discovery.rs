@@ -338,6 +338,10 @@ impl Discovery {
             }
             Err(e) => {
                 tracing::warn!(version = %rsp.version, error = %e, "config update rejected; the last-good config stays in force");
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                self.metrics.config_last_rejection.set(now);
                 self.metrics
                     .config_updates
                     .get_or_create(&OutcomeLabels {

@@ -123,6 +123,7 @@ pub struct Metrics {
     pub tcp_bytes_received: Family<TcpLabels, Counter>,
     pub config_updates: Family<OutcomeLabels, Counter>,
     pub config_version: Gauge,
+    pub config_last_rejection: Gauge,
     pub control_plane_connected: Gauge,
     pub identity_expiry: Gauge,
     pub inbound_connections: Family<ConnectionLabels, Counter>,
@@ -203,6 +204,12 @@ impl Metrics {
             "config_version",
             "Mesh config generation of the config in force (0 before the first)",
             config_version.clone(),
+        );
+        let config_last_rejection = Gauge::default();
+        registry.register(
+            "config_last_rejection_timestamp_seconds",
+            "When this proxy last rejected (NACKed) a config update, in seconds since the Unix epoch (0: never)",
+            config_last_rejection.clone(),
         );
         let control_plane_connected = Gauge::default();
         registry.register(
@@ -317,6 +324,7 @@ impl Metrics {
             tcp_bytes_received,
             config_updates,
             config_version,
+            config_last_rejection,
             control_plane_connected,
             identity_expiry,
             inbound_connections,

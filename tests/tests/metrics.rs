@@ -110,4 +110,11 @@ async fn every_scrape_passes_promtool_and_counts_the_traffic() {
         &["direction=\"inbound\""],
     );
     assert_eq!(inbound, 10.0, "{server_text}");
+    assert_eq!(
+        metric(&cp_text, "weft_certificates_total", &["outcome=\"issued\""]),
+        2.0,
+        "{cp_text}"
+    );
+    assert!(metric(&cp_text, "weft_config_push_duration_seconds_count", &[]) >= 2.0);
+    assert_eq!(metric(&cp_text, "weft_proxies_connected", &[]), 2.0);
 }

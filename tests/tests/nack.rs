@@ -211,11 +211,16 @@ async fn a_bad_update_is_nacked_and_the_last_good_config_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(r.status, 200, "and serves: {r:?}");
-    assert!(client
-        .running()
-        .metrics
-        .encode()
-        .contains(r#"weft_proxy_config_updates_total{outcome="rejected"} 1"#));
+    let m = client.running().metrics.encode();
+    assert!(m.contains(r#"weft_proxy_config_updates_total{outcome="rejected"} 1"#));
+    assert!(
+        metric(
+            &m,
+            "weft_proxy_config_last_rejection_timestamp_seconds",
+            &[]
+        ) > 1.7e9,
+        "the last NACK's time: {m}"
+    );
 
     gate.add_permits(1);
     let ack = tokio::time::timeout(Duration::from_secs(10), replies.recv())
