@@ -283,11 +283,13 @@ impl Inbound {
         let labels = RequestLabels {
             direction: INBOUND,
             service: self.service.clone(),
-            code: rsp.status().as_u16(),
+            route: String::new(),
+            peer: client.as_deref().unwrap_or_default().to_string(),
+            status_class: crate::metrics::status_class(rsp.status().as_u16()),
+            grpc_status: String::new(),
             error,
         };
-        self.metrics
-            .record_request(labels, start.elapsed().as_secs_f64());
+        let rsp = crate::observe::record_on_end(rsp, self.metrics.clone(), labels, grpc, start);
         Ok(rsp)
     }
 

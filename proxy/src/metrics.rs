@@ -15,10 +15,29 @@ pub struct RequestLabels {
     pub direction: &'static str,
     /// Outbound: the logical service called (`name.namespace`); inbound: this proxy's service.
     pub service: String,
-    /// HTTP status code of the response.
-    pub code: u16,
+    /// Outbound: the HTTPRoute rule that took the request (`namespace/name#index`, `default`);
+    /// empty inbound and when no route matched.
+    pub route: String,
+    /// The SPIFFE ID at the other end: outbound, the one the callee proved; inbound, the
+    /// caller's. Empty when none was authenticated.
+    pub peer: String,
+    /// `1xx` … `5xx`.
+    pub status_class: &'static str,
+    /// The gRPC status (from the trailers, or a trailers-only response); empty for non-gRPC.
+    pub grpc_status: String,
     /// The `x-weft-error` reason when the proxy made the response up; empty otherwise.
     pub error: String,
+}
+
+/// The `status_class` label of an HTTP status.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,7 +179,7 @@ impl Metrics {
             );
         registry.register(
             "request_duration_seconds",
-            "Time from request head to response head",
+            "Time from request head to the end of the response",
             request_duration.clone(),
         );
         let tcp_opened = Family::default();

@@ -179,3 +179,99 @@ impl RequestLine {
         (a, failed)
     }
 }
+
+/// A response body that calls `done` once, when it ends (or is dropped), with the gRPC status:
+/// from its trailers, else from the response head (`head_grpc`, a trailers-only response).
+pub struct OnEnd<B> {
+    body: B,
+    grpc: Option<u16>,
+    done: Option<Box<dyn FnOnce(Option<u16>) + Send>>,
+}
+
+impl<B> OnEnd<B> {
+    pub fn new(
+        body: B,
+        head_grpc: Option<u16>,
+        done: impl FnOnce(Option<u16>) + Send + 'static,
+    ) -> Self {
+        Self {
+            body,
+            grpc: head_grpc,
+            done: Some(Box::new(done)),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.grpc);
+        }
+    }
+}
+
+impl<B> Drop for OnEnd<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B> http_body::Body for OnEnd<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    this.grpc = Some(code);
+                }
+                if frame.is_trailers() || this.body.is_end_stream() {
+                    this.finish();
+                }
+            }
+            std::task::Poll::Ready(None | Some(Err(_))) => this.finish(),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The `grpc-status` in a header map, if any.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Records a request's metrics when its response ends: the duration histogram covers the whole
+/// exchange, and a gRPC status sent in trailers is counted too.
+pub fn record_on_end(
+    rsp: Response<crate::body::Body>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    mut labels: crate::metrics::RequestLabels,
+    grpc: bool,
+    start: tokio::time::Instant,
+) -> Response<crate::body::Body> {
+    let head = grpc_status(rsp.headers());
+    rsp.map(|b| {
+        crate::body::boxed(OnEnd::new(b, head, move |status| {
+            if grpc {
+                labels.grpc_status = status.map(|s| s.to_string()).unwrap_or_default();
+            }
+            metrics.record_request(labels, start.elapsed().as_secs_f64());
+        }))
+    })
+}

@@ -81,12 +81,14 @@ impl Outbound {
         }
         let labels = RequestLabels {
             direction: OUTBOUND,
+            status_class: crate::metrics::status_class(rsp.status().as_u16()),
             service: info.service,
-            code: rsp.status().as_u16(),
+            route: info.route,
+            peer: info.peer_identity,
+            grpc_status: String::new(),
             error,
         };
-        self.metrics
-            .record_request(labels, start.elapsed().as_secs_f64());
+        let rsp = crate::observe::record_on_end(rsp, self.metrics.clone(), labels, grpc, start);
         Ok(rsp)
     }
 

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use weft_tests::apps::HttpApp;
 use weft_tests::*;
@@ -73,6 +74,20 @@ async fn every_scrape_passes_promtool_and_counts_the_traffic() {
         .unwrap();
     assert_eq!(r.status, 404);
 
+    // Requests are counted as their responses end: wait for all 11 on the client, 10 inbound.
+    let counted = |text: &str, direction: &str| {
+        metric(
+            text,
+            "weft_proxy_requests_total",
+            &[&format!("direction=\"{direction}\"")],
+        )
+    };
+    eventually("every request counted", Duration::from_secs(5), || async {
+        let c = scrape(client.admin, "/metrics").await;
+        let s = scrape(server.admin, "/metrics").await;
+        (counted(&c, "outbound") == 11.0 && counted(&s, "inbound") == 10.0).then_some(())
+    })
+    .await;
     let client_text = scrape(client.admin, "/metrics").await;
     let server_text = scrape(server.admin, "/metrics").await;
     let cp_text = scrape(mesh.api_addr, "/admin/metrics").await;
@@ -84,18 +99,20 @@ async fn every_scrape_passes_promtool_and_counts_the_traffic() {
         promtool(text).unwrap_or_else(|e| panic!("{who}: promtool: {e}\n{text}"));
     }
 
-    let out = |code: &str| {
+    let out = |class: &str| {
         metric(
             &client_text,
             "weft_proxy_requests_total",
             &[
                 "direction=\"outbound\"",
                 "service=\"orders.shop\"",
-                &format!("code=\"{code}\""),
+                "route=\"default\"",
+                "peer=\"spiffe://weft.local/ns/shop/sa/orders\"",
+                &format!("status_class=\"{class}\""),
             ],
         )
     };
-    assert_eq!((out("200"), out("503")), (7.0, 3.0), "{client_text}");
+    assert_eq!((out("2xx"), out("5xx")), (7.0, 3.0), "{client_text}");
     assert_eq!(
         metric(
             &client_text,
@@ -107,7 +124,10 @@ async fn every_scrape_passes_promtool_and_counts_the_traffic() {
     let inbound = metric(
         &server_text,
         "weft_proxy_requests_total",
-        &["direction=\"inbound\""],
+        &[
+            "direction=\"inbound\"",
+            "peer=\"spiffe://weft.local/ns/shop/sa/frontend\"",
+        ],
     );
     assert_eq!(inbound, 10.0, "{server_text}");
     assert_eq!(

@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+
 use weft_tests::apps::{self, HttpApp};
 use weft_tests::grpc::{echo_client::EchoClient, EchoRequest};
 use weft_tests::*;
@@ -112,6 +114,23 @@ async fn grpc_unary_and_server_streaming() {
         indexes.push(item.index);
     }
     assert_eq!(indexes, (0..50).collect::<Vec<_>>());
+
+    // Metrics carry the gRPC status, read from the trailers at the end of each response.
+    eventually("gRPC statuses counted", Duration::from_secs(5), || async {
+        let m = client.running().metrics.encode();
+        let n = |status: &str| {
+            metric(
+                &m,
+                "weft_proxy_requests_total",
+                &[
+                    "direction=\"outbound\"",
+                    &format!("grpc_status=\"{status}\""),
+                ],
+            )
+        };
+        (n("0") == 2.0 && n("9") == 1.0).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

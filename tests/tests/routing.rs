@@ -282,9 +282,20 @@ async fn proxy_errors_are_marked_and_counted() {
         "{r:?}"
     );
 
-    let metrics = client.running().metrics.encode();
-    assert!(
-        metrics.contains(r#"weft_proxy_requests_total{direction="outbound",service="orders.shop",code="502",error="connect-failed"} 2"#),
-        "{metrics}"
-    );
+    // Counted when each response has ended.
+    eventually("both failures counted", Duration::from_secs(5), || async {
+        let m = client.running().metrics.encode();
+        let n = metric(
+            &m,
+            "weft_proxy_requests_total",
+            &[
+                "direction=\"outbound\"",
+                "service=\"orders.shop\"",
+                "status_class=\"5xx\"",
+                "error=\"connect-failed\"",
+            ],
+        );
+        (n == 2.0).then_some(())
+    })
+    .await;
 }

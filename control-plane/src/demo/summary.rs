@@ -21,7 +21,7 @@ pub struct Rates {
 }
 
 /// Reads `weft_proxy_requests_total` and the duration histogram for `direction` and `service`
-/// out of a Prometheus text scrape. Failures are responses with a 5xx code.
+/// out of a Prometheus text scrape. Failures are responses with a 5xx status.
 pub fn parse(text: &str, direction: &str, service: &str) -> Counts {
     let mut c = Counts::default();
     for line in text.lines() {
@@ -43,7 +43,7 @@ pub fn parse(text: &str, direction: &str, service: &str) -> Counts {
         match name {
             "weft_proxy_requests_total" => {
                 c.requests += value;
-                if labels.get("code").is_some_and(|code| code.starts_with('5')) {
+                if labels.get("status_class").is_some_and(|c| c == "5xx") {
                     c.failures += value;
                 }
             }
@@ -118,15 +118,15 @@ mod tests {
     use super::*;
 
     const SCRAPE: &str = r#"
-weft_proxy_requests_total{direction="inbound",service="orders.shop",code="200",error=""} 90
-weft_proxy_requests_total{direction="inbound",service="orders.shop",code="503",error="no-endpoints"} 10
-weft_proxy_requests_total{direction="outbound",service="orders.shop",code="200",error=""} 7
-weft_proxy_request_duration_seconds_bucket{le="0.001",direction="inbound",service="orders.shop",code="200",error=""} 50
-weft_proxy_request_duration_seconds_bucket{le="0.005",direction="inbound",service="orders.shop",code="200",error=""} 90
-weft_proxy_request_duration_seconds_bucket{le="+Inf",direction="inbound",service="orders.shop",code="200",error=""} 90
-weft_proxy_request_duration_seconds_bucket{le="0.001",direction="inbound",service="orders.shop",code="503",error="no-endpoints"} 10
-weft_proxy_request_duration_seconds_bucket{le="0.005",direction="inbound",service="orders.shop",code="503",error="no-endpoints"} 10
-weft_proxy_request_duration_seconds_bucket{le="+Inf",direction="inbound",service="orders.shop",code="503",error="no-endpoints"} 10
+weft_proxy_requests_total{direction="inbound",service="orders.shop",status_class="2xx",error=""} 90
+weft_proxy_requests_total{direction="inbound",service="orders.shop",status_class="5xx",error="no-endpoints"} 10
+weft_proxy_requests_total{direction="outbound",service="orders.shop",status_class="2xx",error=""} 7
+weft_proxy_request_duration_seconds_bucket{le="0.001",direction="inbound",service="orders.shop",status_class="2xx",error=""} 50
+weft_proxy_request_duration_seconds_bucket{le="0.005",direction="inbound",service="orders.shop",status_class="2xx",error=""} 90
+weft_proxy_request_duration_seconds_bucket{le="+Inf",direction="inbound",service="orders.shop",status_class="2xx",error=""} 90
+weft_proxy_request_duration_seconds_bucket{le="0.001",direction="inbound",service="orders.shop",status_class="5xx",error="no-endpoints"} 10
+weft_proxy_request_duration_seconds_bucket{le="0.005",direction="inbound",service="orders.shop",status_class="5xx",error="no-endpoints"} 10
+weft_proxy_request_duration_seconds_bucket{le="+Inf",direction="inbound",service="orders.shop",status_class="5xx",error="no-endpoints"} 10
 "#;
 
     #[test]
