@@ -178,6 +178,8 @@ impl discovery_server::Discovery for DiscoveryService {
             quiet_until: None,
             ack_timeout: self.ack_timeout,
             unacked: None,
+            push_span: None,
+            push_version: String::new(),
         };
         let shutdown = self.shutdown.clone();
         tokio::spawn(conn.run(first, requests, tx, shutdown));
@@ -198,6 +200,9 @@ struct Connection {
     ack_timeout: Duration,
     /// The response in flight: its nonce, when its ACK or NACK is overdue, and when it was sent.
     unacked: Option<(u64, Instant, Instant)>,
+    /// The span of the push in flight, ended by its ACK or NACK, and its config version.
+    push_span: Option<weft_proxy::trace::Span>,
+    push_version: String,
 }
 
 impl Connection {
@@ -222,12 +227,21 @@ impl Connection {
                     nonce: self.nonce.to_string(),
                     config: Some(mesh.view(&self.node, &self.subscriptions)),
                 };
+                let version = rsp.version.clone();
                 if tx.send(Ok(rsp)).await.is_err() {
                     break "proxy went away";
                 }
                 dirty = false;
                 let now = Instant::now();
                 self.unacked = Some((self.nonce, now + self.ack_timeout, now));
+                if let Some(stale) = self.push_span.take() {
+                    self.end_push(stale, "superseded", None);
+                }
+                self.push_version = version;
+                self.push_span = self.state.tracer.start(
+                    weft_proxy::trace::SpanKind::Producer,
+                    &http::HeaderMap::new(),
+                );
                 self.state.metrics.pushes.inc();
             }
             let overdue = self.unacked.map(|(_, deadline, _)| deadline);
@@ -249,11 +263,37 @@ impl Connection {
                 () = shutdown.cancelled() => break "control plane stopping",
             }
         };
+        if let Some(span) = self.push_span.take() {
+            self.end_push(span, "unacknowledged", Some(reason.to_string()));
+        }
         if let Ok(mut m) = self.proxies.by_stream.lock() {
             m.remove(&self.stream_id);
         }
         self.state.metrics.proxies_connected.dec();
         tracing::info!(proxy = %self.node.id, reason, "proxy disconnected");
+    }
+
+    /// Ends a push's span: `outcome` is `ack`, `nack`, `superseded` or `unacknowledged`.
+    fn end_push(
+        &self,
+        span: weft_proxy::trace::Span,
+        outcome: &'static str,
+        error: Option<String>,
+    ) {
+        use weft_proxy::trace::KeyValue;
+        let mesh = self.state.mesh();
+        let attributes = vec![
+            KeyValue::new("weft.proxy.id", self.node.id.clone()),
+            KeyValue::new(
+                "weft.proxy.identity",
+                mesh.identity(&self.node.namespace, &self.node.service_account),
+            ),
+            KeyValue::new("weft.config.version", self.push_version.clone()),
+            KeyValue::new("weft.outcome", outcome),
+        ];
+        self.state
+            .tracer
+            .finish(span, "push config".into(), attributes, error);
     }
 
     /// Applies one request; returns whether the proxy's view changed.
@@ -287,6 +327,13 @@ impl Connection {
                         .push_duration
                         .observe(sent.elapsed().as_secs_f64());
                     self.unacked = None;
+                }
+            }
+            if let Some(span) = self.push_span.take() {
+                if req.error_detail.is_empty() {
+                    self.end_push(span, "ack", None);
+                } else {
+                    self.end_push(span, "nack", Some(req.error_detail.clone()));
                 }
             }
             if req.error_detail.is_empty() {

@@ -31,6 +31,12 @@ impl identity_server::Identity for IdentityService {
         &self,
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
+        use weft_proxy::trace::{KeyValue, SpanKind};
+        let span = self
+            .state
+            .tracer
+            .start(SpanKind::Server, &http::HeaderMap::new());
+        let remote = request.remote_addr();
         let result = self.certify_one(request).await;
         let outcome = if result.is_ok() { "issued" } else { "refused" };
         self.state
@@ -38,6 +44,25 @@ impl identity_server::Identity for IdentityService {
             .certificates
             .get_or_create(&crate::metrics::Outcome { outcome })
             .inc();
+        if let Some(span) = span {
+            let mut attributes = vec![KeyValue::new("weft.outcome", outcome)];
+            if let Some(r) = remote {
+                attributes.push(KeyValue::new("client.address", r.ip().to_string()));
+            }
+            let error = match &result {
+                Ok(rsp) => {
+                    attributes.push(KeyValue::new(
+                        "weft.certificate.serial",
+                        rsp.get_ref().serial.clone(),
+                    ));
+                    None
+                }
+                Err(status) => Some(status.message().to_string()),
+            };
+            self.state
+                .tracer
+                .finish(span, "certify".into(), attributes, error);
+        }
         result
     }
 }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub push_duration: Histogram,
     pub certificates: Family<Outcome, Counter>,
+    pub trace: weft_proxy::trace::TraceCounters,
 }
 
 impl Default for Metrics {
@@ -84,6 +85,8 @@ impl Default for Metrics {
             "Certificate requests (Certify), by outcome (issued, refused)",
             certificates.clone(),
         );
+        let trace = weft_proxy::trace::TraceCounters::default();
+        trace.register(&mut registry);
         Self {
             registry,
             proxies_connected,
@@ -95,6 +98,7 @@ impl Default for Metrics {
             config_generation,
             push_duration,
             certificates,
+            trace,
         }
     }
 }

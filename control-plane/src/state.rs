@@ -9,6 +9,16 @@ use tokio::sync::watch;
 use crate::files;
 use crate::mesh::{Mesh, Trust};
 use crate::metrics::Metrics;
+use weft_proxy::trace::Tracer;
+
+/// Points the control plane's tracer where the mesh config says.
+fn configure_tracing(tracer: &Tracer, mesh: &Mesh) {
+    let t = mesh.settings.tracing.as_ref();
+    tracer.configure(
+        t.and_then(|t| t.otlp_endpoint.as_deref()).unwrap_or(""),
+        t.and_then(|t| t.sampling_ratio).unwrap_or(1.0),
+    );
+}
 
 pub struct State {
     mesh: watch::Sender<Arc<Mesh>>,
@@ -17,6 +27,9 @@ pub struct State {
     /// Held by whoever computes the next generation, so that two writers never lose a change.
     writer: Mutex<()>,
     pub metrics: Arc<Metrics>,
+    /// Spans of the control plane's own work (config pushes, certificate issuance), sent where
+    /// MeshConfig `tracing` says.
+    pub tracer: Arc<Tracer>,
 }
 
 impl State {
@@ -24,13 +37,25 @@ impl State {
         metrics
             .config_generation
             .set(i64::try_from(mesh.generation).unwrap_or(i64::MAX));
+        let tracer = Tracer::launch(
+            "weft-control-plane".into(),
+            "control-plane",
+            metrics.trace.clone(),
+        );
+        configure_tracing(&tracer, &mesh);
         Self {
             mesh: watch::channel(Arc::new(mesh)).0,
             trust_domain,
             last_error: Mutex::default(),
             writer: Mutex::default(),
             metrics,
+            tracer,
         }
+    }
+
+    fn publish(&self, next: Mesh) {
+        configure_tracing(&self.tracer, &next);
+        self.mesh.send_replace(Arc::new(next));
     }
 
     pub fn mesh(&self) -> Arc<Mesh> {
@@ -59,7 +84,7 @@ impl State {
         self.metrics
             .config_generation
             .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
-        self.mesh.send_replace(Arc::new(next));
+        self.publish(next);
     }
 
     /// The problems that refused the last reload, if it was refused.
@@ -102,7 +127,7 @@ impl State {
                 self.metrics
                     .config_generation
                     .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
-                self.mesh.send_replace(Arc::new(next));
+                self.publish(next);
             }
             Err(problems) => {
                 for p in &problems {

@@ -177,26 +177,11 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         shutdown.clone(),
     ));
 
-    let (tracer, export) = trace::Tracer::new(
+    let tracer = trace::Tracer::launch(
         format!("{}.{}", config.service, config.namespace),
-        metrics.clone(),
+        "proxy",
+        metrics.trace.clone(),
     );
-    // Spans are exported from a thread of its own, so that encoding and sending batches never
-    // holds up the proxy's workers; the thread ends when the tracer is dropped.
-    let spawned = std::thread::Builder::new()
-        .name("trace-export".into())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(export),
-                Err(e) => tracing::error!(error = %e, "cannot start the span exporter"),
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the span exporter");
-    }
     {
         // Tracing settings follow the mesh config.
         let (shutdown, discovery, tracer) = (shutdown.clone(), discovery.clone(), tracer.clone());

@@ -157,8 +157,7 @@ pub struct Metrics {
     pub overloaded: Family<LimitLabels, Counter>,
     pub rate_limited: Family<ServiceLabels, Counter>,
     pub faults: Family<FaultLabels, Counter>,
-    pub spans_exported: Counter,
-    pub spans_dropped: Family<ReasonLabels, Counter>,
+    pub trace: crate::trace::TraceCounters,
     pub access_log_dropped: Counter,
 }
 
@@ -314,18 +313,8 @@ impl Metrics {
             "Faults injected into outbound requests, by kind (delay, abort)",
             faults.clone(),
         );
-        let spans_exported = Counter::default();
-        registry.register(
-            "trace_spans_exported",
-            "Spans the collector accepted",
-            spans_exported.clone(),
-        );
-        let spans_dropped = Family::default();
-        registry.register(
-            "trace_spans_dropped",
-            "Sampled spans dropped instead of exported, by reason (queue-full, export-failed, no-collector)",
-            spans_dropped.clone(),
-        );
+        let trace = crate::trace::TraceCounters::default();
+        trace.register(&mut registry);
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped",
@@ -358,8 +347,7 @@ impl Metrics {
             overloaded,
             rate_limited,
             faults,
-            spans_exported,
-            spans_dropped,
+            trace,
             access_log_dropped,
         }
     }

@@ -21,7 +21,34 @@ pub use opentelemetry::KeyValue;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use tokio::sync::{mpsc, watch};
 
-use crate::metrics::{Metrics, ReasonLabels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::ReasonLabels;
+
+/// The counters of a tracer's export, registered by whoever owns the tracer (the proxy's and the
+/// control plane's metrics).
+#[derive(Clone, Debug, Default)]
+pub struct TraceCounters {
+    pub exported: Counter,
+    pub dropped: Family<ReasonLabels, Counter>,
+}
+
+impl TraceCounters {
+    /// Registers `trace_spans_exported` and `trace_spans_dropped` under the registry's prefix.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "trace_spans_exported",
+            "Spans the collector accepted",
+            self.exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Sampled spans dropped instead of exported, by reason (queue-full, export-failed, no-collector)",
+            self.dropped.clone(),
+        );
+    }
+}
 
 /// Spans waiting for export; beyond this, new spans are dropped.
 const QUEUE: usize = 4096;
@@ -245,22 +272,18 @@ pub struct Tracer {
     settings: ArcSwap<Settings>,
     changes: watch::Sender<Settings>,
     queue: mpsc::Sender<SpanData>,
-    metrics: Arc<Metrics>,
+    counters: TraceCounters,
     scope: InstrumentationScope,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`, used when the mesh config names no endpoint.
     env_endpoint: Option<String>,
 }
 
 impl Tracer {
-    /// A tracer and the task that exports its spans; `service` names this proxy's workload
-    /// (`service.name` of its spans).
-    pub fn new(
-        service: String,
-        metrics: Arc<Metrics>,
-    ) -> (
-        Arc<Self>,
-        impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
+    /// A tracer whose spans carry `service.name` = `service` and `weft.component` =
+    /// `component`, with its exporter running on a thread of its own (so that encoding and
+    /// sending batches never holds up the caller's workers); the thread ends when the tracer is
+    /// dropped.
+    pub fn launch(service: String, component: &'static str, counters: TraceCounters) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let env_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
             .ok()
@@ -274,13 +297,28 @@ impl Tracer {
             settings: ArcSwap::from_pointee(initial),
             changes,
             queue: tx,
-            metrics: metrics.clone(),
-            scope: InstrumentationScope::builder("weft-proxy")
+            counters: counters.clone(),
+            scope: InstrumentationScope::builder(format!("weft-{component}"))
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
             env_endpoint,
         });
-        (tracer, export(service, rx, settings_rx, metrics))
+        let task = export(service, component, rx, settings_rx, counters);
+        let spawned = std::thread::Builder::new()
+            .name("trace-export".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(task),
+                    Err(e) => tracing::error!(error = %e, "cannot start the span exporter"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the span exporter");
+        }
+        tracer
     }
 
     /// Applies the mesh config's tracing settings (an empty endpoint falls back to
@@ -370,13 +408,13 @@ impl Tracer {
     }
 
     fn dropped(&self, reason: &'static str, n: u64) {
-        dropped(&self.metrics, reason, n);
+        dropped(&self.counters, reason, n);
     }
 }
 
-fn dropped(metrics: &Metrics, reason: &'static str, n: u64) {
-    metrics
-        .spans_dropped
+fn dropped(counters: &TraceCounters, reason: &'static str, n: u64) {
+    counters
+        .dropped
         .get_or_create(&ReasonLabels { reason })
         .inc_by(n);
 }
@@ -385,13 +423,14 @@ fn dropped(metrics: &Metrics, reason: &'static str, n: u64) {
 /// exporter when the endpoint changes.
 async fn export(
     service: String,
+    component: &'static str,
     mut rx: mpsc::Receiver<SpanData>,
     mut settings: watch::Receiver<Settings>,
-    metrics: Arc<Metrics>,
+    counters: TraceCounters,
 ) {
     let resource = opentelemetry_sdk::Resource::builder_empty()
         .with_service_name(service)
-        .with_attributes([KeyValue::new("weft.component", "proxy")])
+        .with_attributes([KeyValue::new("weft.component", component)])
         .build();
     let build = |endpoint: &Option<String>| -> Option<opentelemetry_otlp::SpanExporter> {
         use opentelemetry_otlp::WithExportConfig;
@@ -438,16 +477,16 @@ async fn export(
             }
             let n = batch.len() as u64;
             match &exporter {
-                None => dropped(&metrics, "no-collector", n),
+                None => dropped(&counters, "no-collector", n),
                 Some(e) => match tokio::time::timeout(EXPORT_TIMEOUT, e.export(batch)).await {
                     Ok(Ok(())) => {
-                        metrics.spans_exported.inc_by(n);
+                        counters.exported.inc_by(n);
                     }
                     Ok(Err(err)) => {
                         tracing::debug!(error = %err, spans = n, "span export failed; dropped");
-                        dropped(&metrics, "export-failed", n);
+                        dropped(&counters, "export-failed", n);
                     }
-                    Err(_) => dropped(&metrics, "export-failed", n),
+                    Err(_) => dropped(&counters, "export-failed", n),
                 },
             }
         }

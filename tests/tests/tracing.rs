@@ -147,7 +147,7 @@ struct Setup {
     collector: Collector,
     client: Sidecar,
     _server: Sidecar,
-    _mesh: Mesh,
+    mesh: Mesh,
 }
 
 impl Setup {
@@ -177,7 +177,7 @@ impl Setup {
             collector,
             client,
             _server: server,
-            _mesh: mesh,
+            mesh,
         }
     }
 
@@ -391,4 +391,48 @@ async fn one_access_log_line_per_request_with_its_trace() {
         assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
         assert!(line["start"].as_str().unwrap().ends_with('Z'));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_traces_its_pushes_and_certificates() {
+    let t = Setup::start(1.0).await;
+    let ours = |name: &str| {
+        spans(&t.collector.output())
+            .into_iter()
+            .filter(|s| s.service == "weft-control-plane" && s.name == name)
+            .collect::<Vec<_>>()
+    };
+    let certified = eventually("certify spans", Duration::from_secs(15), || async {
+        let c = ours("certify");
+        (c.len() >= 2).then_some(c)
+    })
+    .await;
+    assert!(
+        certified
+            .iter()
+            .all(|s| s.attributes["weft.outcome"] == "issued"),
+        "{certified:?}"
+    );
+    let pushes = eventually("acknowledged pushes", Duration::from_secs(15), || async {
+        let p: Vec<_> = ours("push config")
+            .into_iter()
+            .filter(|s| s.attributes.get("weft.outcome").map(String::as_str) == Some("ack"))
+            .collect();
+        (p.len() >= 2).then_some(p)
+    })
+    .await;
+    let identities: std::collections::BTreeSet<_> = pushes
+        .iter()
+        .map(|s| s.attributes["weft.proxy.identity"].clone())
+        .collect();
+    assert!(
+        identities.contains("spiffe://weft.local/ns/shop/sa/frontend")
+            && identities.contains("spiffe://weft.local/ns/shop/sa/orders"),
+        "{identities:?}"
+    );
+    let m = t.mesh.state().metrics.encode();
+    assert!(
+        metric(&m, "weft_trace_spans_exported_total", &[]) >= 4.0,
+        "{m}"
+    );
 }
