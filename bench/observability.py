@@ -20,7 +20,7 @@ import argparse, os, shutil, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mesh import REL, ROOT, Procs, cpu_seconds, free_port, peak_rss_mib  # noqa: E402
-from resilience import config_version, constant_rate, start_weft, summary  # noqa: E402
+from resilience import constant_rate, rewrite_config, start_weft, summary  # noqa: E402
 
 
 def rotel_agent():
@@ -68,15 +68,7 @@ def main():
         ]
         for name, extra in setups:
             if extra:
-                before = config_version(c_admin)
-                with open(cfg + ".tmp", "w") as f:
-                    f.write(base + extra)
-                os.rename(cfg + ".tmp", cfg)
-                end = time.time() + 20
-                while config_version(c_admin) == before:
-                    if time.time() > end:
-                        raise SystemExit("the config did not reach the client proxy")
-                    time.sleep(0.05)
+                rewrite_config(cfg, base + extra, c_admin)
             exported0 = scrape(c_admin, "weft_proxy_trace_spans_exported_total")
             dropped0 = scrape(c_admin, "weft_proxy_trace_spans_dropped_total")
             cpu0 = {p: cpu_seconds(p) for p in pids}

@@ -63,6 +63,20 @@ def config_version(admin):
         return json.load(r).get("version", "")
 
 
+def rewrite_config(cfg, text, admin):
+    """Replaces the config file CFG with TEXT (atomically) and waits until the proxy whose admin
+    port is ADMIN runs a newer config version."""
+    before = config_version(admin)
+    with open(cfg + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(cfg + ".tmp", cfg)
+    end = time.time() + 20
+    while config_version(admin) == before:
+        if time.time() > end:
+            raise SystemExit("the new config did not reach the proxy")
+        time.sleep(0.05)
+
+
 def constant_rate(url, args):
     oha(url, args, ["-z", "3s", "-q", str(args.rate)])  # warm-up
     return oha(url, args, ["-z", f"{args.duration}s", "-q", str(args.rate), "--latency-correction"])
@@ -193,17 +207,9 @@ def main():
         pids = [client] + servers
         for name, policy in (("no policy", None), ("idle policy", IDLE_POLICY)):
             if policy:
-                before = config_version(c_admin)
                 with open(cfg) as f:
                     current = f.read()
-                with open(cfg + ".tmp", "w") as f:
-                    f.write(current + policy)
-                os.rename(cfg + ".tmp", cfg)
-                end = time.time() + 20
-                while config_version(c_admin) == before:
-                    if time.time() > end:
-                        raise SystemExit("the policy did not reach the client proxy")
-                    time.sleep(0.05)
+                rewrite_config(cfg, current + policy, c_admin)
             cpu0 = {p: cpu_seconds(p) for p in pids}
             run = constant_rate(url, args)
             cost.append(summary(name, run, [round(cpu_seconds(p) - cpu0[p], 2) for p in pids],

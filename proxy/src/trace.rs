@@ -68,6 +68,19 @@ const B3_PARENT: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
+/// Every header that carries trace context, W3C and B3: what an app passes on from the request
+/// it serves to the requests it makes.
+pub const HEADER_NAMES: [&str; 8] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
 /// How a request carried its trace context; the same format is injected onward.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Format {

@@ -104,18 +104,10 @@ async fn respond(
         .unwrap_or("")
         .to_string();
     let version = format!("{:?}", req.version());
-    let trace_headers: Vec<(String, http::HeaderValue)> = [
-        "traceparent",
-        "tracestate",
-        "b3",
-        "x-b3-traceid",
-        "x-b3-spanid",
-        "x-b3-parentspanid",
-        "x-b3-sampled",
-    ]
-    .iter()
-    .filter_map(|h| Some((format!("x-seen-{h}"), req.headers().get(*h)?.clone())))
-    .collect();
+    let trace_headers: Vec<(String, http::HeaderValue)> = weft_proxy::trace::HEADER_NAMES
+        .iter()
+        .filter_map(|h| Some((format!("x-seen-{h}"), req.headers().get(*h)?.clone())))
+        .collect();
     let body = req
         .into_body()
         .collect()

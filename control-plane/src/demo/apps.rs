@@ -23,17 +23,6 @@ pub fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(connector)
 }
 
-/// The trace context headers an app passes from the request it serves to the ones it makes.
-const TRACE_HEADERS: [&str; 7] = [
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-    "x-b3-spanid",
-    "x-b3-parentspanid",
-    "x-b3-sampled",
-];
-
 /// What one app does with a request.
 #[derive(Clone)]
 pub struct App {
@@ -87,7 +76,7 @@ async fn handle(
         let uri = format!("http://{next}{}", req.uri().path());
         // Like any app in a mesh, pass the trace context on, so that one trace spans every hop.
         let mut downstream = Request::get(uri);
-        for h in TRACE_HEADERS {
+        for h in weft_proxy::trace::HEADER_NAMES {
             if let Some(v) = req.headers().get(h) {
                 downstream = downstream.header(h, v);
             }
