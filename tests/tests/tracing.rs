@@ -430,9 +430,14 @@ async fn the_control_plane_traces_its_pushes_and_certificates() {
             && identities.contains("spiffe://weft.local/ns/shop/sa/orders"),
         "{identities:?}"
     );
-    let m = t.mesh.state().metrics.encode();
-    assert!(
-        metric(&m, "weft_trace_spans_exported_total", &[]) >= 4.0,
-        "{m}"
-    );
+    // Counted once the collector's answer is back, which may be after it logged the spans.
+    eventually(
+        "the control plane counts its exports",
+        Duration::from_secs(5),
+        || async {
+            let m = t.mesh.state().metrics.encode();
+            (metric(&m, "weft_trace_spans_exported_total", &[]) >= 4.0).then_some(())
+        },
+    )
+    .await;
 }
