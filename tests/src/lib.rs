@@ -497,6 +497,20 @@ pub async fn create_token(mesh: &Mesh, workload: &str, ttl: &str) -> (String, St
     )
 }
 
+/// The most common mesh of the tests: a client sidecar (`shop/frontend`, with an `upstream`
+/// listener for `orders.shop:8080`) and a server sidecar (`shop/orders`) in front of `app`, the
+/// Service declared with `protocol`; both ready. Returns (mesh, client, server).
+pub async fn pair(protocol: &str, app: SocketAddr) -> (Mesh, Sidecar, Sidecar) {
+    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+    let mut server = Sidecar::bind(&[]).await;
+    let mesh = Mesh::start(&service_yaml("shop", "orders", protocol, &[server.inbound])).await;
+    server.start(&mesh, "shop", "orders", app);
+    server.ready().await;
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
+    client.ready().await;
+    (mesh, client, server)
+}
+
 /// YAML for a Service whose endpoints are the given proxies' inbound listeners.
 pub fn service_yaml(ns: &str, name: &str, protocol: &str, endpoints: &[SocketAddr]) -> String {
     let eps: Vec<String> = endpoints

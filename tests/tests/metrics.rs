@@ -46,13 +46,7 @@ async fn scrape(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scrape_passes_promtool_and_counts_the_traffic() {
     let app = HttpApp::start("orders").await;
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
-    server.start(&mesh, "shop", "orders", app.addr);
-    server.ready().await;
-    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
-    client.ready().await;
+    let (mesh, client, server) = pair("HTTP", app.addr).await;
     let http = http1_client();
     for _ in 0..7 {
         assert_eq!(

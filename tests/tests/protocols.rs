@@ -13,19 +13,6 @@ use weft_tests::apps::{self, HttpApp};
 use weft_tests::grpc::{echo_client::EchoClient, EchoRequest};
 use weft_tests::*;
 
-/// One client sidecar with an upstream listener for `orders.shop:8080`, one server sidecar in
-/// front of `app`, the Service declared with `protocol`.
-async fn pair(protocol: &str, app: std::net::SocketAddr) -> (Mesh, Sidecar, Sidecar) {
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mesh = Mesh::start(&service_yaml("shop", "orders", protocol, &[server.inbound])).await;
-    server.start(&mesh, "shop", "orders", app);
-    server.ready().await;
-    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
-    client.ready().await;
-    (mesh, client, server)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_and_http2_reach_the_app_in_the_version_the_caller_used() {
     let app = HttpApp::start("orders").await;

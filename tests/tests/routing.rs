@@ -34,13 +34,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_authority_and_by_upstream_mapping() {
     let app = HttpApp::start("orders").await;
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
-    server.start(&mesh, "shop", "orders", app.addr);
-    server.ready().await;
-    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
-    client.ready().await;
+    let (_mesh, client, _server) = pair("HTTP", app.addr).await;
     let http = http1_client();
 
     let r = get(&http, client.upstreams[0], "localhost:1234", "/by-mapping")
