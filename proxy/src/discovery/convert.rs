@@ -629,6 +629,121 @@ mod tests {
         assert!(Arc::ptr_eq(&ep(&a), &ep(&b)));
     }
 
+    fn with_policy(policy: pb::TrafficPolicy) -> pb::Service {
+        let mut svc = orders("127.0.0.1:4143");
+        svc.policy = Some(policy.clone());
+        svc.backends[0].policy = Some(policy);
+        svc
+    }
+
+    #[test]
+    fn an_invalid_policy_is_rejected_with_its_field() {
+        let bad = |p: pb::TrafficPolicy| {
+            snapshot(
+                &response(vec![with_policy(p)]),
+                &EndpointRegistry::default(),
+            )
+            .unwrap_err()
+        };
+        let e = bad(pb::TrafficPolicy {
+            fault_injection: Some(pb::FaultInjection {
+                abort_percent: 150.0,
+                abort_status: 503,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(e.contains("faultInjection.abort.percent 150"), "{e}");
+        let e = bad(pb::TrafficPolicy {
+            retries: Some(pb::Retries {
+                on: vec!["sometimes".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(e.contains("retries.on \"sometimes\""), "{e}");
+        // A rate limit applies to the proxy's own inbound side.
+        let mut rsp = response(vec![]);
+        if let Some(c) = rsp.config.as_mut() {
+            c.inbound = Some(pb::Inbound {
+                service: "orders".into(),
+                namespace: "shop".into(),
+                policy: Some(pb::TrafficPolicy {
+                    rate_limit: Some(pb::RateLimit {
+                        requests_per_second: -1.0,
+                        burst: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        let e = snapshot(&rsp, &EndpointRegistry::default()).unwrap_err();
+        assert!(e.contains("rateLimit.requestsPerSecond"), "{e}");
+    }
+
+    #[test]
+    fn policy_defaults_and_route_overrides() {
+        let policy = pb::TrafficPolicy {
+            timeouts: Some(pb::Timeouts {
+                connect_ms: 250,
+                request_ms: 2000,
+                idle_ms: 0,
+            }),
+            retries: Some(pb::Retries {
+                attempts: 3,
+                ..Default::default()
+            }),
+            circuit_breaker: Some(pb::CircuitBreaker {
+                max_requests: 10,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut svc = with_policy(policy);
+        svc.rules.push(pb::RouteRule {
+            route: "shop/orders".into(),
+            backends: vec![pb::BackendRef {
+                name: "orders".into(),
+                namespace: "shop".into(),
+                port: 0,
+                weight: 1,
+            }],
+            timeouts: Some(pb::RouteTimeouts {
+                request_ms: 500,
+                backend_request_ms: 100,
+            }),
+            retry: Some(pb::RouteRetry {
+                codes: vec![409],
+                attempts: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let snap = snapshot(&response(vec![svc]), &EndpointRegistry::default()).unwrap();
+        let s = &snap.services[&ServiceKey::new("orders", "shop")];
+        let default = &s.default_rule.policy;
+        assert_eq!(default.request_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(default.retry.max_retries, 3);
+        assert!(default.retry.on.gateway_error && default.retry.on.reset);
+        assert_eq!(default.retry.budget, BudgetParams::default());
+        let rule = &s.rules[0].policy;
+        assert_eq!(rule.request_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(rule.retry.per_try_timeout, Some(Duration::from_millis(100)));
+        assert_eq!(
+            (rule.retry.max_retries, &rule.retry.on.statuses[..]),
+            (1, &[409][..])
+        );
+        let backend = &s.rules[0].split.targets[0].backend.policy;
+        assert_eq!(backend.connect_timeout, Duration::from_millis(250));
+        assert!(
+            backend.outlier.is_none(),
+            "ejection only with consecutiveFailures"
+        );
+        assert_eq!(backend.limits.max_requests, Some(10));
+        assert_eq!(backend.limits.max_connections, None);
+    }
+
     #[test]
     fn rule_with_unsent_backend_is_rejected() {
         let mut svc = orders("127.0.0.1:4143");
