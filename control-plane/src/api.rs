@@ -13,6 +13,7 @@ use weft_proxy::body::{self, Body};
 
 use crate::ca::{Ca, CaError, Phase, Step};
 use crate::discovery::Proxies;
+use crate::resources;
 use crate::state::State;
 use crate::tokens::{Record, Tokens, Workload};
 
@@ -96,8 +97,68 @@ impl Api {
             (&Method::GET, "/api/v1/proxies") => {
                 json(&serde_json::json!({ "items": self.proxies.list() }))
             }
+            (_, p) if p.starts_with("/api/v1/") => self.resources_api(&req),
             _ => text(StatusCode::NOT_FOUND, "not found"),
         })
+    }
+
+    /// `GET /api/v1/{kind}[?namespace=NS]` and `GET /api/v1/{kind}/{namespace}/{name}`: the
+    /// resources in force. `{kind}` is the kind in any case or its lowercase plural.
+    fn resources_api<B>(&self, req: &Request<B>) -> Response<Body> {
+        let path = req.uri().path().trim_start_matches("/api/v1/");
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let Some(kind) = parts.first().and_then(|k| resources::kind_named(k)) else {
+            let known: Vec<&str> = resources::KINDS.iter().map(|(k, _)| *k).collect();
+            return text(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "unknown kind {:?}; the API serves proxies, {}",
+                    parts.first().unwrap_or(&""),
+                    known.join(", ")
+                ),
+            );
+        };
+        if req.method() != Method::GET {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "resources are read-only through the API for now: they come from `weft serve --config` files",
+            );
+        }
+        let mesh = self.state.mesh();
+        let mut of_kind = mesh
+            .resources
+            .iter()
+            .map(|s| &s.resource)
+            .filter(|r| r.kind() == kind);
+        match parts.as_slice() {
+            [_] => {
+                let ns = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("namespace=")));
+                let items: Vec<_> = of_kind
+                    .filter(|r| ns.is_none_or(|ns| r.metadata().namespace == ns))
+                    .collect();
+                json(&serde_json::json!({ "kind": kind, "items": items }))
+            }
+            [_, ns, name] => match of_kind.find(|r| {
+                let m = r.metadata();
+                m.namespace == *ns && m.name == *name
+            }) {
+                Some(r) => match serde_json::to_value(r) {
+                    Ok(v) => json(&v),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                },
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    &format!("{kind} {ns}/{name} not found"),
+                ),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "expected /api/v1/{kind} or /api/v1/{kind}/{namespace}/{name}",
+            ),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod client;
 pub mod demo;
 pub mod discovery;
 pub mod files;
+pub mod get;
 pub mod grpc_tls;
 pub mod identity;
 pub mod kubernetes;

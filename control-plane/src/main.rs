@@ -60,6 +60,24 @@ enum Command {
         #[arg(long)]
         otlp_endpoint: Option<String>,
     },
+    /// Show the resources in force (`weft get services`, `weft get httproute orders -n shop -o
+    /// yaml`) or the connected proxies (`weft get proxies`).
+    Get {
+        /// A kind (Service, HTTPRoute, TrafficPolicy, AuthorizationPolicy, MeshConfig; singular or
+        /// plural, any case), or `proxies`.
+        kind: String,
+        /// One resource's name (a proxy: its identity, service or id).
+        name: Option<String>,
+        /// The namespace [default: all for a list, `default` for a name].
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Print YAML or JSON instead of a table.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<weft::get::Output>,
+        /// The control plane's API.
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
+        server: String,
+    },
     /// Manage join tokens: proofs of identity for proxies outside Kubernetes.
     Token {
         #[command(subcommand)]
@@ -220,6 +238,28 @@ async fn run(command: Command) -> ExitCode {
             }
         }
         Command::Token { command, server } => token(command, &server).await,
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            output,
+            server,
+        } => {
+            let api = weft::client::ApiClient::new(&server);
+            match weft::get::get(&api, &kind, name.as_deref(), namespace.as_deref(), output).await {
+                Ok(out) => {
+                    print!("{out}");
+                    if !out.ends_with('\n') {
+                        println!();
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("weft get: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Proxy { .. } => ExitCode::FAILURE,
     }
 }

@@ -42,6 +42,20 @@ pub const KINDS: [(&str, &str); 5] = [
     ("AuthorizationPolicy", WEFT_API),
 ];
 
+/// The kind a name in a URL or on the command line means: the kind itself in any case, or its
+/// lowercase plural (`services`, `httproutes`, `trafficpolicies`, ...).
+pub fn kind_named(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    KINDS.iter().map(|(k, _)| *k).find(|k| {
+        let k = k.to_ascii_lowercase();
+        let plural = match k.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{k}s"),
+        };
+        lower == k || lower == plural
+    })
+}
+
 impl Resource {
     pub fn kind(&self) -> &'static str {
         match self {
@@ -701,6 +715,16 @@ spec:
         let p = one_problem("apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: a}\nspec:\n  targetRef: {name: a}\n  timeouts: {request: 5 parsecs}\n");
         assert_eq!(p.field, "spec.timeouts.request");
         assert!(p.message.contains("unknown unit"), "{}", p.message);
+    }
+
+    #[test]
+    fn kinds_are_named_as_users_write_them() {
+        assert_eq!(kind_named("services"), Some("Service"));
+        assert_eq!(kind_named("HTTPRoute"), Some("HTTPRoute"));
+        assert_eq!(kind_named("httproutes"), Some("HTTPRoute"));
+        assert_eq!(kind_named("trafficpolicies"), Some("TrafficPolicy"));
+        assert_eq!(kind_named("meshconfig"), Some("MeshConfig"));
+        assert_eq!(kind_named("pods"), None);
     }
 
     #[test]
