@@ -128,6 +128,45 @@ class Procs:
         self.procs = []
 
 
+def service_yaml(endpoints):
+    eps = ", ".join(f'{{address: "127.0.0.1:{p}"}}' for p in endpoints)
+    return f"""apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: upstream, namespace: bench}}
+spec:
+  ports: [{{port: 8080, protocol: HTTP}}]
+  endpoints: [{eps}]
+"""
+
+
+def start_weft(tmp, procs, upstreams, policy, bindir=REL):
+    """Control plane, one server proxy per upstream, one client proxy; returns (client url,
+    client pid, server pids, client admin port, config path)."""
+    grpc, api, c_in, c_out, c_admin, c_up = (free_port() for _ in range(6))
+    servers = [(free_port(), free_port(), free_port()) for _ in upstreams]
+    cfg = f"{tmp}/mesh.yaml"
+    with open(cfg, "w") as f:
+        f.write(service_yaml([s[0] for s in servers]) + policy)
+    procs.start([os.path.join(bindir, "weft"), "serve", "--config", cfg, "--data-dir", f"{tmp}/data",
+                 "--grpc-addr", f"127.0.0.1:{grpc}", "--api-addr", f"127.0.0.1:{api}"], f"{tmp}/weft.log")
+    wait_http(f"http://127.0.0.1:{api}/admin/ready")
+    pids = []
+    for i, ((s_in, s_out, s_admin), up) in enumerate(zip(servers, upstreams)):
+        p = procs.start(weft_proxy_cmd(tmp, grpc, api, "upstream",
+                        "--inbound-addr", f"127.0.0.1:{s_in}", "--outbound-addr", f"127.0.0.1:{s_out}",
+                        "--admin-addr", f"127.0.0.1:{s_admin}", "--app-addr", f"127.0.0.1:{up}", bindir=bindir),
+                        f"{tmp}/server-{i}.log", env=weft_proxy_env())
+        pids.append(p.pid)
+        wait_http(f"http://127.0.0.1:{s_admin}/ready")
+    client = procs.start(weft_proxy_cmd(tmp, grpc, api, "client",
+                         "--inbound-addr", f"127.0.0.1:{c_in}", "--outbound-addr", f"127.0.0.1:{c_out}",
+                         "--admin-addr", f"127.0.0.1:{c_admin}", "--upstream", f"127.0.0.1:{c_up}=upstream.bench:8080",
+                         bindir=bindir),
+                         f"{tmp}/client.log", env=weft_proxy_env())
+    wait_http(f"http://127.0.0.1:{c_admin}/ready")
+    return f"http://127.0.0.1:{c_up}/", client.pid, pids, c_admin, cfg
+
+
 def envoy_config(port, admin, target, h2_upstream, route_extra="", cluster_extra=""):
     """An Envoy proxy on PORT sending everything to TARGET (a port, or a list of ports: one
     cluster of several endpoints). ROUTE_EXTRA and CLUSTER_EXTRA are YAML lines added to the
@@ -206,29 +245,8 @@ def main():
         results.append(measure("direct", f"http://127.0.0.1:{up}/", [], args))
 
         # weft: control plane, server-side proxy in front of the upstream, client-side proxy.
-        grpc, api, s_in, s_out, s_admin, c_in, c_out, c_admin, c_up = (free_port() for _ in range(9))
-        with open(f"{tmp}/mesh.yaml", "w") as f:
-            f.write(f"""apiVersion: weft.dev/v1alpha1
-kind: Service
-metadata: {{name: upstream, namespace: bench}}
-spec:
-  ports: [{{port: 8080, protocol: HTTP}}]
-  endpoints: [{{address: "127.0.0.1:{s_in}"}}]
-""")
-        procs.start([os.path.join(REL, "weft"), "serve", "--config", f"{tmp}/mesh.yaml", "--data-dir", f"{tmp}/data",
-                     "--grpc-addr", f"127.0.0.1:{grpc}", "--api-addr", f"127.0.0.1:{api}"], f"{tmp}/weft.log")
-        wait_http(f"http://127.0.0.1:{api}/admin/ready")
-        server = procs.start(weft_proxy_cmd(tmp, grpc, api, "upstream",
-                              "--inbound-addr", f"127.0.0.1:{s_in}", "--outbound-addr", f"127.0.0.1:{s_out}",
-                              "--admin-addr", f"127.0.0.1:{s_admin}", "--app-addr", f"127.0.0.1:{up}"), f"{tmp}/server.log",
-                             env=weft_proxy_env())
-        client = procs.start(weft_proxy_cmd(tmp, grpc, api, "client",
-                              "--inbound-addr", f"127.0.0.1:{c_in}", "--outbound-addr", f"127.0.0.1:{c_out}",
-                              "--admin-addr", f"127.0.0.1:{c_admin}", "--upstream", f"127.0.0.1:{c_up}=upstream.bench:8080"),
-                             f"{tmp}/client.log", env=weft_proxy_env())
-        wait_http(f"http://127.0.0.1:{s_admin}/ready")
-        wait_http(f"http://127.0.0.1:{c_admin}/ready")
-        results.append(measure("weft", f"http://127.0.0.1:{c_up}/", [client.pid, server.pid], args, args.profile))
+        url, client, servers, _, _ = start_weft(tmp, procs, [up], "")
+        results.append(measure("weft", url, [client, *servers], args, args.profile))
 
         # Envoy: the same shape. Client Envoy speaks HTTP/2 to the server Envoy, which speaks
         # HTTP/1.1 to the upstream.

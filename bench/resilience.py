@@ -22,8 +22,8 @@ All traffic stays on 127.0.0.1; every load is bounded by --duration.
 import argparse, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mesh import (REL, ROOT, Procs, cpu_seconds, envoy_config, free_port, oha, peak_rss_mib, wait_http,  # noqa: E402
-                  weft_proxy_cmd, weft_proxy_env)
+from mesh import (REL, ROOT, Procs, cpu_seconds, envoy_config, free_port, oha, peak_rss_mib,  # noqa: E402
+                  service_yaml, start_weft, wait_http)
 
 IDLE_POLICY = """---
 apiVersion: weft.dev/v1alpha1
@@ -44,17 +44,6 @@ spec:
   targetRef: {name: upstream}
   retries: {attempts: 2, on: [5xx], budget: {ratio: 0.2, minPerSecond: 10}}
   circuitBreaker: {consecutiveFailures: 5, baseEjectionTime: 30s, maxEjectedPercent: 50}
-"""
-
-
-def service_yaml(endpoints):
-    eps = ", ".join(f'{{address: "127.0.0.1:{p}"}}' for p in endpoints)
-    return f"""apiVersion: weft.dev/v1alpha1
-kind: Service
-metadata: {{name: upstream, namespace: bench}}
-spec:
-  ports: [{{port: 8080, protocol: HTTP}}]
-  endpoints: [{eps}]
 """
 
 
@@ -97,34 +86,6 @@ def summary(name, run, cpu=None, rss=None):
         "statuses": status, "errors": errors,
         "cpu_s_per_proxy": cpu or [], "peak_rss_mib_per_proxy": rss or [],
     }
-
-
-def start_weft(tmp, procs, upstreams, policy, bindir=REL):
-    """Control plane, one server proxy per upstream, one client proxy; returns (client url,
-    client pid, server pids, client admin port, config path)."""
-    grpc, api, c_in, c_out, c_admin, c_up = (free_port() for _ in range(6))
-    servers = [(free_port(), free_port(), free_port()) for _ in upstreams]
-    cfg = f"{tmp}/mesh.yaml"
-    with open(cfg, "w") as f:
-        f.write(service_yaml([s[0] for s in servers]) + policy)
-    procs.start([os.path.join(bindir, "weft"), "serve", "--config", cfg, "--data-dir", f"{tmp}/data",
-                 "--grpc-addr", f"127.0.0.1:{grpc}", "--api-addr", f"127.0.0.1:{api}"], f"{tmp}/weft.log")
-    wait_http(f"http://127.0.0.1:{api}/admin/ready")
-    pids = []
-    for i, ((s_in, s_out, s_admin), up) in enumerate(zip(servers, upstreams)):
-        p = procs.start(weft_proxy_cmd(tmp, grpc, api, "upstream",
-                        "--inbound-addr", f"127.0.0.1:{s_in}", "--outbound-addr", f"127.0.0.1:{s_out}",
-                        "--admin-addr", f"127.0.0.1:{s_admin}", "--app-addr", f"127.0.0.1:{up}", bindir=bindir),
-                        f"{tmp}/server-{i}.log", env=weft_proxy_env())
-        pids.append(p.pid)
-        wait_http(f"http://127.0.0.1:{s_admin}/ready")
-    client = procs.start(weft_proxy_cmd(tmp, grpc, api, "client",
-                         "--inbound-addr", f"127.0.0.1:{c_in}", "--outbound-addr", f"127.0.0.1:{c_out}",
-                         "--admin-addr", f"127.0.0.1:{c_admin}", "--upstream", f"127.0.0.1:{c_up}=upstream.bench:8080",
-                         bindir=bindir),
-                         f"{tmp}/client.log", env=weft_proxy_env())
-    wait_http(f"http://127.0.0.1:{c_admin}/ready")
-    return f"http://127.0.0.1:{c_up}/", client.pid, pids, c_admin, cfg
 
 
 def envoy_failover(tmp, procs, upstreams):
