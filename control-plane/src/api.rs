@@ -1,8 +1,13 @@
-//! The control plane's HTTP listener (`api-addr`): admin endpoints under `/admin`, and the
-//! read-only part of the API that exists so far (`GET /api/v1/proxies`).
+//! The control plane's HTTP listener (`api-addr`): admin endpoints under `/admin`, and the API
+//! under `/api/v1` (docs/api.md; its OpenAPI document at `/api/v1/openapi.json`).
+//!
+//! Callers on loopback need no credentials. Off loopback, everything but the probes and
+//! `/admin/metrics` needs a bearer token from `--api-token-file`; join tokens and the CA stay
+//! loopback-only.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +19,7 @@ use weft_proxy::body::{self, Body};
 use crate::ca::{Ca, CaError, Phase, Step};
 use crate::discovery::Proxies;
 use crate::resources;
-use crate::state::State;
+use crate::state::{Action, State, Write, WriteError, WriteOutcome, REQUEST_SOURCE};
 use crate::tokens::{Record, Tokens, Workload};
 
 /// What the API reads requests from: hyper's `Incoming`, or any body in tests.
@@ -38,7 +43,13 @@ pub struct Api {
     pub proxies: Arc<Proxies>,
     pub tokens: Arc<Tokens>,
     pub shutdown: CancellationToken,
+    /// Bearer tokens for callers off loopback (`weft serve --api-token-file`), re-read on use so
+    /// that a token can be added or revoked without a restart.
+    pub api_tokens: Option<PathBuf>,
 }
+
+/// Who made a request, as the audit log names them.
+struct Caller(String);
 
 impl Api {
     pub async fn handle<B: RequestBody>(
@@ -47,8 +58,21 @@ impl Api {
         req: Request<B>,
     ) -> Result<Response<Body>, Infallible> {
         let path = req.uri().path();
-        // Tokens grant identities and the CA decides what is trusted: loopback callers only,
-        // until the API has authentication.
+        // Probes and Prometheus need no credentials; everything else off loopback does.
+        let open = req.method() == Method::GET
+            && matches!(path, "/admin/live" | "/admin/ready" | "/admin/metrics");
+        let caller = if peer.ip().is_loopback() {
+            Caller(format!("loopback {peer}"))
+        } else if open {
+            Caller(format!("anonymous {peer}"))
+        } else {
+            match self.authenticate(peer, &req) {
+                Ok(c) => c,
+                Err(why) => return Ok(unauthorized(why)),
+            }
+        };
+        // Tokens grant identities and the CA decides what is trusted: callers on the control
+        // plane's own host only, whatever their credentials.
         let privileged = path.starts_with("/api/v1/tokens") || path.starts_with("/api/v1/ca");
         if privileged && !peer.ip().is_loopback() {
             return Ok(text(
@@ -97,15 +121,37 @@ impl Api {
             (&Method::GET, "/api/v1/proxies") => {
                 json(&serde_json::json!({ "items": self.proxies.list() }))
             }
-            (_, p) if p.starts_with("/api/v1/") => self.resources_api(&req),
+            (&Method::GET, "/api/v1/openapi.json") => typed(
+                StatusCode::OK,
+                crate::openapi::DOCUMENT.to_string(),
+                "application/json",
+            ),
+            (&Method::GET, "/api/v1/audit") => {
+                let limit = query(&req, "limit")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(100);
+                let state = self.state.clone();
+                match tokio::task::spawn_blocking(move || state.audit(limit)).await {
+                    Ok(Ok(items)) => json(&serde_json::json!({ "items": items })),
+                    Ok(Err(e)) => write_error(&e),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                }
+            }
+            (&Method::POST, "/api/v1/apply") => self.apply(req, &caller).await,
+            (_, p) if p.starts_with("/api/v1/") => self.resources_api(req, &caller).await,
             _ => text(StatusCode::NOT_FOUND, "not found"),
         })
     }
 
-    /// `GET /api/v1/{kind}[?namespace=NS]` and `GET /api/v1/{kind}/{namespace}/{name}`: the
-    /// resources in force. `{kind}` is the kind in any case or its lowercase plural.
-    fn resources_api<B>(&self, req: &Request<B>) -> Response<Body> {
-        let path = req.uri().path().trim_start_matches("/api/v1/");
+    /// `GET /api/v1/{kind}[?namespace=NS]`, and `GET`, `PUT` and `DELETE
+    /// /api/v1/{kind}/{namespace}/{name}`: the resources in force, and writes of one. `{kind}` is
+    /// the kind in any case or its lowercase plural.
+    async fn resources_api<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        caller: &Caller,
+    ) -> Response<Body> {
+        let path = req.uri().path().trim_start_matches("/api/v1/").to_string();
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let Some(kind) = parts.first().and_then(|k| resources::kind_named(k)) else {
             let known: Vec<&str> = resources::KINDS.iter().map(|(k, _)| *k).collect();
@@ -118,11 +164,28 @@ impl Api {
                 ),
             );
         };
-        if req.method() != Method::GET {
-            return text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "resources are read-only through the API for now: they come from `weft serve --config` files",
-            );
+        match (req.method().clone(), parts.as_slice()) {
+            (Method::GET, _) => {}
+            (Method::PUT, [_, ns, name]) => {
+                let (ns, name) = (ns.to_string(), name.to_string());
+                return self.put(req, kind, &ns, &name, caller).await;
+            }
+            (Method::DELETE, [_, ns, name]) => {
+                let write = Write::Delete {
+                    id: format!("{kind}/{ns}/{name}"),
+                    resource_version: query(&req, "resourceVersion").map(str::to_string),
+                };
+                return match self.write(write, caller).await {
+                    Ok(_) => json(&serde_json::json!({ "deleted": format!("{kind}/{ns}/{name}") })),
+                    Err(e) => write_error(&e),
+                };
+            }
+            _ => {
+                return text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "use GET /api/v1/{kind}, GET, PUT or DELETE /api/v1/{kind}/{namespace}/{name}, POST /api/v1/apply",
+                )
+            }
         }
         let mesh = self.state.mesh();
         let mut of_kind = mesh
@@ -132,10 +195,7 @@ impl Api {
             .filter(|r| r.kind() == kind);
         match parts.as_slice() {
             [_] => {
-                let ns = req
-                    .uri()
-                    .query()
-                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("namespace=")));
+                let ns = query(&req, "namespace");
                 let items: Vec<_> = of_kind
                     .filter(|r| ns.is_none_or(|ns| r.metadata().namespace == ns))
                     .collect();
@@ -158,6 +218,119 @@ impl Api {
                 StatusCode::NOT_FOUND,
                 "expected /api/v1/{kind} or /api/v1/{kind}/{namespace}/{name}",
             ),
+        }
+    }
+    /// Checks `Authorization: Bearer TOKEN` against `--api-token-file`; the error says why not.
+    fn authenticate<B>(&self, peer: SocketAddr, req: &Request<B>) -> Result<Caller, &'static str> {
+        let Some(file) = &self.api_tokens else {
+            return Err("this API accepts no credentials (weft serve has no --api-token-file)");
+        };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or("no bearer token")?;
+        let tokens = std::fs::read_to_string(file).map_err(|e| {
+            tracing::error!(file = %file.display(), error = %e, "cannot read the API token file");
+            "the token file cannot be read"
+        })?;
+        match crate::tokens::check_api_token(&tokens, presented) {
+            Some(user) => Ok(Caller(format!("user {user} (bearer token) from {peer}"))),
+            None => {
+                tracing::warn!(%peer, "API request with an unknown bearer token");
+                Err("unknown bearer token")
+            }
+        }
+    }
+
+    /// Runs a write off the async threads: it waits for the store's fsync.
+    async fn write(&self, write: Write, caller: &Caller) -> Result<Vec<WriteOutcome>, WriteError> {
+        let (state, who) = (self.state.clone(), caller.0.clone());
+        tokio::task::spawn_blocking(move || state.write(write, &who))
+            .await
+            .unwrap_or_else(|e| Err(WriteError::Store(crate::store::StoreError::other(e))))
+    }
+
+    /// `POST /api/v1/apply`: multi-document YAML or JSON, all or nothing.
+    async fn apply<B: RequestBody>(&self, req: Request<B>, caller: &Caller) -> Response<Body> {
+        let text = match read_text(req).await {
+            Ok(t) => t,
+            Err(rsp) => return rsp,
+        };
+        let (items, problems) = resources::parse_each(REQUEST_SOURCE, &text);
+        if items.is_empty() && problems.is_empty() {
+            return error_json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "the request holds no resources",
+                &[],
+            );
+        }
+        match self.write(Write::Apply { items, problems }, caller).await {
+            Ok(outcomes) => json(&serde_json::json!({ "results": outcomes })),
+            Err(e) => write_error(&e),
+        }
+    }
+
+    /// `PUT /api/v1/{kind}/{namespace}/{name}`: one resource, created or replaced. A body
+    /// without `metadata.namespace` takes the URL's.
+    async fn put<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        caller: &Caller,
+    ) -> Response<Body> {
+        let body = match read_text(req).await {
+            Ok(t) => t,
+            Err(rsp) => return rsp,
+        };
+        let body = with_namespace(&body, ns).unwrap_or(body);
+        let mut items = match resources::parse(REQUEST_SOURCE, &body) {
+            Ok(items) => items,
+            Err(problems) => return write_error(&WriteError::Invalid(problems)),
+        };
+        let url_id = format!("{kind}/{ns}/{name}");
+        let item = match items.len() {
+            1 => items.remove(0),
+            n => {
+                return error_json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid",
+                    &format!("PUT takes one resource, the request holds {n}; use POST /api/v1/apply for several"),
+                    &[],
+                )
+            }
+        };
+        if item.resource.id() != url_id {
+            return error_json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                &format!("the body is {}, the URL names {url_id}", item.resource.id()),
+                &[],
+            );
+        }
+        let write = Write::Apply {
+            items: vec![item],
+            problems: Vec::new(),
+        };
+        match self.write(write, caller).await {
+            Ok(mut outcomes) => {
+                let o = outcomes.remove(0);
+                let mut rsp = match serde_json::to_value(&o.resource) {
+                    Ok(v) => json(&v),
+                    Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                };
+                if o.action == Action::Created {
+                    *rsp.status_mut() = StatusCode::CREATED;
+                }
+                rsp
+            }
+            Err(e) => write_error(&e),
         }
     }
 }
@@ -383,6 +556,112 @@ async fn read_json<T: serde::de::DeserializeOwned, B: RequestBody>(
         .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, &format!("body: {e}")))
 }
 
+/// The value of `name` in the request's query string.
+fn query<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+    })
+}
+
+/// Reads a request body as text (YAML or JSON), or the response that says why it cannot be.
+async fn read_text<B: RequestBody>(req: Request<B>) -> Result<String, Response<Body>> {
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            error_json(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                &format!("cannot read the request (at most {MAX_BODY} bytes): {e}"),
+                &[],
+            )
+        })?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|_| {
+        error_json(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "the request is not UTF-8 text",
+            &[],
+        )
+    })
+}
+
+/// `text` with `metadata.namespace: ns` added when it is one document that has none.
+fn with_namespace(text: &str, ns: &str) -> Option<String> {
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    let meta = doc.get_mut("metadata")?.as_mapping_mut()?;
+    if meta.contains_key("namespace") {
+        return None;
+    }
+    meta.insert("namespace".into(), ns.into());
+    serde_yaml::to_string(&doc).ok()
+}
+
+/// 401, and how to authenticate.
+fn unauthorized(why: &str) -> Response<Body> {
+    let mut rsp = error_json(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        &format!("{why}: callers off loopback need `Authorization: Bearer TOKEN` with a token from the control plane's --api-token-file (`weft --token-file`)"),
+        &[],
+    );
+    rsp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"weft\""),
+    );
+    rsp
+}
+
+fn error_json(
+    status: StatusCode,
+    reason: &str,
+    message: &str,
+    problems: &[resources::Problem],
+) -> Response<Body> {
+    let problems: Vec<_> = problems
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "document": p.document,
+                "resource": p.resource,
+                "field": p.field,
+                "message": p.message,
+            })
+        })
+        .collect();
+    let mut rsp = json(&serde_json::json!({
+        "reason": reason,
+        "message": message,
+        "problems": problems,
+    }));
+    *rsp.status_mut() = status;
+    rsp
+}
+
+fn write_error(e: &WriteError) -> Response<Body> {
+    let status = match e {
+        WriteError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        WriteError::Conflict(_) | WriteError::FileManaged(_) => StatusCode::CONFLICT,
+        WriteError::NotFound(_) => StatusCode::NOT_FOUND,
+        WriteError::NoStore | WriteError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    match e {
+        WriteError::Invalid(problems) => error_json(
+            status,
+            e.reason(),
+            &format!(
+                "{} problem{}; nothing was changed",
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            ),
+            problems,
+        ),
+        e => error_json(status, e.reason(), &e.to_string(), &[]),
+    }
+}
+
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
     typed(status, format!("{msg}\n"), "text/plain; charset=utf-8")
 }
@@ -410,13 +689,23 @@ mod tests {
 
     fn api(dir: &std::path::Path) -> Arc<Api> {
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let mesh = crate::mesh::Mesh::compile(Vec::new(), "weft.local", 1);
+        let ca = Arc::new(Ca::load_or_create(dir, "weft.local").unwrap());
+        let store = crate::store::Store::open(dir).unwrap();
+        let state = State::open(
+            Vec::new(),
+            Some(store),
+            "weft.local".into(),
+            crate::trust_of(&ca),
+            metrics,
+        )
+        .unwrap();
         Arc::new(Api {
-            state: Arc::new(State::new(mesh, "weft.local".into(), metrics)),
-            ca: Arc::new(Ca::load_or_create(dir, "weft.local").unwrap()),
+            state: Arc::new(state),
+            ca,
             proxies: Arc::default(),
             tokens: Arc::new(Tokens::open(dir).unwrap()),
             shutdown: CancellationToken::new(),
+            api_tokens: None,
         })
     }
 
@@ -427,9 +716,22 @@ mod tests {
         path: &str,
         body: &str,
     ) -> (u16, String) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
+        call_as(api, peer, "", method, path, body).await
+    }
+
+    async fn call_as(
+        api: &Arc<Api>,
+        peer: &str,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        if !token.is_empty() {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req
             .body(http_body_util::Full::new(bytes::Bytes::from(
                 body.to_string(),
             )))
@@ -448,7 +750,10 @@ mod tests {
     async fn tokens_and_the_ca_are_refused_to_callers_off_loopback() {
         let dir = std::env::temp_dir().join(format!("weft-api-test-{:x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
-        let api = api(&dir);
+        let tokens = dir.join("api-tokens");
+        std::fs::write(&tokens, "s3cret,ops\n").unwrap();
+        let mut api = api(&dir);
+        Arc::get_mut(&mut api).unwrap().api_tokens = Some(tokens);
         let create = r#"{"workload": "shop/orders"}"#;
         for (method, path, body) in [
             (Method::POST, "/api/v1/tokens", create),
@@ -457,9 +762,13 @@ mod tests {
             (Method::GET, "/api/v1/ca", ""),
             (Method::POST, "/api/v1/ca/rotate", r#"{"step": "prepare"}"#),
         ] {
-            let (status, text) = call(&api, "10.1.2.3:40000", method.clone(), path, body).await;
+            // Even with a valid API token.
+            let (status, text) =
+                call_as(&api, "10.1.2.3:40000", "s3cret", method.clone(), path, body).await;
             assert_eq!(status, 403, "{method} {path}: {text}");
             assert!(text.contains("loopback"), "{text}");
+            let (status, _) = call(&api, "10.1.2.3:40000", method.clone(), path, body).await;
+            assert_eq!(status, 401, "{method} {path}");
         }
         assert!(api.tokens.list().is_empty(), "nothing was created");
         assert_eq!(api.ca.phase(), Some(Phase::Steady), "nothing was rotated");
@@ -475,6 +784,55 @@ mod tests {
         assert_eq!(status, 201, "{text}");
         let (status, text) = call(&api, "[::1]:40000", Method::GET, "/api/v1/ca", "").await;
         assert_eq!(status, 200, "{text}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    const SERVICE: &str = "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: orders, namespace: shop}\nspec: {ports: [{port: 80}]}\n";
+
+    #[tokio::test]
+    async fn writes_off_loopback_need_a_bearer_token() {
+        let dir = std::env::temp_dir().join(format!("weft-api-test-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tokens = dir.join("api-tokens");
+        std::fs::write(&tokens, "# ops team\ns3cret,ops\n").unwrap();
+        let mut api = api(&dir);
+        let off = "10.1.2.3:40000";
+        // No --api-token-file: nothing but probes and metrics off loopback.
+        for (method, path, body) in [
+            (Method::POST, "/api/v1/apply", SERVICE),
+            (Method::PUT, "/api/v1/services/shop/orders", SERVICE),
+            (Method::DELETE, "/api/v1/services/shop/orders", ""),
+            (Method::GET, "/api/v1/services", ""),
+            (Method::POST, "/admin/shutdown", ""),
+        ] {
+            let (status, text) = call(&api, off, method.clone(), path, body).await;
+            assert_eq!(status, 401, "{method} {path}: {text}");
+            assert!(text.contains("--api-token-file"), "{text}");
+        }
+        assert!(!api.shutdown.is_cancelled());
+        for path in ["/admin/ready", "/admin/live", "/admin/metrics"] {
+            assert_eq!(
+                call(&api, off, Method::GET, path, "").await.0,
+                200,
+                "{path}"
+            );
+        }
+        Arc::get_mut(&mut api).unwrap().api_tokens = Some(tokens);
+        for token in ["", "wrong", "ops", "# ops team"] {
+            let (status, text) =
+                call_as(&api, off, token, Method::POST, "/api/v1/apply", SERVICE).await;
+            assert_eq!(status, 401, "token {token:?}: {text}");
+        }
+        assert!(api.state.mesh().resources.is_empty(), "nothing was written");
+        let (status, text) =
+            call_as(&api, off, "s3cret", Method::POST, "/api/v1/apply", SERVICE).await;
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(api.state.mesh().resources.len(), 1);
+        let (_, audit) = call(&api, "127.0.0.1:1", Method::GET, "/api/v1/audit", "").await;
+        assert!(
+            audit.contains("user ops (bearer token) from 10.1.2.3:40000"),
+            "{audit}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -90,6 +90,7 @@ async fn run_in(dir: &Path, opts: DemoOptions) -> anyhow::Result<()> {
             ack_timeout: crate::DEFAULT_ACK_TIMEOUT,
             ca: None,
             kubeconfig: None,
+            api_token_file: None,
         },
         grpc,
         api,

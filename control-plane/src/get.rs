@@ -183,15 +183,21 @@ fn resources_table(items: &[Value]) -> String {
                 ),
                 _ => String::new(),
             };
+            // Resources applied through the API carry a version; those from files do not.
+            let source = match meta["resourceVersion"].as_str() {
+                Some(v) => format!("api (v{v})"),
+                None => "file".to_string(),
+            };
             vec![
                 name(&r["kind"]),
                 name(&meta["namespace"]),
                 name(&meta["name"]),
+                source,
                 summary,
             ]
         })
         .collect();
-    table(&["KIND", "NAMESPACE", "NAME", "SUMMARY"], rows)
+    table(&["KIND", "NAMESPACE", "NAME", "SOURCE", "SUMMARY"], rows)
 }
 
 /// Left-aligned columns, two spaces apart.

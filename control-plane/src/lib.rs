@@ -4,6 +4,7 @@
 //! `main.rs` parses the command line.
 
 pub mod api;
+pub mod apply;
 pub mod ca;
 pub mod client;
 pub mod demo;
@@ -15,8 +16,10 @@ pub mod identity;
 pub mod kubernetes;
 pub mod mesh;
 pub mod metrics;
+pub mod openapi;
 pub mod resources;
 pub mod state;
+pub mod store;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -29,7 +32,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{DiscoveryService, Proxies};
-use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::state::State;
 
@@ -46,6 +48,9 @@ pub struct ServeConfig {
     /// The Kubernetes API for service-account tokens; `None`: in-cluster config, or
     /// `$KUBECONFIG`.
     pub kubeconfig: Option<PathBuf>,
+    /// Bearer tokens that callers off loopback must present to the API (`TOKEN[,USER]` per
+    /// line); without it, the API answers only callers on loopback (and probes).
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// The default [`ServeConfig::ack_timeout`].
@@ -103,16 +108,20 @@ pub fn start(
         ca::Ca::open(&cfg.data_dir, &cfg.trust_domain, ca_source)
             .map_err(|e| vec![format!("certificate authority: {e}")])?,
     );
-    let mut mesh = Mesh::compile(resources, &cfg.trust_domain, 1);
-    mesh.trust = trust_of(&ca);
-    let serving = grpc_tls::ServingIdentity::new(&ca, &mesh.trust_domain)
-        .map_err(|e| vec![format!("control plane serving certificate: {e}")])?;
-    for w in mesh.dangling_references() {
-        tracing::warn!("{w}");
-    }
-    tracing::info!(resources = mesh.resources.len(), "config loaded");
+    let store = store::Store::open(&cfg.data_dir).map_err(|e| vec![e.to_string()])?;
     let metrics = Arc::new(Metrics::default());
-    let state = Arc::new(State::new(mesh, cfg.trust_domain.clone(), metrics));
+    let state = Arc::new(
+        State::open(
+            resources,
+            Some(store),
+            cfg.trust_domain.clone(),
+            trust_of(&ca),
+            metrics,
+        )
+        .map_err(|e| vec![e.to_string()])?,
+    );
+    let serving = grpc_tls::ServingIdentity::new(&ca, &state.mesh().trust_domain)
+        .map_err(|e| vec![format!("control plane serving certificate: {e}")])?;
     let proxies = Arc::new(Proxies::default());
     let shutdown = CancellationToken::new();
     let local = |l: &TcpListener| l.local_addr().map_err(|e| vec![e.to_string()]);
@@ -186,6 +195,7 @@ pub fn start(
         proxies: proxies.clone(),
         tokens: tokens.clone(),
         shutdown: shutdown.clone(),
+        api_tokens: cfg.api_token_file.clone(),
     });
     tasks.spawn(weft_proxy::server::accept_loop(
         "api",

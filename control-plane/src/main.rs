@@ -12,6 +12,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A file holding the API bearer token (`TOKEN[,USER]`, as in `weft serve
+    /// --api-token-file`), for a control plane that is not on this host's loopback.
+    #[arg(long, env = "WEFT_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -47,6 +51,10 @@ enum Command {
         /// account, else $KUBECONFIG or ~/.kube/config].
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
+        /// Bearer tokens for API callers off loopback, one `TOKEN[,USER]` per line (re-read on
+        /// use). Without it, only callers on loopback may use the API.
+        #[arg(long)]
+        api_token_file: Option<PathBuf>,
     },
     /// Run a whole mesh on loopback and show what it does.
     Demo {
@@ -74,6 +82,28 @@ enum Command {
         /// Print YAML or JSON instead of a table.
         #[arg(short = 'o', long, value_enum)]
         output: Option<weft::get::Output>,
+        /// The control plane's API.
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Create or update the resources in FILE (`-` for stdin), all or nothing: prints
+    /// `kind/namespace/name created|configured|unchanged` for each.
+    Apply {
+        /// A file of YAML or JSON resources (multi-document), or `-`.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The control plane's API.
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Delete a resource applied through the API (`weft delete httproute orders -n shop`).
+    Delete {
+        /// The kind (singular or plural, any case).
+        kind: String,
+        name: String,
+        /// The namespace.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
         /// The control plane's API.
         #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
         server: String,
@@ -172,12 +202,21 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(command))
+            runtime.block_on(run(command, cli.token_file))
         }
     }
 }
 
-async fn run(command: Command) -> ExitCode {
+/// The API client for `--server`, with the bearer token if one is given.
+fn client(
+    server: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<weft::client::ApiClient, String> {
+    weft::client::ApiClient::new(server).with_token_file(token_file)
+}
+
+async fn run(command: Command, token_file: Option<PathBuf>) -> ExitCode {
+    let token_file = token_file.as_deref();
     match command {
         Command::Serve {
             config,
@@ -189,6 +228,7 @@ async fn run(command: Command) -> ExitCode {
             ca_key,
             ca_roots,
             kubeconfig,
+            api_token_file,
         } => {
             let ca = ca_cert
                 .zip(ca_key)
@@ -204,6 +244,7 @@ async fn run(command: Command) -> ExitCode {
                 ack_timeout: weft::DEFAULT_ACK_TIMEOUT,
                 ca,
                 kubeconfig,
+                api_token_file,
             };
             serve(cfg, grpc_addr, api_addr).await
         }
@@ -245,7 +286,13 @@ async fn run(command: Command) -> ExitCode {
             output,
             server,
         } => {
-            let api = weft::client::ApiClient::new(&server);
+            let api = match client(&server, token_file) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("weft get: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             match weft::get::get(&api, &kind, name.as_deref(), namespace.as_deref(), output).await {
                 Ok(out) => {
                     print!("{out}");
@@ -260,7 +307,52 @@ async fn run(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Apply { file, server } => {
+            let text = if file.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
+            } else {
+                std::fs::read_to_string(&file)
+            };
+            let text = match text {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("weft apply: {}: {e}", file.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let result = match client(&server, token_file) {
+                Ok(api) => weft::apply::apply(&api, text).await,
+                Err(e) => Err(e),
+            };
+            print_result("weft apply", result)
+        }
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+            server,
+        } => {
+            let result = match client(&server, token_file) {
+                Ok(api) => weft::apply::delete(&api, &kind, &name, Some(&namespace)).await,
+                Err(e) => Err(e),
+            };
+            print_result("weft delete", result)
+        }
         Command::Proxy { .. } => ExitCode::FAILURE,
+    }
+}
+
+fn print_result(command: &str, result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{command}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

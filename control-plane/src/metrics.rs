@@ -23,6 +23,7 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub push_duration: Histogram,
     pub certificates: Family<Outcome, Counter>,
+    pub api_writes: Family<Outcome, Counter>,
     pub trace: weft_proxy::trace::TraceCounters,
 }
 
@@ -85,6 +86,12 @@ impl Default for Metrics {
             "Certificate requests (Certify), by outcome (issued, refused)",
             certificates.clone(),
         );
+        let api_writes = Family::default();
+        registry.register(
+            "api_writes",
+            "Writes through the API (apply, PUT, DELETE), by outcome (accepted, unchanged, invalid, conflict, file-managed, not-found, failed)",
+            api_writes.clone(),
+        );
         let trace = weft_proxy::trace::TraceCounters::default();
         trace.register(&mut registry);
         Self {
@@ -98,6 +105,7 @@ impl Default for Metrics {
             config_generation,
             push_duration,
             certificates,
+            api_writes,
             trace,
         }
     }

@@ -77,6 +77,16 @@ impl Resource {
         }
     }
 
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        match self {
+            Self::MeshConfig(o) => &mut o.metadata,
+            Self::Service(o) => &mut o.metadata,
+            Self::HttpRoute(o) => &mut o.metadata,
+            Self::TrafficPolicy(o) => &mut o.metadata,
+            Self::AuthorizationPolicy(o) => &mut o.metadata,
+        }
+    }
+
     /// `Kind/namespace/name`.
     pub fn id(&self) -> String {
         let m = self.metadata();
@@ -575,6 +585,17 @@ pub struct Sourced {
 
 /// Parses every document of a multi-document YAML (or JSON) text. Returns every problem found.
 pub fn parse(source: &str, text: &str) -> Result<Vec<Sourced>, Vec<Problem>> {
+    let (out, problems) = parse_each(source, text);
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Parses every document it can: the resources that parsed, and the problems of those that did
+/// not (so that they can still be checked, and every problem reported at once).
+pub fn parse_each(source: &str, text: &str) -> (Vec<Sourced>, Vec<Problem>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -604,11 +625,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Sourced>, Vec<Problem>> {
             Err((resource, field, message)) => problems.push(problem(resource, field, message)),
         }
     }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems)
-    }
+    (out, problems)
 }
 
 type ParseError = (Option<String>, String, String);

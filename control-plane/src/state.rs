@@ -1,15 +1,32 @@
-//! The control plane's config in force, with one writer ([`State::reload`], or `apply` once the
-//! API lands) and many readers (each proxy stream holds a `watch` receiver).
+//! The control plane's config in force: the resources from `--config` files merged with those
+//! applied through the API (kept in the [`Store`]), compiled into a [`Mesh`] that each proxy
+//! stream reads through a `watch` receiver.
+//!
+//! Writers — a file reload, an API write, a CA change — take one lock, so that a write is
+//! checked against exactly the state it replaces and two writers never lose a change.
+//!
+//! Precedence: files win. A resource defined in a file cannot be written through the API (the
+//! answer names the file); a stored resource that a file defines later is shadowed by the file
+//! (and comes back if the file drops it).
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::files;
 use crate::mesh::{Mesh, Trust};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
+use crate::resources::{self, Problem, Resource, Sourced};
+use crate::store::{self, AuditEntry, Contents, Store, StoreError};
 use weft_proxy::trace::Tracer;
+
+/// The `source` of resources that came through the API.
+pub const API_SOURCE: &str = "api";
+/// The `source` of the resources in a write request, as its problems name it.
+pub const REQUEST_SOURCE: &str = "request";
 
 /// Points the control plane's tracer where the mesh config says.
 fn configure_tracing(tracer: &Tracer, mesh: &Mesh) {
@@ -20,12 +37,127 @@ fn configure_tracing(tracer: &Tracer, mesh: &Mesh) {
     );
 }
 
+/// What the mesh is compiled from.
+struct Inputs {
+    /// The last accepted set of file resources.
+    files: Vec<Sourced>,
+    /// What the store holds (a copy, updated after each commit).
+    stored: Contents,
+}
+
+impl Inputs {
+    /// File resources, then stored ones that no file defines.
+    fn merged(&self) -> Vec<Sourced> {
+        let from_files: HashSet<String> = self.files.iter().map(|s| s.resource.id()).collect();
+        let mut all = self.files.clone();
+        for (id, r) in &self.stored.resources {
+            if from_files.contains(id) {
+                tracing::warn!(resource = %id, "applied through the API but also defined in a config file: the file's definition is in force");
+            } else {
+                all.push(stored(r.clone()));
+            }
+        }
+        all
+    }
+
+    fn file_defining(&self, id: &str) -> Option<&Sourced> {
+        self.files.iter().find(|s| s.resource.id() == id)
+    }
+}
+
+fn stored(resource: Resource) -> Sourced {
+    Sourced {
+        resource,
+        source: API_SOURCE.into(),
+        document: 1,
+    }
+}
+
+/// A write through the API.
+pub enum Write {
+    /// Create or update each resource (apply, PUT); all or nothing. `problems` are those found
+    /// while parsing the request: the write fails with them and any the resources have.
+    Apply {
+        items: Vec<Sourced>,
+        problems: Vec<Problem>,
+    },
+    /// Delete one resource, if it still has this version when given.
+    Delete {
+        id: String,
+        resource_version: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Configured => "configured",
+            Self::Unchanged => "unchanged",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+/// What a write did to one resource.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteOutcome {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub action: Action,
+    pub resource_version: String,
+    /// The resource as stored (absent for a delete).
+    #[serde(skip)]
+    pub resource: Option<Resource>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{} problems", .0.len())]
+    Invalid(Vec<Problem>),
+    #[error("{}", .0.join("; "))]
+    Conflict(Vec<String>),
+    #[error("{}", .0.join("; "))]
+    FileManaged(Vec<String>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("this control plane has no store: run `weft serve` with a --data-dir")]
+    NoStore,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl WriteError {
+    /// The `reason` the API answers with, and the metric's outcome.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::Conflict(_) => "conflict",
+            Self::FileManaged(_) => "file-managed",
+            Self::NotFound(_) => "not-found",
+            Self::NoStore | Self::Store(_) => "failed",
+        }
+    }
+}
+
 pub struct State {
     mesh: watch::Sender<Arc<Mesh>>,
     trust_domain: String,
     last_error: Mutex<Vec<String>>,
-    /// Held by whoever computes the next generation, so that two writers never lose a change.
-    writer: Mutex<()>,
+    /// Held by whoever computes the next generation.
+    inputs: Mutex<Inputs>,
+    store: Option<Store>,
     pub metrics: Arc<Metrics>,
     /// Spans of the control plane's own work (config pushes, certificate issuance), sent where
     /// MeshConfig `tracing` says.
@@ -33,7 +165,30 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(mesh: Mesh, trust_domain: String, metrics: Arc<Metrics>) -> Self {
+    /// The config from `files` (already checked) and whatever `store` holds.
+    pub fn open(
+        files: Vec<Sourced>,
+        store: Option<Store>,
+        trust_domain: String,
+        trust: Trust,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let stored = match &store {
+            Some(s) => s.load()?,
+            None => Contents::default(),
+        };
+        let inputs = Inputs { files, stored };
+        let mut mesh = Mesh::compile(inputs.merged(), &trust_domain, 1);
+        mesh.trust = trust;
+        for w in mesh.dangling_references() {
+            tracing::warn!("{w}");
+        }
+        tracing::info!(
+            resources = mesh.resources.len(),
+            from_files = inputs.files.len(),
+            stored = inputs.stored.resources.len(),
+            "config loaded"
+        );
         metrics
             .config_generation
             .set(i64::try_from(mesh.generation).unwrap_or(i64::MAX));
@@ -43,19 +198,48 @@ impl State {
             metrics.trace.clone(),
         );
         configure_tracing(&tracer, &mesh);
-        Self {
+        Ok(Self {
             mesh: watch::channel(Arc::new(mesh)).0,
             trust_domain,
             last_error: Mutex::default(),
-            writer: Mutex::default(),
+            inputs: Mutex::new(inputs),
+            store,
             metrics,
             tracer,
-        }
+        })
     }
 
-    fn publish(&self, next: Mesh) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inputs> {
+        self.inputs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Compiles `inputs` into the next generation and publishes it, if it differs.
+    fn publish(&self, inputs: &Inputs, why: &str) -> Option<u64> {
+        let current = self.mesh();
+        let mut next = Mesh::compile(inputs.merged(), &self.trust_domain, current.generation + 1);
+        next.trust = current.trust.clone();
+        if next == *current {
+            return None;
+        }
+        for warning in next.dangling_references() {
+            tracing::warn!("{warning}");
+        }
+        tracing::info!(
+            generation = next.generation,
+            resources = next.resources.len(),
+            "{why}"
+        );
+        Some(self.replace(next))
+    }
+
+    fn replace(&self, next: Mesh) -> u64 {
+        let generation = next.generation;
+        self.metrics
+            .config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
         configure_tracing(&self.tracer, &next);
         self.mesh.send_replace(Arc::new(next));
+        generation
     }
 
     pub fn mesh(&self) -> Arc<Mesh> {
@@ -66,10 +250,19 @@ impl State {
         self.mesh.subscribe()
     }
 
+    /// The last `limit` writes through the API, oldest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, WriteError> {
+        Ok(self
+            .store
+            .as_ref()
+            .ok_or(WriteError::NoStore)?
+            .audit(limit)?)
+    }
+
     /// Publishes a new CA state (roots, issuer) to every proxy: a new generation with the same
     /// resources. Nothing happens when it is unchanged.
     pub fn set_trust(&self, trust: Trust) {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = self.lock();
         let current = self.mesh();
         if current.trust == trust {
             return;
@@ -81,10 +274,7 @@ impl State {
         );
         next.trust = trust;
         tracing::info!(generation = next.generation, issuer = %next.trust.issuer, "publishing trust anchors and issuer");
-        self.metrics
-            .config_generation
-            .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
-        self.publish(next);
+        self.replace(next);
     }
 
     /// The problems that refused the last reload, if it was refused.
@@ -97,50 +287,36 @@ impl State {
 
     /// Reads the files again; publishes a new generation if they are valid and changed.
     pub fn reload(&self, paths: &[PathBuf]) {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inputs = self.lock();
         match files::load(paths) {
             Ok(resources) => {
                 if let Ok(mut e) = self.last_error.lock() {
                     e.clear();
                 }
-                let current = self.mesh();
-                let mut next = Mesh::compile(resources, &self.trust_domain, current.generation + 1);
-                next.trust = current.trust.clone();
-                if next == *current {
+                inputs.files = resources;
+                if self.publish(&inputs, "config reloaded").is_none() {
                     tracing::debug!("config files changed on disk but not in content");
                     return;
                 }
-                for warning in next.dangling_references() {
-                    tracing::warn!("{warning}");
-                }
-                tracing::info!(
-                    generation = next.generation,
-                    resources = next.resources.len(),
-                    "config reloaded"
-                );
                 self.metrics
                     .reloads
-                    .get_or_create(&crate::metrics::Outcome {
+                    .get_or_create(&Outcome {
                         outcome: "accepted",
                     })
                     .inc();
-                self.metrics
-                    .config_generation
-                    .set(i64::try_from(next.generation).unwrap_or(i64::MAX));
-                self.publish(next);
             }
             Err(problems) => {
                 for p in &problems {
                     tracing::error!("config refused: {p}");
                 }
+                let generation = self.mesh().generation;
                 tracing::error!(
-                    generation = self.mesh().generation,
-                    "config change refused; generation {} stays in force",
-                    self.mesh().generation
+                    generation,
+                    "config change refused; generation {generation} stays in force",
                 );
                 self.metrics
                     .reloads
-                    .get_or_create(&crate::metrics::Outcome { outcome: "refused" })
+                    .get_or_create(&Outcome { outcome: "refused" })
                     .inc();
                 if let Ok(mut e) = self.last_error.lock() {
                     *e = problems;
@@ -148,4 +324,239 @@ impl State {
             }
         }
     }
+
+    /// Checks `write` against the config in force, stores it durably, then publishes it.
+    /// `who` is recorded in the audit log. All or nothing: on any error nothing changes.
+    pub fn write(&self, write: Write, who: &str) -> Result<Vec<WriteOutcome>, WriteError> {
+        let result = self.write_locked(write, who);
+        let outcome = match &result {
+            Ok(o) if o.iter().all(|o| o.action == Action::Unchanged) => "unchanged",
+            Ok(_) => "accepted",
+            Err(e) => e.reason(),
+        };
+        self.metrics
+            .api_writes
+            .get_or_create(&Outcome { outcome })
+            .inc();
+        result
+    }
+
+    fn write_locked(&self, write: Write, who: &str) -> Result<Vec<WriteOutcome>, WriteError> {
+        let store = self.store.as_ref().ok_or(WriteError::NoStore)?;
+        let mut inputs = self.lock();
+        let (next, mut outcomes) = match write {
+            Write::Apply { items, problems } => plan_apply(&inputs, items, problems)?,
+            Write::Delete {
+                id,
+                resource_version,
+            } => plan_delete(&inputs, &id, resource_version.as_deref())?,
+        };
+        let changed: Vec<&mut WriteOutcome> = outcomes
+            .iter_mut()
+            .filter(|o| o.action != Action::Unchanged)
+            .collect();
+        if changed.is_empty() {
+            return Ok(outcomes);
+        }
+        // Each change gets the next revision as its version.
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let mut revision = inputs.stored.revision;
+        let mut changes = Vec::new();
+        let mut audit = Vec::new();
+        let mut resources = inputs.stored.resources.clone();
+        for o in changed {
+            revision += 1;
+            let id = format!("{}/{}/{}", o.kind, o.namespace, o.name);
+            let before = inputs.stored.resources.get(&id);
+            let after = o.resource.as_mut().map(|r| {
+                r.metadata_mut().resource_version = Some(revision.to_string());
+                r.clone()
+            });
+            o.resource_version = revision.to_string();
+            let json = |r: Option<&Resource>| {
+                r.and_then(|r| serde_json::to_value(without_version(r)).ok())
+            };
+            let changed_fields = match (json(before), json(after.as_ref())) {
+                (Some(b), Some(a)) => store::changed_fields(&b, &a),
+                _ => vec!["spec".to_string()],
+            };
+            audit.push(AuditEntry {
+                seq: 0,
+                time: now.clone(),
+                who: who.to_string(),
+                action: o.action.as_str().to_string(),
+                resource: id.clone(),
+                resource_version: revision.to_string(),
+                previous_resource_version: before
+                    .and_then(|b| b.metadata().resource_version.clone()),
+                changed: changed_fields,
+            });
+            match &after {
+                Some(r) => resources.insert(id.clone(), r.clone()),
+                None => resources.remove(&id),
+            };
+            changes.push((id, after));
+        }
+        debug_assert_eq!(resources.len(), next.len());
+        store.commit(&changes, revision, &audit)?;
+        for a in &audit {
+            tracing::info!(
+                target: "weft::audit",
+                who = %a.who,
+                action = %a.action,
+                resource = %a.resource,
+                resource_version = %a.resource_version,
+                changed = %a.changed.join(","),
+                "API write"
+            );
+        }
+        inputs.stored = Contents {
+            resources,
+            revision,
+        };
+        self.publish(&inputs, "config changed through the API");
+        Ok(outcomes)
+    }
+}
+
+fn without_version(r: &Resource) -> Resource {
+    let mut r = r.clone();
+    r.metadata_mut().resource_version = None;
+    r
+}
+
+/// Checks an apply against `inputs`: what the store would hold after it, and what happens to each
+/// resource. Every problem is reported at once.
+fn plan_apply(
+    inputs: &Inputs,
+    items: Vec<Sourced>,
+    mut problems: Vec<Problem>,
+) -> Result<(BTreeMap<String, Resource>, Vec<WriteOutcome>), WriteError> {
+    // Check the whole would-be config first: the request's resources in place of those they
+    // replace (file-managed ones aside: they are refused below).
+    let ids: HashSet<String> = items.iter().map(|s| s.resource.id()).collect();
+    let mut all = inputs.files.clone();
+    all.extend(
+        inputs
+            .stored
+            .resources
+            .iter()
+            .filter(|(id, _)| !ids.contains(*id))
+            .map(|(_, r)| stored(r.clone())),
+    );
+    all.extend(
+        items
+            .iter()
+            .filter(|s| inputs.file_defining(&s.resource.id()).is_none())
+            .cloned(),
+    );
+    problems.extend(
+        resources::validate(&all)
+            .into_iter()
+            // Only the request's own problems: what is in force was accepted before.
+            .filter(|p| p.source == REQUEST_SOURCE),
+    );
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.document);
+        return Err(WriteError::Invalid(problems));
+    }
+    let mut file_managed = Vec::new();
+    let mut conflicts = Vec::new();
+    for item in &items {
+        let id = item.resource.id();
+        if let Some(f) = inputs.file_defining(&id) {
+            file_managed.push(format!(
+                "{id} is managed by the config file {} (document {}): change it there, or remove it from the file first",
+                f.source, f.document
+            ));
+            continue;
+        }
+        let current = inputs.stored.resources.get(&id);
+        if let Some(want) = &item.resource.metadata().resource_version {
+            match current.and_then(|c| c.metadata().resource_version.as_deref()) {
+                Some(have) if have == want => {}
+                Some(have) => conflicts.push(format!(
+                    "{id}: metadata.resourceVersion {want} is stale: the stored version is {have}; get it again and reapply your change"
+                )),
+                None => conflicts.push(format!(
+                    "{id}: metadata.resourceVersion {want} given, but {id} does not exist (it was deleted)"
+                )),
+            }
+        }
+    }
+    if !file_managed.is_empty() {
+        return Err(WriteError::FileManaged(file_managed));
+    }
+    if !conflicts.is_empty() {
+        return Err(WriteError::Conflict(conflicts));
+    }
+    let mut next = inputs.stored.resources.clone();
+    let mut outcomes = Vec::new();
+    for item in items {
+        let id = item.resource.id();
+        let m = item.resource.metadata();
+        let current = inputs.stored.resources.get(&id);
+        let (action, version) = match current {
+            Some(c) if without_version(c) == without_version(&item.resource) => (
+                Action::Unchanged,
+                c.metadata().resource_version.clone().unwrap_or_default(),
+            ),
+            Some(_) => (Action::Configured, String::new()),
+            None => (Action::Created, String::new()),
+        };
+        outcomes.push(WriteOutcome {
+            kind: item.resource.kind(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            action,
+            resource_version: version,
+            resource: Some(match action {
+                Action::Unchanged => current.cloned().unwrap_or(item.resource.clone()),
+                _ => item.resource.clone(),
+            }),
+        });
+        next.insert(id, item.resource);
+    }
+    Ok((next, outcomes))
+}
+
+fn plan_delete(
+    inputs: &Inputs,
+    id: &str,
+    resource_version: Option<&str>,
+) -> Result<(BTreeMap<String, Resource>, Vec<WriteOutcome>), WriteError> {
+    if let Some(f) = inputs.file_defining(id) {
+        return Err(WriteError::FileManaged(vec![format!(
+            "{id} is managed by the config file {} (document {}): remove it from the file to delete it",
+            f.source, f.document
+        )]));
+    }
+    let Some(current) = inputs.stored.resources.get(id) else {
+        return Err(WriteError::NotFound(format!("{id} not found")));
+    };
+    let have = current.metadata().resource_version.as_deref();
+    if let Some(want) = resource_version {
+        if have != Some(want) {
+            return Err(WriteError::Conflict(vec![format!(
+                "{id}: resourceVersion {want} is stale: the stored version is {}",
+                have.unwrap_or("-")
+            )]));
+        }
+    }
+    let mut next = inputs.stored.resources.clone();
+    next.remove(id);
+    let m = current.metadata();
+    Ok((
+        next,
+        vec![WriteOutcome {
+            kind: current.kind(),
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            action: Action::Deleted,
+            resource_version: String::new(),
+            resource: None,
+        }],
+    ))
 }

@@ -66,6 +66,26 @@ impl std::str::FromStr for Workload {
     }
 }
 
+/// The user a bearer token for the API belongs to, if `file` (the text of `--api-token-file`)
+/// lists it. One token per line, `TOKEN[,USER]` (Kubernetes' static token file, user optional);
+/// blank lines and `#` comments are skipped. Compared by SHA-256 digest, so the time a
+/// comparison takes says nothing about the token.
+pub fn check_api_token(file: &str, presented: &str) -> Option<String> {
+    let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+    let want = digest(presented);
+    file.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .find_map(|line| {
+            let (token, user) = line.split_once(',').unwrap_or((line, ""));
+            let token = token.trim();
+            (!token.is_empty() && digest(token).as_ref() == want.as_ref()).then(|| {
+                let user = user.split(',').next().unwrap_or("").trim();
+                if user.is_empty() { "api-token" } else { user }.to_string()
+            })
+        })
+}
+
 /// What is stored of a token: never its secret.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

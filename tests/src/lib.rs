@@ -166,6 +166,7 @@ impl Mesh {
             ack_timeout,
             ca,
             kubeconfig: Some(dir.0.join("kubeconfig")),
+            api_token_file: None,
         }
     }
 
