@@ -80,6 +80,12 @@ pub struct Inbound {
     pub rate_limit: Option<crate::policy::RateLimit>,
 }
 
+/// The snapshot a proxy builds from `rsp`, or why it refuses it: what tests compare a running
+/// proxy's config with.
+pub fn snapshot_of(rsp: &DiscoveryResponse) -> Result<Snapshot, String> {
+    convert::snapshot(rsp, &EndpointRegistry::default()).map_err(|e| e.to_string())
+}
+
 fn ser_services<S: serde::Serializer>(m: &ServiceMap, s: S) -> Result<S::Ok, S::Error> {
     let mut v: Vec<_> = m.values().collect();
     v.sort_by(|a, b| a.key.cmp(&b.key));

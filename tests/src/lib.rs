@@ -619,3 +619,115 @@ impl Load {
         )
     }
 }
+
+/// `weft serve` as a process of its own, on port 0; the addresses it bound are read from its log.
+pub struct ServeProcess {
+    pub child: tokio::process::Child,
+    pub api_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+}
+
+impl ServeProcess {
+    /// Starts `weft serve ARGS` (add `--data-dir`, `--api-addr` etc.; both listeners default to
+    /// `127.0.0.1:0` here) and waits until it serves.
+    pub async fn start(args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut all: Vec<&str> = vec!["serve"];
+        if !args.contains(&"--api-addr") {
+            all.extend(["--api-addr", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--grpc-addr") {
+            all.extend(["--grpc-addr", "127.0.0.1:0"]);
+        }
+        all.extend(args);
+        let mut child = tokio::process::Command::new(binary("weft"))
+            .args(&all)
+            .env("WEFT_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start weft serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let serving = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut seen = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("weft control plane serving") {
+                    return Ok(line);
+                }
+                seen.push(line);
+            }
+            Err(seen.join("\n"))
+        })
+        .await
+        .expect("weft serve to start within 20s")
+        .unwrap_or_else(|log| panic!("weft serve exited before serving:\n{log}"));
+        // Keep draining its log so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr_after = |field: &str| -> SocketAddr {
+            let at = serving
+                .find(&format!("{field}="))
+                .or_else(|| serving.find(&format!("\"{field}\":")))
+                .unwrap_or_else(|| panic!("no {field} address in {serving:?}"));
+            let rest = &serving[at + field.len()..];
+            let addr: String = rest
+                .chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                .collect();
+            addr.parse()
+                .unwrap_or_else(|e| panic!("{field} address {addr:?} in {serving:?}: {e}"))
+        };
+        Self {
+            api_addr: addr_after("api"),
+            grpc_addr: addr_after("grpc"),
+            child,
+        }
+    }
+
+    /// `kill -9`: no chance to flush or clean up anything.
+    pub async fn kill9(mut self) {
+        self.child.start_kill().expect("SIGKILL");
+        self.child.wait().await.expect("reap");
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill");
+        assert!(ok.success());
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("weft serve to stop within 15s after SIGTERM")
+            .expect("reap");
+        assert!(status.success(), "weft serve exited with {status}");
+    }
+}
+
+/// One request to the control plane's API: the status and the body as JSON (a JSON string when
+/// the body is not JSON).
+pub async fn api_call(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{api}{path}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let rsp = http1_client().request(req).await.unwrap();
+    let status = rsp.status().as_u16();
+    let bytes = rsp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
+    (status, value)
+}
