@@ -543,3 +543,163 @@ async fn an_accepted_write_reaches_connected_proxies_within_100ms() {
         "{delays:?}"
     );
 }
+
+/// A network namespace joined to this one by a veth pair: `host` is this side's address,
+/// `inside` the namespace's. Removed (with the pair) when dropped.
+struct Netns {
+    name: String,
+    host: String,
+    inside: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("the ip command (iproute2; the suite runs as root)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    fn create() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let r = h.finish();
+        let tag = format!("{:06x}", r & 0xff_ffff);
+        let (a, b) = ((r >> 24) % 250, (r >> 32) % 64 * 4);
+        let ns = Self {
+            name: format!("weft-api-{tag}"),
+            host: format!("10.{a}.{b}.1"),
+            inside: format!("10.{a}.{b}.2"),
+        };
+        let (va, vb) = (format!("wa{tag}"), format!("wb{tag}"));
+        ip(&["netns", "add", &ns.name]);
+        ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        ip(&["link", "set", &vb, "netns", &ns.name]);
+        ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &va]);
+        ip(&["link", "set", &va, "up"]);
+        let inside = ["netns", "exec", &ns.name, "ip"];
+        ip(&[
+            &inside[..],
+            &["addr", "add", &format!("{}/30", ns.inside), "dev", &vb],
+        ]
+        .concat());
+        ip(&[&inside[..], &["link", "set", &vb, "up"]].concat());
+        ip(&[&inside[..], &["link", "set", "lo", "up"]].concat());
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and with it ours.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_an_api_off_loopback_need_a_bearer_token() {
+    let netns = Netns::create();
+    let dir = TempDir::new();
+    let tokens = dir.0.join("api-tokens");
+    std::fs::write(&tokens, "# CI pipeline\nci-s3cret,ci\n").unwrap();
+    let wrong = dir.0.join("wrong-token");
+    std::fs::write(&wrong, "guess\n").unwrap();
+    let good = dir.0.join("good-token");
+    std::fs::write(&good, "ci-s3cret\n").unwrap();
+    let data = dir.0.join("data");
+    let serve = ServeProcess::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-addr",
+        &format!("{}:0", netns.host),
+        "--api-token-file",
+        tokens.to_str().unwrap(),
+    ])
+    .await;
+    let server = format!("http://{}", serve.api_addr);
+    // `weft` run inside the namespace: a caller on another host, as the API sees it.
+    let remote = |args: &[&str], token: Option<&std::path::Path>| {
+        let mut owned: Vec<String> = ["netns", "exec", &netns.name].map(String::from).to_vec();
+        owned.push(binary("weft").display().to_string());
+        owned.extend(args.iter().map(|s| s.to_string()));
+        owned.extend(["--server".to_string(), server.clone()]);
+        if let Some(t) = token {
+            owned.extend(["--token-file".to_string(), t.display().to_string()]);
+        }
+        async move {
+            let out = Command::new("ip")
+                .args(&owned)
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let file = dir.0.join("svc.yaml");
+    std::fs::write(&file, FILE_SERVICE).unwrap();
+    let file = file.to_str().unwrap();
+
+    for token in [None, Some(wrong.as_path())] {
+        let (code, _, err) = remote(&["apply", "-f", file], token).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("--api-token-file"), "{err}");
+        let (code, _, err) = remote(&["delete", "service", "orders", "-n", "shop"], token).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("bearer token"), "{err}");
+        let (code, _, _) = remote(&["get", "services"], token).await;
+        assert_eq!(code, 1, "reads need the token too");
+    }
+
+    // With the token: nothing was written by the refused calls; now the write goes through.
+    let (code, out, err) = remote(&["get", "services", "-o", "json"], Some(&good)).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["items"],
+        json!([])
+    );
+    let (code, out, err) = remote(&["apply", "-f", file], Some(&good)).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "service/shop/orders created\n"),
+        "{err}"
+    );
+    let (code, out, _) = remote(&["delete", "service", "orders", "-n", "shop"], Some(&good)).await;
+    assert_eq!((code, out.as_str()), (0, "service/shop/orders deleted\n"));
+
+    // The audit log names the token's user and where the call came from.
+    let req = http::Request::get(format!("{server}/api/v1/audit"))
+        .header("authorization", "Bearer ci-s3cret")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let rsp = http1_client().request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let body = http_body_util::BodyExt::collect(rsp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let audit: Value = serde_json::from_slice(&body).unwrap();
+    let who: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["who"].as_str().unwrap())
+        .collect();
+    assert_eq!(who.len(), 2, "{audit}");
+    let from = format!("user ci (bearer token) from {}:", netns.inside);
+    assert!(who.iter().all(|w| w.starts_with(&from)), "{who:?}");
+    serve.terminate().await;
+}
