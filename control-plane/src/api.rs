@@ -51,12 +51,44 @@ pub struct Api {
 /// Who made a request, as the audit log names them.
 struct Caller(String);
 
+/// The connection a request came on.
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The SPIFFE ID of the client certificate, on a TLS connection that presented one (it
+    /// chains to the mesh's trust anchors: the handshake checked).
+    pub client_identity: Option<String>,
+}
+
+impl Conn {
+    pub fn plain(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            client_identity: None,
+        }
+    }
+}
+
+/// The name of an admin identity: `spiffe://TRUST_DOMAIN/ns/weft-system/sa/NAME`, any name
+/// but the control plane's own. Only `weft admin-cert` (on the control plane's host) can obtain
+/// one: workloads are refused identities in that namespace.
+fn admin_name<'a>(identity: &'a str, trust_domain: &str) -> Option<&'a str> {
+    let name = identity
+        .strip_prefix("spiffe://")?
+        .strip_prefix(trust_domain)?
+        .strip_prefix("/ns/")?
+        .strip_prefix(crate::ca::SYSTEM_NAMESPACE)?
+        .strip_prefix("/sa/")?;
+    (crate::resources::is_dns_label(name) && name != crate::ca::CONTROL_PLANE_SA).then_some(name)
+}
+
 impl Api {
     pub async fn handle<B: RequestBody>(
         self: Arc<Self>,
-        peer: SocketAddr,
+        conn: Conn,
         req: Request<B>,
     ) -> Result<Response<Body>, Infallible> {
+        let peer = conn.peer;
         let path = req.uri().path();
         // Probes and Prometheus need no credentials; everything else off loopback does.
         let open = req.method() == Method::GET
@@ -65,6 +97,19 @@ impl Api {
             Caller(format!("loopback {peer}"))
         } else if open {
             Caller(format!("anonymous {peer}"))
+        } else if let Some(id) = &conn.client_identity {
+            let trust_domain = self.state.mesh().trust_domain.clone();
+            match admin_name(id, &trust_domain) {
+                Some(name) => Caller(format!("admin {name} (client certificate) from {peer}")),
+                None => {
+                    return Ok(error_json(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        &format!("{id} is not an admin identity: the API takes client certificates for spiffe://{trust_domain}/ns/{}/sa/NAME, made with `weft admin-cert`", crate::ca::SYSTEM_NAMESPACE),
+                        &[],
+                    ))
+                }
+            }
         } else {
             match self.authenticate(peer, &req) {
                 Ok(c) => c,
@@ -441,6 +486,19 @@ struct Rotate {
     force: bool,
 }
 
+/// `POST /api/v1/ca/admin-certificates`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminCertificate {
+    name: String,
+    /// PEM `CERTIFICATE REQUEST` whose only SAN is the admin identity.
+    csr: String,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+const MAX_ADMIN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 impl Api {
     /// `GET /api/v1/ca`: roots, issuer, rotation phase, and which proxies hold certificates
     /// from which issuer. `POST /api/v1/ca/rotate {"step": "prepare|activate|retire"}`.
@@ -479,10 +537,64 @@ impl Api {
                     Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 }
             }
+            (Method::POST, "/api/v1/ca/admin-certificates") => {
+                let req: AdminCertificate = match read_json(req).await {
+                    Ok(r) => r,
+                    Err(rsp) => return rsp,
+                };
+                self.admin_certificate(peer, req)
+            }
             _ => text(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "use GET /api/v1/ca or POST /api/v1/ca/rotate",
+                "use GET /api/v1/ca, POST /api/v1/ca/rotate or POST /api/v1/ca/admin-certificates",
             ),
+        }
+    }
+
+    /// Signs a CSR for the admin identity `spiffe://TD/ns/weft-system/sa/NAME`: a client
+    /// certificate for the API off loopback. Loopback callers only, like the rest of `/ca`.
+    fn admin_certificate(&self, peer: SocketAddr, req: AdminCertificate) -> Response<Body> {
+        let unprocessable = |m: String| text(StatusCode::UNPROCESSABLE_ENTITY, &m);
+        if !resources::is_dns_label(&req.name) || req.name == crate::ca::CONTROL_PLANE_SA {
+            return unprocessable(format!(
+                "name: {:?} is not a valid admin name (a DNS label, not {})",
+                req.name,
+                crate::ca::CONTROL_PLANE_SA
+            ));
+        }
+        let ttl = match req.ttl.as_deref().map(weft_proxy::config::parse_duration) {
+            None => Duration::from_secs(24 * 3600),
+            Some(Ok(d)) if (Duration::from_secs(60)..=MAX_ADMIN_TTL).contains(&d) => d,
+            Some(Ok(_)) => return unprocessable("ttl: must be 1m to 30d".into()),
+            Some(Err(e)) => return unprocessable(format!("ttl: {e}")),
+        };
+        let csr = match pem::parse(&req.csr) {
+            Ok(p) if p.tag() == "CERTIFICATE REQUEST" => p,
+            _ => return unprocessable("csr: not a PEM CERTIFICATE REQUEST".into()),
+        };
+        let identity = format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.state.mesh().trust_domain,
+            crate::ca::SYSTEM_NAMESPACE,
+            req.name
+        );
+        match self.ca.sign(csr.contents(), &identity, ttl) {
+            Ok(issued) => {
+                tracing::info!(%identity, serial = %issued.serial, %peer, "admin certificate issued");
+                json(&serde_json::json!({
+                    "identity": identity,
+                    "certificateChain": issued.chain_pem,
+                    "trustAnchors": self.ca.trust_anchors_pem(),
+                    "serial": issued.serial,
+                    "expiresAt": issued.not_after
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                }))
+            }
+            Err(e @ (CaError::WrongIdentity { .. } | CaError::BadCsr(_))) => {
+                unprocessable(format!("csr: {e}"))
+            }
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
     }
 
@@ -738,7 +850,7 @@ mod tests {
             .unwrap();
         let rsp = api
             .clone()
-            .handle(peer.parse().unwrap(), req)
+            .handle(Conn::plain(peer.parse().unwrap()), req)
             .await
             .unwrap();
         let status = rsp.status().as_u16();
@@ -832,6 +944,40 @@ mod tests {
         assert!(
             audit.contains("user ops (bearer token) from 10.1.2.3:40000"),
             "{audit}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_admin_identities_may_use_the_api_with_a_client_certificate() {
+        let dir = std::env::temp_dir().join(format!("weft-api-test-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let api = api(&dir);
+        let as_identity = |id: &str| {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri("/api/v1/apply")
+                .body(http_body_util::Full::new(bytes::Bytes::from(SERVICE)))
+                .unwrap();
+            let conn = Conn {
+                peer: "10.1.2.3:40000".parse().unwrap(),
+                client_identity: Some(id.to_string()),
+            };
+            let api = api.clone();
+            async move { api.handle(conn, req).await.unwrap().status().as_u16() }
+        };
+        for id in [
+            "spiffe://weft.local/ns/shop/sa/orders",
+            "spiffe://weft.local/ns/weft-system/sa/weft-control-plane",
+            "spiffe://other.domain/ns/weft-system/sa/ops",
+            "spiffe://weft.local/ns/weft-system/sa/",
+        ] {
+            assert_eq!(as_identity(id).await, 403, "{id}");
+        }
+        assert!(api.state.mesh().resources.is_empty());
+        assert_eq!(
+            as_identity("spiffe://weft.local/ns/weft-system/sa/ops").await,
+            200
         );
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -3,12 +3,25 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub struct ApiClient {
     base: String,
     http: Client<HttpConnector, Full<Bytes>>,
     token: Option<String>,
+    /// For an `https://` server: verifies the control plane (its chain to the mesh's trust
+    /// anchors and its SPIFFE ID) and may present an admin client certificate.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// What `weft --certificate-authority/--client-certificate/--client-key` name.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    pub certificate_authority: Option<PathBuf>,
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// The default `--server`.
@@ -20,7 +33,50 @@ impl ApiClient {
             base: base.trim_end_matches('/').to_string(),
             http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             token: None,
+            tls: None,
         }
+    }
+
+    /// TLS settings for an `https://` server.
+    pub fn with_tls(mut self, files: &TlsFiles) -> Result<Self, String> {
+        let read = |flag: &str, p: &Path| {
+            std::fs::read(p).map_err(|e| format!("--{flag} {}: {e}", p.display()))
+        };
+        let Some(ca) = &files.certificate_authority else {
+            if files.client_certificate.is_some() || self.base.starts_with("https://") {
+                return Err("an https:// server needs --certificate-authority: the mesh's trust anchors (DATA_DIR/trust-anchors.pem, or the ca.crt `weft admin-cert` wrote)".into());
+            }
+            return Ok(self);
+        };
+        let anchors = String::from_utf8_lossy(&read("certificate-authority", ca)?).into_owned();
+        let anchors = weft_proxy::tls::parse_anchors(&anchors)
+            .map_err(|e| format!("--certificate-authority {}: {e}", ca.display()))?;
+        let verifier = weft_proxy::tls::SpiffeVerifier::control_plane(Arc::new(anchors));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut config = match (&files.client_certificate, &files.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain =
+                    rustls_pemfile::certs(&mut read("client-certificate", cert)?.as_slice())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| format!("--client-certificate {}: {e}", cert.display()))?;
+                let key_der = rustls_pemfile::private_key(&mut read("client-key", key)?.as_slice())
+                    .map_err(|e| format!("--client-key {}: {e}", key.display()))?
+                    .ok_or_else(|| format!("--client-key {}: no private key", key.display()))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| format!("--client-certificate/--client-key: {e}"))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            _ => return Err("--client-certificate and --client-key go together".into()),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        self.tls = Some(Arc::new(config));
+        Ok(self)
     }
 
     /// Sends `Authorization: Bearer TOKEN` with every request, the token read from `file` (its
@@ -75,13 +131,22 @@ impl ApiClient {
         let req = req
             .body(Full::new(bytes))
             .map_err(|e| format!("--server {}: {e}", self.base))?;
-        let rsp = self.http.request(req).await.map_err(|e| {
+        let unreachable = |e: String| {
             format!(
-                "cannot reach the weft control plane at {} ({}); is `weft serve` running? Point --server or WEFT_SERVER at it",
+                "cannot reach the weft control plane at {} ({e}); is `weft serve` running? Point --server or WEFT_SERVER at it",
                 self.base,
-                weft_proxy::transport::error_chain(&e)
             )
-        })?;
+        };
+        let rsp = match &self.tls {
+            Some(tls) if self.base.starts_with("https://") => {
+                send_tls(tls.clone(), req).await.map_err(unreachable)?
+            }
+            _ => self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| unreachable(weft_proxy::transport::error_chain(&e)))?,
+        };
         let status = rsp.status().as_u16();
         let body = rsp
             .into_body()
@@ -91,4 +156,47 @@ impl ApiClient {
             .to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
+}
+
+/// One HTTP/1.1 request over its own TLS connection (the CLI makes one or two per run).
+async fn send_tls(
+    config: Arc<rustls::ClientConfig>,
+    req: http::Request<Full<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, String> {
+    let uri = req.uri().clone();
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("no host in {uri}"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?;
+    // What is verified is the control plane's SPIFFE ID, not this name; rustls needs one.
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let (mut parts, body) = req.into_parts();
+    if let Some(authority) = uri.authority() {
+        if let Ok(v) = http::HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+    }
+    parts.uri = uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    sender
+        .send_request(http::Request::from_parts(parts, body))
+        .await
+        .map_err(|e| weft_proxy::transport::error_chain(&e))
 }

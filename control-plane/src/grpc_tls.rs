@@ -25,7 +25,7 @@ use crate::ca::{Ca, CaError};
 
 /// How long the control plane's own certificate lives; it is re-issued at half of it.
 const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The DNS names in the serving certificate, besides its SPIFFE ID: `localhost` and the
 /// control plane's Service in `deploy/`.
@@ -71,6 +71,33 @@ impl ServingIdentity {
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
         TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// A TLS acceptor for the API listener: the same certificate, HTTP/2 or HTTP/1.1, and a
+    /// client certificate asked for but optional. One that is presented must chain to
+    /// `anchors_pem` (the mesh's trust anchors now); the API then decides what its SPIFFE ID may
+    /// do.
+    pub fn api_acceptor(self: &Arc<Self>, anchors_pem: &str) -> Result<TlsAcceptor, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for der in rustls_pemfile::certs(&mut anchors_pem.as_bytes()) {
+            let der = der.map_err(|e| format!("trust anchors: {e}"))?;
+            roots.add(der).map_err(|e| format!("trust anchor: {e}"))?;
+        }
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_client_cert_verifier(clients)
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
     /// Re-issues the certificate whenever the CA changes and at half its lifetime.

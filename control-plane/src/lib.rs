@@ -3,6 +3,7 @@
 //! [`start`] takes already-bound listeners so tests run control planes on port 0 in-process;
 //! `main.rs` parses the command line.
 
+pub mod admin_cert;
 pub mod api;
 pub mod apply;
 pub mod ca;
@@ -122,6 +123,7 @@ pub fn start(
     );
     let serving = grpc_tls::ServingIdentity::new(&ca, &state.mesh().trust_domain)
         .map_err(|e| vec![format!("control plane serving certificate: {e}")])?;
+    let api_serving = serving.clone();
     let proxies = Arc::new(Proxies::default());
     let shutdown = CancellationToken::new();
     let local = |l: &TcpListener| l.local_addr().map_err(|e| vec![e.to_string()]);
@@ -197,17 +199,69 @@ pub fn start(
         shutdown: shutdown.clone(),
         api_tokens: cfg.api_token_file.clone(),
     });
+    let api_ca = ca.clone();
     tasks.spawn(weft_proxy::server::accept_loop(
         "api",
         api,
         shutdown.clone(),
         Duration::from_secs(5),
         move |conn| {
-            let api_svc = api_svc.clone();
-            let peer = conn.peer;
-            let svc = hyper::service::service_fn(move |req| api_svc.clone().handle(peer, req));
-            conn.tracker
-                .spawn(async move { conn.http.serve(conn.stream, conn.watcher, svc).await });
+            let (api_svc, serving, ca) = (api_svc.clone(), api_serving.clone(), api_ca.clone());
+            conn.tracker.spawn(async move {
+                let weft_proxy::server::Accepted {
+                    stream,
+                    peer,
+                    watcher,
+                    http,
+                    ..
+                } = conn;
+                // TLS (a client certificate may say who calls) or plain HTTP, told apart by the
+                // first byte: a TLS handshake record is 0x16, no HTTP method starts with it.
+                let mut first = [0u8; 1];
+                let peeked =
+                    tokio::time::timeout(grpc_tls::HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+                        .await;
+                if !matches!(peeked, Ok(Ok(1))) {
+                    return;
+                }
+                if first[0] != 0x16 {
+                    let info = api::Conn::plain(peer);
+                    let svc = hyper::service::service_fn(move |req| {
+                        api_svc.clone().handle(info.clone(), req)
+                    });
+                    return http.serve(stream, watcher, svc).await;
+                }
+                let acceptor = match serving.api_acceptor(&ca.trust_anchors_pem()) {
+                    Ok(a) => a,
+                    Err(e) => return tracing::error!(error = %e, "API TLS"),
+                };
+                let tls = match tokio::time::timeout(
+                    grpc_tls::HANDSHAKE_TIMEOUT,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        return tracing::debug!(%peer, error = %e, "API TLS handshake failed")
+                    }
+                    Err(_) => return tracing::debug!(%peer, "API TLS handshake timed out"),
+                };
+                let client_identity = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(weft_proxy::tls::spiffe_id);
+                let info = api::Conn {
+                    peer,
+                    client_identity,
+                };
+                let svc = hyper::service::service_fn(move |req| {
+                    api_svc.clone().handle(info.clone(), req)
+                });
+                http.serve(tls, watcher, svc).await;
+            });
         },
     ));
 

@@ -16,6 +16,25 @@ struct Cli {
     /// --api-token-file`), for a control plane that is not on this host's loopback.
     #[arg(long, env = "WEFT_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// For an https:// --server: the mesh's trust anchors, to verify the control plane.
+    #[arg(long, env = "WEFT_CERTIFICATE_AUTHORITY", global = true)]
+    certificate_authority: Option<PathBuf>,
+    /// An admin client certificate (from `weft admin-cert`) for an https:// --server.
+    #[arg(
+        long,
+        env = "WEFT_CLIENT_CERTIFICATE",
+        global = true,
+        requires = "client_key"
+    )]
+    client_certificate: Option<PathBuf>,
+    /// The key of --client-certificate.
+    #[arg(
+        long,
+        env = "WEFT_CLIENT_KEY",
+        global = true,
+        requires = "client_certificate"
+    )]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +124,21 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         /// The control plane's API.
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
+        server: String,
+    },
+    /// Make an admin client certificate for the API off loopback: the key is made here, the
+    /// control plane (on this host) signs spiffe://TRUST_DOMAIN/ns/weft-system/sa/NAME.
+    AdminCert {
+        /// The admin's name (a DNS label).
+        name: String,
+        /// Where to write NAME.crt, NAME.key and ca.crt.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// How long the certificate is valid (1m to 30d).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// The control plane's API, on loopback.
         #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
         server: String,
     },
@@ -202,21 +236,33 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(command, cli.token_file))
+            let auth = Auth {
+                token_file: cli.token_file,
+                tls: weft::client::TlsFiles {
+                    certificate_authority: cli.certificate_authority,
+                    client_certificate: cli.client_certificate,
+                    client_key: cli.client_key,
+                },
+            };
+            runtime.block_on(run(command, auth))
         }
     }
 }
 
-/// The API client for `--server`, with the bearer token if one is given.
-fn client(
-    server: &str,
-    token_file: Option<&std::path::Path>,
-) -> Result<weft::client::ApiClient, String> {
-    weft::client::ApiClient::new(server).with_token_file(token_file)
+/// How the CLI proves itself to an API off loopback.
+struct Auth {
+    token_file: Option<PathBuf>,
+    tls: weft::client::TlsFiles,
 }
 
-async fn run(command: Command, token_file: Option<PathBuf>) -> ExitCode {
-    let token_file = token_file.as_deref();
+/// The API client for `--server`, with the credentials given.
+fn client(server: &str, auth: &Auth) -> Result<weft::client::ApiClient, String> {
+    weft::client::ApiClient::new(server)
+        .with_token_file(auth.token_file.as_deref())?
+        .with_tls(&auth.tls)
+}
+
+async fn run(command: Command, auth: Auth) -> ExitCode {
     match command {
         Command::Serve {
             config,
@@ -286,7 +332,7 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> ExitCode {
             output,
             server,
         } => {
-            let api = match client(&server, token_file) {
+            let api = match client(&server, &auth) {
                 Ok(a) => a,
                 Err(e) => {
                     eprintln!("weft get: {e}");
@@ -321,7 +367,7 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let result = match client(&server, token_file) {
+            let result = match client(&server, &auth) {
                 Ok(api) => weft::apply::apply(&api, text).await,
                 Err(e) => Err(e),
             };
@@ -333,11 +379,23 @@ async fn run(command: Command, token_file: Option<PathBuf>) -> ExitCode {
             namespace,
             server,
         } => {
-            let result = match client(&server, token_file) {
+            let result = match client(&server, &auth) {
                 Ok(api) => weft::apply::delete(&api, &kind, &name, Some(&namespace)).await,
                 Err(e) => Err(e),
             };
             print_result("weft delete", result)
+        }
+        Command::AdminCert {
+            name,
+            out,
+            ttl,
+            server,
+        } => {
+            let result = match client(&server, &auth) {
+                Ok(api) => weft::admin_cert::admin_cert(&api, &name, &out, &ttl).await,
+                Err(e) => Err(e),
+            };
+            print_result("weft admin-cert", result)
         }
         Command::Proxy { .. } => ExitCode::FAILURE,
     }

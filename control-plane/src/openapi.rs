@@ -77,6 +77,7 @@ mod tests {
             ("/api/v1/tokens/{id}", &["delete"]),
             ("/api/v1/ca", &["get"]),
             ("/api/v1/ca/rotate", &["post"]),
+            ("/api/v1/ca/admin-certificates", &["post"]),
             ("/api/v1/openapi.json", &["get"]),
         ] {
             assert_methods(&doc, path, methods);

@@ -631,6 +631,11 @@ impl ServeProcess {
     /// Starts `weft serve ARGS` (add `--data-dir`, `--api-addr` etc.; both listeners default to
     /// `127.0.0.1:0` here) and waits until it serves.
     pub async fn start(args: &[&str]) -> Self {
+        Self::start_in(None, args).await
+    }
+
+    /// Like [`ServeProcess::start`], inside network namespace `netns` when given.
+    pub async fn start_in(netns: Option<&str>, args: &[&str]) -> Self {
         use tokio::io::AsyncBufReadExt;
         let mut all: Vec<&str> = vec!["serve"];
         if !args.contains(&"--api-addr") {
@@ -640,7 +645,16 @@ impl ServeProcess {
             all.extend(["--grpc-addr", "127.0.0.1:0"]);
         }
         all.extend(args);
-        let mut child = tokio::process::Command::new(binary("weft"))
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                // `ip netns exec` execs the command: the child is `weft serve` itself.
+                c.args(["netns", "exec", ns]).arg(binary("weft"));
+                c
+            }
+            None => tokio::process::Command::new(binary("weft")),
+        };
+        let mut child = command
             .args(&all)
             .env("WEFT_LOG", "info")
             .stdin(std::process::Stdio::null())

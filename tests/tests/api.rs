@@ -605,84 +605,186 @@ impl Drop for Netns {
     }
 }
 
+/// Runs `weft ARGS`, optionally inside a network namespace; returns (exit code, stdout,
+/// stderr).
+async fn weft_in(netns: Option<&str>, args: &[String]) -> (i32, String, String) {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(binary("weft"));
+            c
+        }
+        None => Command::new(binary("weft")),
+    };
+    let out = command
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The control plane runs inside a network namespace, its API on every address there; the CLI
+/// calls it from this namespace, through the veth pair: off loopback, as the API sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_to_an_api_off_loopback_need_a_bearer_token() {
+async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certificate() {
     let netns = Netns::create();
     let dir = TempDir::new();
-    let tokens = dir.0.join("api-tokens");
-    std::fs::write(&tokens, "# CI pipeline\nci-s3cret,ci\n").unwrap();
-    let wrong = dir.0.join("wrong-token");
-    std::fs::write(&wrong, "guess\n").unwrap();
-    let good = dir.0.join("good-token");
-    std::fs::write(&good, "ci-s3cret\n").unwrap();
-    let data = dir.0.join("data");
-    let serve = ServeProcess::start(&[
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--api-addr",
-        &format!("{}:0", netns.host),
-        "--api-token-file",
-        tokens.to_str().unwrap(),
-    ])
+    let path = |name: &str| dir.0.join(name).display().to_string();
+    std::fs::write(path("api-tokens"), "# CI pipeline\nci-s3cret,ci\n").unwrap();
+    std::fs::write(path("wrong-token"), "guess\n").unwrap();
+    std::fs::write(path("good-token"), "ci-s3cret\n").unwrap();
+    std::fs::write(path("svc.yaml"), FILE_SERVICE).unwrap();
+    let serve = ServeProcess::start_in(
+        Some(&netns.name),
+        &[
+            "--data-dir",
+            &path("data"),
+            "--api-addr",
+            "0.0.0.0:0",
+            "--api-token-file",
+            &path("api-tokens"),
+        ],
+    )
     .await;
-    let server = format!("http://{}", serve.api_addr);
-    // `weft` run inside the namespace: a caller on another host, as the API sees it.
-    let remote = |args: &[&str], token: Option<&std::path::Path>| {
-        let mut owned: Vec<String> = ["netns", "exec", &netns.name].map(String::from).to_vec();
-        owned.push(binary("weft").display().to_string());
-        owned.extend(args.iter().map(|s| s.to_string()));
-        owned.extend(["--server".to_string(), server.clone()]);
-        if let Some(t) = token {
-            owned.extend(["--token-file".to_string(), t.display().to_string()]);
-        }
-        async move {
-            let out = Command::new("ip")
-                .args(&owned)
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .unwrap();
-            (
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        }
+    let port = serve.api_addr.port();
+    let remote = format!("{}:{port}", netns.inside);
+    let args = |auth: &[&str], command: &[&str], scheme: &str| -> Vec<String> {
+        auth.iter()
+            .chain(command)
+            .map(|s| s.to_string())
+            .chain(["--server".to_string(), format!("{scheme}://{remote}")])
+            .collect()
     };
-    let file = dir.0.join("svc.yaml");
-    std::fs::write(&file, FILE_SERVICE).unwrap();
-    let file = file.to_str().unwrap();
+    let (wrong, good) = (path("wrong-token"), path("good-token"));
+    let svc = path("svc.yaml");
 
-    for token in [None, Some(wrong.as_path())] {
-        let (code, _, err) = remote(&["apply", "-f", file], token).await;
+    for auth in [&[][..], &["--token-file", wrong.as_str()][..]] {
+        let (code, _, err) = weft_in(None, &args(auth, &["apply", "-f", &svc], "http")).await;
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("--api-token-file"), "{err}");
-        let (code, _, err) = remote(&["delete", "service", "orders", "-n", "shop"], token).await;
+        let delete = ["delete", "service", "orders", "-n", "shop"];
+        let (code, _, err) = weft_in(None, &args(auth, &delete, "http")).await;
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("bearer token"), "{err}");
-        let (code, _, _) = remote(&["get", "services"], token).await;
-        assert_eq!(code, 1, "reads need the token too");
+        let (code, _, _) = weft_in(None, &args(auth, &["get", "services"], "http")).await;
+        assert_eq!(code, 1, "reads need credentials too");
     }
 
     // With the token: nothing was written by the refused calls; now the write goes through.
-    let (code, out, err) = remote(&["get", "services", "-o", "json"], Some(&good)).await;
+    let token = ["--token-file", good.as_str()];
+    let get = ["get", "services", "-o", "json"];
+    let (code, out, err) = weft_in(None, &args(&token, &get, "http")).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["items"],
         json!([])
     );
-    let (code, out, err) = remote(&["apply", "-f", file], Some(&good)).await;
+    let (code, out, err) = weft_in(None, &args(&token, &["apply", "-f", &svc], "http")).await;
     assert_eq!(
         (code, out.as_str()),
         (0, "service/shop/orders created\n"),
         "{err}"
     );
-    let (code, out, _) = remote(&["delete", "service", "orders", "-n", "shop"], Some(&good)).await;
-    assert_eq!((code, out.as_str()), (0, "service/shop/orders deleted\n"));
 
-    // The audit log names the token's user and where the call came from.
-    let req = http::Request::get(format!("{server}/api/v1/audit"))
-        .header("authorization", "Bearer ci-s3cret")
+    // An admin certificate, made on the control plane's host (its loopback), works over TLS.
+    let certs = path("certs");
+    let make = [
+        "admin-cert",
+        "ops",
+        "--out",
+        &certs,
+        "--server",
+        &format!("http://127.0.0.1:{port}"),
+    ]
+    .map(String::from);
+    let (code, out, err) = weft_in(Some(&netns.name), &make).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("spiffe://weft.local/ns/weft-system/sa/ops"),
+        "{out}"
+    );
+    let key = format!("{certs}/ops.key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the key is the admin's alone");
+    // Off loopback, the CA refuses to sign.
+    let (code, _, err) = weft_in(
+        None,
+        &args(
+            &token,
+            &make[..4].iter().map(String::as_str).collect::<Vec<_>>(),
+            "http",
+        ),
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("loopback"), "{err}");
+
+    let ca = format!("{certs}/ca.crt");
+    let cert = format!("{certs}/ops.crt");
+    let tls = [
+        "--certificate-authority",
+        ca.as_str(),
+        "--client-certificate",
+        cert.as_str(),
+        "--client-key",
+        key.as_str(),
+    ];
+    let delete = ["delete", "service", "orders", "-n", "shop"];
+    let (code, out, err) = weft_in(None, &args(&tls, &delete, "https")).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "service/shop/orders deleted\n"),
+        "{err}"
+    );
+    // TLS without a client certificate is anonymous: refused.
+    let (code, _, err) = weft_in(None, &args(&tls[..2], &["apply", "-f", &svc], "https")).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no bearer token"), "{err}");
+
+    // The audit log names who wrote, and from where.
+    let (code, out, err) = weft_in(
+        None,
+        &args(&tls, &["get", "services", "-o", "json"], "https"),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["items"],
+        json!([])
+    );
+    let audit = api_call_as(&remote, "ci-s3cret", "/api/v1/audit").await;
+    let who: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["who"].as_str().unwrap())
+        .collect();
+    assert_eq!(who.len(), 2, "{audit}");
+    assert!(
+        who[0].starts_with(&format!("user ci (bearer token) from {}:", netns.host)),
+        "{who:?}"
+    );
+    assert!(
+        who[1].starts_with(&format!(
+            "admin ops (client certificate) from {}:",
+            netns.host
+        )),
+        "{who:?}"
+    );
+    serve.terminate().await;
+}
+
+/// `GET path` with a bearer token; the body as JSON.
+async fn api_call_as(addr: &str, token: &str, path: &str) -> Value {
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .header("authorization", format!("Bearer {token}"))
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let rsp = http1_client().request(req).await.unwrap();
@@ -691,15 +793,5 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token() {
         .await
         .unwrap()
         .to_bytes();
-    let audit: Value = serde_json::from_slice(&body).unwrap();
-    let who: Vec<&str> = audit["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["who"].as_str().unwrap())
-        .collect();
-    assert_eq!(who.len(), 2, "{audit}");
-    let from = format!("user ci (bearer token) from {}:", netns.inside);
-    assert!(who.iter().all(|w| w.starts_with(&from)), "{who:?}");
-    serve.terminate().await;
+    serde_json::from_slice(&body).unwrap()
 }

@@ -1,0 +1,102 @@
+//! `weft admin-cert NAME --out DIR`: a client certificate for the API off loopback.
+//!
+//! The key is made here and written only to `DIR/NAME.key` (mode 0600); the control plane
+//! signs a CSR for `spiffe://TRUST_DOMAIN/ns/weft-system/sa/NAME`, and only for a caller on its
+//! own host (loopback), like every other CA operation.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::client::ApiClient;
+
+pub async fn admin_cert(
+    api: &ApiClient,
+    name: &str,
+    out: &Path,
+    ttl: &str,
+) -> Result<String, String> {
+    let (status, body) = api
+        .request(http::Method::GET, "/admin/config", None)
+        .await?;
+    if status != 200 {
+        return Err(format!(
+            "the control plane answered {status}: {}",
+            body.trim()
+        ));
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))?;
+    let trust_domain = config["trustDomain"]
+        .as_str()
+        .ok_or("the control plane did not say its trust domain")?;
+    let identity = format!(
+        "spiffe://{trust_domain}/ns/{}/sa/{name}",
+        crate::ca::SYSTEM_NAMESPACE
+    );
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::default();
+    let uri = identity
+        .as_str()
+        .try_into()
+        .map_err(|e: rcgen::Error| format!("{identity}: {e}"))?;
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| e.to_string())?;
+    let (status, body) = api
+        .request(
+            http::Method::POST,
+            "/api/v1/ca/admin-certificates",
+            Some(serde_json::json!({ "name": name, "csr": csr, "ttl": ttl })),
+        )
+        .await?;
+    if status != 200 {
+        return Err(format!(
+            "the control plane answered {status}: {}",
+            body.trim()
+        ));
+    }
+    let issued: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let (key_path, cert_path, ca_path) = (
+        out.join(format!("{name}.key")),
+        out.join(format!("{name}.crt")),
+        out.join("ca.crt"),
+    );
+    write(&key_path, &key.serialize_pem(), 0o600)?;
+    write(
+        &cert_path,
+        issued["certificateChain"].as_str().unwrap_or_default(),
+        0o644,
+    )?;
+    write(
+        &ca_path,
+        issued["trustAnchors"].as_str().unwrap_or_default(),
+        0o644,
+    )?;
+    Ok(format!(
+        "admin certificate for {identity} (valid {ttl})\n  certificate: {}\n  key:         {} (made here; never sent)\n  trust:       {}\nuse it with: weft --certificate-authority {} --client-certificate {} --client-key {} get services --server https://HOST:PORT\n",
+        cert_path.display(),
+        key_path.display(),
+        ca_path.display(),
+        ca_path.display(),
+        cert_path.display(),
+        key_path.display(),
+    ))
+}
+
+/// Writes `text` to a fresh file with `mode` (a key is never readable by others, not even
+/// for a moment).
+fn write(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
