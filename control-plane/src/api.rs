@@ -301,11 +301,16 @@ impl Api {
 
     /// `POST /api/v1/apply`: multi-document YAML or JSON, all or nothing.
     async fn apply<B: RequestBody>(&self, req: Request<B>, caller: &Caller) -> Response<Body> {
-        let text = match read_text(req).await {
+        let body = match read_text(req).await {
             Ok(t) => t,
             Err(rsp) => return rsp,
         };
-        let (items, problems) = resources::parse_each(REQUEST_SOURCE, &text);
+        // Parsing up to 1 MiB of YAML is CPU work: off the async threads.
+        let Ok((items, problems)) =
+            tokio::task::spawn_blocking(move || resources::parse_each(REQUEST_SOURCE, &body)).await
+        else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "the parser failed");
+        };
         if items.is_empty() && problems.is_empty() {
             return error_json(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -334,10 +339,16 @@ impl Api {
             Ok(t) => t,
             Err(rsp) => return rsp,
         };
-        let body = with_namespace(&body, ns).unwrap_or(body);
-        let mut items = match resources::parse(REQUEST_SOURCE, &body) {
-            Ok(items) => items,
-            Err(problems) => return write_error(&WriteError::Invalid(problems)),
+        let url_ns = ns.to_string();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let body = with_namespace(&body, &url_ns).unwrap_or(body);
+            resources::parse(REQUEST_SOURCE, &body)
+        })
+        .await;
+        let mut items = match parsed {
+            Ok(Ok(items)) => items,
+            Ok(Err(problems)) => return write_error(&WriteError::Invalid(problems)),
+            Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "the parser failed"),
         };
         let url_id = format!("{kind}/{ns}/{name}");
         let item = match items.len() {
@@ -702,6 +713,9 @@ async fn read_text<B: RequestBody>(req: Request<B>) -> Result<String, Response<B
 
 /// `text` with `metadata.namespace: ns` added when it is one document that has none.
 fn with_namespace(text: &str, ns: &str) -> Option<String> {
+    if resources::too_deep(text).is_some() {
+        return None; // `parse` says what is wrong with it
+    }
     let mut doc: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
     let meta = doc.get_mut("metadata")?.as_mapping_mut()?;
     if meta.contains_key("namespace") {

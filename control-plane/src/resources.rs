@@ -598,6 +598,18 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Sourced>, Vec<Problem>> {
 pub fn parse_each(source: &str, text: &str) -> (Vec<Sourced>, Vec<Problem>) {
     let mut out = Vec::new();
     let mut problems = Vec::new();
+    if let Some(line) = too_deep(text) {
+        problems.push(Problem {
+            source: source.to_string(),
+            document: 1,
+            resource: None,
+            field: String::new(),
+            message: format!(
+                "line {line}: flow collections ([...], {{...}}) nested deeper than {MAX_FLOW_DEPTH}"
+            ),
+        });
+        return (out, problems);
+    }
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
         let problem = |resource: Option<String>, field: String, message: String| Problem {
@@ -626,6 +638,50 @@ pub fn parse_each(source: &str, text: &str) -> (Vec<Sourced>, Vec<Problem>) {
         }
     }
     (out, problems)
+}
+
+/// How deep `[` and `{` may nest. Resources need a handful of levels; the YAML scanner takes time
+/// quadratic in the depth of nested flow keys (`{a: {a: {a: ...`), so deeper input is refused
+/// before it is scanned: a 1 MiB request would otherwise hold a thread for minutes.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// The line where flow collections nest deeper than [`MAX_FLOW_DEPTH`], if they do. Every `[` and
+/// `{` counts, even in quotes (so nothing can hide one); a `]` or `}` counts only outside quoted
+/// scalars and comments (so none can be faked). A plain scalar with an apostrophe may make this
+/// count more than the parser would: the error is on the safe side.
+pub fn too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<u8> = None;
+    let (mut comment, mut escaped) = (false, false);
+    let mut prev = b'\n';
+    for &b in text.as_bytes() {
+        if b == b'\n' {
+            line += 1;
+            comment = false;
+            if quote == Some(b'\'') {
+                quote = None;
+            }
+        }
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(line);
+                }
+            }
+            _ if comment => {}
+            _ if escaped => escaped = false,
+            b'\\' if quote == Some(b'"') => escaped = true,
+            b'"' | b'\'' if quote == Some(b) => quote = None,
+            _ if quote.is_some() => {}
+            b'"' | b'\'' => quote = Some(b),
+            b'#' if prev.is_ascii_whitespace() => comment = true,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = b;
+    }
+    None
 }
 
 type ParseError = (Option<String>, String, String);
@@ -764,6 +820,21 @@ spec:
             problems.iter().map(|p| p.document).collect::<Vec<_>>(),
             [1, 3]
         );
+    }
+
+    #[test]
+    fn deep_flow_nesting_is_refused_before_it_is_scanned() {
+        let deep = "{a: ".repeat(100_000);
+        let started = std::time::Instant::now();
+        let p = one_problem(&deep);
+        assert!(p.message.contains("nested deeper than 64"), "{p}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        // Closing brackets in quotes or comments cannot hide the depth.
+        let hidden = "{a: \"]]\", b: # ]]\n".repeat(70);
+        assert!(one_problem(&hidden).message.contains("deeper than"));
+        // Shallow flow collections, brackets in strings and comments are fine.
+        let text = "apiVersion: weft.dev/v1alpha1 # [[[[\nkind: Service\nmetadata: {name: a, annotations: {note: \"[{[{\", other: 'it''s [x]'}}\nspec: {ports: [{port: 80}]}\n";
+        assert_eq!(parse("f.yaml", text).unwrap().len(), 1);
     }
 
     #[test]

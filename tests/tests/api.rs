@@ -280,6 +280,22 @@ metadata: {name: x}
     .await;
     assert_eq!(status, 422);
 
+    // Input built to make the YAML scanner slow (deeply nested flow keys, ~800 KiB) is refused
+    // at once, and so is a body over 1 MiB.
+    let started = Instant::now();
+    let (status, answer) = api_call(api, "POST", "/api/v1/apply", &"{a: ".repeat(200_000)).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, answer) = api_call(api, "POST", "/api/v1/apply", &"#".repeat(2 << 20)).await;
+    assert_eq!(
+        (status, answer["reason"].as_str()),
+        (400, Some("bad-request"))
+    );
+
     // The CLI shows every problem and exits non-zero.
     let server = format!("http://{api}");
     let (code, out, err) = weft(&["apply", "-f", "-", "--server", &server], bad).await;
