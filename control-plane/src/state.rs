@@ -9,7 +9,7 @@
 //! answer names the file); a stored resource that a file defines later is shadowed by the file
 //! (and comes back if the file drops it).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -344,7 +344,7 @@ impl State {
     fn write_locked(&self, write: Write, who: &str) -> Result<Vec<WriteOutcome>, WriteError> {
         let store = self.store.as_ref().ok_or(WriteError::NoStore)?;
         let mut inputs = self.lock();
-        let (next, mut outcomes) = match write {
+        let mut outcomes = match write {
             Write::Apply { items, problems } => plan_apply(&inputs, items, problems)?,
             Write::Delete {
                 id,
@@ -399,7 +399,6 @@ impl State {
             };
             changes.push((id, after));
         }
-        debug_assert_eq!(resources.len(), next.len());
         store.commit(&changes, revision, &audit)?;
         for a in &audit {
             tracing::info!(
@@ -433,7 +432,7 @@ fn plan_apply(
     inputs: &Inputs,
     items: Vec<Sourced>,
     mut problems: Vec<Problem>,
-) -> Result<(BTreeMap<String, Resource>, Vec<WriteOutcome>), WriteError> {
+) -> Result<Vec<WriteOutcome>, WriteError> {
     // Check the whole would-be config first: the request's resources in place of those they
     // replace (file-managed ones aside: they are refused below).
     let ids: HashSet<String> = items.iter().map(|s| s.resource.id()).collect();
@@ -492,7 +491,6 @@ fn plan_apply(
     if !conflicts.is_empty() {
         return Err(WriteError::Conflict(conflicts));
     }
-    let mut next = inputs.stored.resources.clone();
     let mut outcomes = Vec::new();
     for item in items {
         let id = item.resource.id();
@@ -517,16 +515,15 @@ fn plan_apply(
                 _ => item.resource.clone(),
             }),
         });
-        next.insert(id, item.resource);
     }
-    Ok((next, outcomes))
+    Ok(outcomes)
 }
 
 fn plan_delete(
     inputs: &Inputs,
     id: &str,
     resource_version: Option<&str>,
-) -> Result<(BTreeMap<String, Resource>, Vec<WriteOutcome>), WriteError> {
+) -> Result<Vec<WriteOutcome>, WriteError> {
     if let Some(f) = inputs.file_defining(id) {
         return Err(WriteError::FileManaged(vec![format!(
             "{id} is managed by the config file {} (document {}): remove it from the file to delete it",
@@ -545,18 +542,13 @@ fn plan_delete(
             )]));
         }
     }
-    let mut next = inputs.stored.resources.clone();
-    next.remove(id);
     let m = current.metadata();
-    Ok((
-        next,
-        vec![WriteOutcome {
-            kind: current.kind(),
-            namespace: m.namespace.clone(),
-            name: m.name.clone(),
-            action: Action::Deleted,
-            resource_version: String::new(),
-            resource: None,
-        }],
-    ))
+    Ok(vec![WriteOutcome {
+        kind: current.kind(),
+        namespace: m.namespace.clone(),
+        name: m.name.clone(),
+        action: Action::Deleted,
+        resource_version: String::new(),
+        resource: None,
+    }])
 }

@@ -745,3 +745,42 @@ pub async fn api_call(
     });
     (status, value)
 }
+
+/// Runs the built `weft ARGS` (inside network namespace `netns` when given) with `stdin` as its
+/// input; returns (exit code, stdout, stderr).
+pub async fn run_weft<S: AsRef<std::ffi::OsStr>>(
+    netns: Option<&str>,
+    args: &[S],
+    stdin: &str,
+) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("ip");
+            // `ip netns exec` execs the command: the child is `weft` itself.
+            c.args(["netns", "exec", ns]).arg(binary("weft"));
+            c
+        }
+        None => tokio::process::Command::new(binary("weft")),
+    };
+    let mut child = command
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run weft");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().await.expect("weft output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

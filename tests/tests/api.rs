@@ -5,35 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 use weft_tests::apps::HttpApp;
 use weft_tests::*;
-
-/// Runs `weft ARGS` with `stdin` as its input; returns (exit code, stdout, stderr).
-async fn weft(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(binary("weft"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run weft");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = child.wait_with_output().await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// One resource of each kind: (URL plural, namespace, name, created, updated).
 fn samples() -> Vec<(&'static str, &'static str, &'static str, Value, Value)> {
@@ -298,7 +275,7 @@ metadata: {name: x}
 
     // The CLI shows every problem and exits non-zero.
     let server = format!("http://{api}");
-    let (code, out, err) = weft(&["apply", "-f", "-", "--server", &server], bad).await;
+    let (code, out, err) = run_weft(None, &["apply", "-f", "-", "--server", &server], bad).await;
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("5 problems; nothing was changed"), "{err}");
     assert!(
@@ -621,30 +598,6 @@ impl Drop for Netns {
     }
 }
 
-/// Runs `weft ARGS`, optionally inside a network namespace; returns (exit code, stdout,
-/// stderr).
-async fn weft_in(netns: Option<&str>, args: &[String]) -> (i32, String, String) {
-    let mut command = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(binary("weft"));
-            c
-        }
-        None => Command::new(binary("weft")),
-    };
-    let out = command
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The control plane runs inside a network namespace, its API on every address there; the CLI
 /// calls it from this namespace, through the veth pair: off loopback, as the API sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,27 +634,27 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
     let svc = path("svc.yaml");
 
     for auth in [&[][..], &["--token-file", wrong.as_str()][..]] {
-        let (code, _, err) = weft_in(None, &args(auth, &["apply", "-f", &svc], "http")).await;
+        let (code, _, err) = run_weft(None, &args(auth, &["apply", "-f", &svc], "http"), "").await;
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("--api-token-file"), "{err}");
         let delete = ["delete", "service", "orders", "-n", "shop"];
-        let (code, _, err) = weft_in(None, &args(auth, &delete, "http")).await;
+        let (code, _, err) = run_weft(None, &args(auth, &delete, "http"), "").await;
         assert_eq!(code, 1, "{err}");
         assert!(err.contains("bearer token"), "{err}");
-        let (code, _, _) = weft_in(None, &args(auth, &["get", "services"], "http")).await;
+        let (code, _, _) = run_weft(None, &args(auth, &["get", "services"], "http"), "").await;
         assert_eq!(code, 1, "reads need credentials too");
     }
 
     // With the token: nothing was written by the refused calls; now the write goes through.
     let token = ["--token-file", good.as_str()];
     let get = ["get", "services", "-o", "json"];
-    let (code, out, err) = weft_in(None, &args(&token, &get, "http")).await;
+    let (code, out, err) = run_weft(None, &args(&token, &get, "http"), "").await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["items"],
         json!([])
     );
-    let (code, out, err) = weft_in(None, &args(&token, &["apply", "-f", &svc], "http")).await;
+    let (code, out, err) = run_weft(None, &args(&token, &["apply", "-f", &svc], "http"), "").await;
     assert_eq!(
         (code, out.as_str()),
         (0, "service/shop/orders created\n"),
@@ -719,7 +672,7 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
         &format!("http://127.0.0.1:{port}"),
     ]
     .map(String::from);
-    let (code, out, err) = weft_in(Some(&netns.name), &make).await;
+    let (code, out, err) = run_weft(Some(&netns.name), &make, "").await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("spiffe://weft.local/ns/weft-system/sa/ops"),
@@ -730,13 +683,14 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the key is the admin's alone");
     // Off loopback, the CA refuses to sign.
-    let (code, _, err) = weft_in(
+    let (code, _, err) = run_weft(
         None,
         &args(
             &token,
             &make[..4].iter().map(String::as_str).collect::<Vec<_>>(),
             "http",
         ),
+        "",
     )
     .await;
     assert_eq!(code, 1);
@@ -753,21 +707,23 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
         key.as_str(),
     ];
     let delete = ["delete", "service", "orders", "-n", "shop"];
-    let (code, out, err) = weft_in(None, &args(&tls, &delete, "https")).await;
+    let (code, out, err) = run_weft(None, &args(&tls, &delete, "https"), "").await;
     assert_eq!(
         (code, out.as_str()),
         (0, "service/shop/orders deleted\n"),
         "{err}"
     );
     // TLS without a client certificate is anonymous: refused.
-    let (code, _, err) = weft_in(None, &args(&tls[..2], &["apply", "-f", &svc], "https")).await;
+    let (code, _, err) =
+        run_weft(None, &args(&tls[..2], &["apply", "-f", &svc], "https"), "").await;
     assert_eq!(code, 1);
     assert!(err.contains("no bearer token"), "{err}");
 
     // The audit log names who wrote, and from where.
-    let (code, out, err) = weft_in(
+    let (code, out, err) = run_weft(
         None,
         &args(&tls, &["get", "services", "-o", "json"], "https"),
+        "",
     )
     .await;
     assert_eq!(code, 0, "{err}");

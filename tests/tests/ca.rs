@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,19 +124,8 @@ async fn all_issued_by(traffic: &Traffic, issuer: &str, what: &str) {
 
 /// `weft ca ARGS --server http://API`: (exit code, stdout, stderr).
 async fn weft_ca(mesh: &Mesh, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(binary("weft"))
-        .arg("ca")
-        .args(args)
-        .args(["--server", &format!("http://{}", mesh.api_addr)])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let server = format!("http://{}", mesh.api_addr);
+    run_weft(None, &[&["ca"], args, &["--server", &server]].concat(), "").await
 }
 
 fn anchors_of(mesh: &Mesh) -> Vec<String> {

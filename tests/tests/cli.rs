@@ -2,26 +2,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Stdio;
-
-use tokio::process::Command;
 use weft_tests::apps::HttpApp;
 use weft_tests::*;
 
 /// Runs `weft ARGS --server URL`; returns (exit code, stdout, stderr).
 async fn weft(server: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(binary("weft"))
-        .args(args)
-        .args(["--server", server])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run weft");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_weft(None, &[args, &["--server", server]].concat(), "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
