@@ -645,16 +645,7 @@ impl ServeProcess {
             all.extend(["--grpc-addr", "127.0.0.1:0"]);
         }
         all.extend(args);
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = tokio::process::Command::new("ip");
-                // `ip netns exec` execs the command: the child is `weft serve` itself.
-                c.args(["netns", "exec", ns]).arg(binary("weft"));
-                c
-            }
-            None => tokio::process::Command::new(binary("weft")),
-        };
-        let mut child = command
+        let mut child = weft_command(netns)
             .args(&all)
             .env("WEFT_LOG", "info")
             .stdin(std::process::Stdio::null())
@@ -754,16 +745,7 @@ pub async fn run_weft<S: AsRef<std::ffi::OsStr>>(
     stdin: &str,
 ) -> (i32, String, String) {
     use tokio::io::AsyncWriteExt;
-    let mut command = match netns {
-        Some(ns) => {
-            let mut c = tokio::process::Command::new("ip");
-            // `ip netns exec` execs the command: the child is `weft` itself.
-            c.args(["netns", "exec", ns]).arg(binary("weft"));
-            c
-        }
-        None => tokio::process::Command::new(binary("weft")),
-    };
-    let mut child = command
+    let mut child = weft_command(netns)
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -783,4 +765,17 @@ pub async fn run_weft<S: AsRef<std::ffi::OsStr>>(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The built `weft`, to run inside network namespace `netns` when given (`ip netns exec` execs
+/// it: the child is `weft` itself, so signals reach it).
+fn weft_command(netns: Option<&str>) -> tokio::process::Command {
+    match netns {
+        Some(ns) => {
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(binary("weft"));
+            c
+        }
+        None => tokio::process::Command::new(binary("weft")),
+    }
 }
