@@ -50,14 +50,24 @@ impl Inputs {
     fn merged(&self) -> Vec<Sourced> {
         let from_files: HashSet<String> = self.files.iter().map(|s| s.resource.id()).collect();
         let mut all = self.files.clone();
-        for (id, r) in &self.stored.resources {
-            if from_files.contains(id) {
-                tracing::warn!(resource = %id, "applied through the API but also defined in a config file: the file's definition is in force");
-            } else {
-                all.push(stored(r.clone()));
+        all.extend(
+            self.stored
+                .resources
+                .iter()
+                .filter(|(id, _)| !from_files.contains(*id))
+                .map(|(_, r)| stored(r.clone())),
+        );
+        all
+    }
+
+    /// Says which stored resources a file shadows (after a start or a file change).
+    fn warn_shadowed(&self) {
+        for f in &self.files {
+            let id = f.resource.id();
+            if self.stored.resources.contains_key(&id) {
+                tracing::warn!(resource = %id, file = %f.source, "applied through the API but also defined in a config file: the file's definition is in force");
             }
         }
-        all
     }
 
     fn file_defining(&self, id: &str) -> Option<&Sourced> {
@@ -178,6 +188,7 @@ impl State {
             None => Contents::default(),
         };
         let inputs = Inputs { files, stored };
+        inputs.warn_shadowed();
         let mut mesh = Mesh::compile(inputs.merged(), &trust_domain, 1);
         mesh.trust = trust;
         for w in mesh.dangling_references() {
@@ -294,6 +305,7 @@ impl State {
                     e.clear();
                 }
                 inputs.files = resources;
+                inputs.warn_shadowed();
                 if self.publish(&inputs, "config reloaded").is_none() {
                     tracing::debug!("config files changed on disk but not in content");
                     return;

@@ -767,3 +767,56 @@ async fn api_call_as(addr: &str, token: &str, path: &str) -> Value {
         .to_bytes();
     serde_json::from_slice(&body).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_shadows_a_stored_resource_while_it_defines_it() {
+    let mesh = Mesh::start(FILE_SERVICE).await;
+    let api = mesh.api_addr;
+    let path = "/api/v1/services/shop/pay";
+    let (status, _) = api_call(api, "PUT", path, &samples()[0].3.to_string()).await;
+    assert_eq!(status, 201);
+    let port_in_force = || {
+        let m = mesh.state().mesh();
+        let s = m
+            .resources
+            .iter()
+            .find(|s| s.resource.id() == "Service/shop/pay")
+            .cloned()
+            .unwrap();
+        (
+            s.source.clone(),
+            serde_json::to_value(&s.resource).unwrap()["spec"]["ports"][0]["port"].clone(),
+        )
+    };
+    assert_eq!(port_in_force(), ("api".to_string(), json!(8080)));
+
+    // The file now defines it too: the file's definition is in force, and the API refuses it.
+    let from_file = "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: pay, namespace: shop}\nspec: {ports: [{port: 7070}]}\n";
+    let generation = mesh.generation();
+    mesh.write_config(&format!("{FILE_SERVICE}---\n{from_file}"));
+    eventually(
+        "the file to be in force",
+        Duration::from_secs(5),
+        || async { (mesh.generation() > generation).then_some(()) },
+    )
+    .await;
+    let (source, port) = port_in_force();
+    assert!(source.ends_with("mesh.yaml"), "{source}");
+    assert_eq!(port, json!(7070));
+    let (status, body) = api_call(api, "PUT", path, &samples()[0].4.to_string()).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (409, Some("file-managed"))
+    );
+
+    // The file drops it: the stored definition is back in force.
+    let generation = mesh.generation();
+    mesh.write_config(FILE_SERVICE);
+    eventually(
+        "the stored one to be back",
+        Duration::from_secs(5),
+        || async { (mesh.generation() > generation).then_some(()) },
+    )
+    .await;
+    assert_eq!(port_in_force(), ("api".to_string(), json!(8080)));
+}
