@@ -376,7 +376,12 @@ impl Api {
         };
         match self.write(write, caller).await {
             Ok(mut outcomes) => {
-                let o = outcomes.remove(0);
+                let Some(o) = outcomes.pop() else {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the write had no outcome",
+                    );
+                };
                 let mut rsp = match serde_json::to_value(&o.resource) {
                     Ok(v) => json(&v),
                     Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -994,5 +999,81 @@ mod tests {
             200
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    use proptest::prelude::*;
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "api",
+                "v1",
+                "services",
+                "httproutes",
+                "Service",
+                "meshconfigs",
+                "apply",
+                "audit",
+                "proxies",
+                "tokens",
+                "ca",
+                "rotate",
+                "admin-certificates",
+                "admin",
+                "config",
+                "shop",
+                "default",
+                "pay",
+                "..",
+                "",
+                "%00",
+                "openapi.json",
+            ])
+            .prop_map(String::from),
+            "[a-zA-Z0-9%._~-]{0,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever the method, path, body and caller, the API answers (no panic) and never with
+        /// a server error: bad input is the caller's problem, named in a 4xx.
+        #[test]
+        fn any_request_gets_an_answer_that_is_not_a_server_error(
+            method in prop::sample::select(vec!["GET", "PUT", "POST", "DELETE", "PATCH"]),
+            segments in prop::collection::vec(segment(), 0..6),
+            query in "[a-zA-Z=&0-9]{0,16}",
+            body in prop_oneof![
+                any::<String>(),
+                Just(SERVICE.to_string()),
+                "[{}\\[\\]:, a-z0-9\"\n-]{0,200}",
+            ],
+            loopback in any::<bool>(),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let dir = std::env::temp_dir().join(format!("weft-api-prop-{:x}", rand::random::<u64>()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let api = api(&dir);
+            let path = format!("/{}?{query}", segments.join("/"));
+            let peer = if loopback { "127.0.0.1:1" } else { "10.0.0.1:1" };
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let (status, text) = rt.block_on(async {
+                let Ok(req) = Request::builder()
+                    .method(method)
+                    .uri(&path)
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                else {
+                    return (400, String::new()); // not a URI hyper would have accepted
+                };
+                let rsp = api.clone().handle(Conn::plain(peer.parse().unwrap()), req).await.unwrap();
+                let status = rsp.status().as_u16();
+                let body = rsp.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            });
+            drop(api);
+            std::fs::remove_dir_all(&dir).unwrap();
+            prop_assert!(status < 500, "{path}: {status} {text}");
+        }
     }
 }
