@@ -300,7 +300,10 @@ impl Api {
     }
 
     /// `POST /api/v1/apply`: multi-document YAML or JSON, all or nothing.
+    /// With `?dryRun=true` (or `All`, as Kubernetes spells it), everything is checked and the
+    /// results say what would happen, but nothing is stored.
     async fn apply<B: RequestBody>(&self, req: Request<B>, caller: &Caller) -> Response<Body> {
+        let dry_run = query(&req, "dryRun").is_some_and(|v| v == "true" || v == "All");
         let body = match read_text(req).await {
             Ok(t) => t,
             Err(rsp) => return rsp,
@@ -319,8 +322,13 @@ impl Api {
                 &[],
             );
         }
-        match self.write(Write::Apply { items, problems }, caller).await {
-            Ok(outcomes) => json(&serde_json::json!({ "results": outcomes })),
+        let write = Write::Apply {
+            items,
+            problems,
+            dry_run,
+        };
+        match self.write(write, caller).await {
+            Ok(outcomes) => json(&serde_json::json!({ "results": outcomes, "dryRun": dry_run })),
             Err(e) => write_error(&e),
         }
     }
@@ -373,6 +381,7 @@ impl Api {
         let write = Write::Apply {
             items: vec![item],
             problems: Vec::new(),
+            dry_run: false,
         };
         match self.write(write, caller).await {
             Ok(mut outcomes) => {

@@ -7,12 +7,18 @@ use crate::client::ApiClient;
 use crate::resources;
 
 /// Applies every document of `text` (YAML or JSON), all or nothing. Returns the lines to print
-/// (`httproute/shop/orders configured`), or every problem.
-pub async fn apply(api: &ApiClient, text: String) -> Result<String, String> {
+/// (`httproute/shop/orders configured`), or every problem. A dry run checks everything and
+/// says what would happen, storing nothing.
+pub async fn apply(api: &ApiClient, text: String, dry_run: bool) -> Result<String, String> {
+    let path = if dry_run {
+        "/api/v1/apply?dryRun=true"
+    } else {
+        "/api/v1/apply"
+    };
     let (status, body) = api
         .send(
             http::Method::POST,
-            "/api/v1/apply",
+            path,
             Bytes::from(text),
             "application/yaml",
         )
@@ -25,11 +31,12 @@ pub async fn apply(api: &ApiClient, text: String) -> Result<String, String> {
     for r in doc["results"].as_array().into_iter().flatten() {
         let s = |f: &str| r[f].as_str().unwrap_or("?").to_string();
         out.push_str(&format!(
-            "{}/{}/{} {}\n",
+            "{}/{}/{} {}{}\n",
             s("kind").to_ascii_lowercase(),
             s("namespace"),
             s("name"),
-            s("action")
+            s("action"),
+            if dry_run { " (dry run)" } else { "" }
         ));
     }
     Ok(out)

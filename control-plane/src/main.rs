@@ -111,6 +111,9 @@ enum Command {
         /// A file of YAML or JSON resources (multi-document), or `-`.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+        /// Check everything on the server and print what would happen; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// The control plane's API.
         #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
         server: String,
@@ -353,7 +356,11 @@ async fn run(command: Command, auth: Auth) -> ExitCode {
                 }
             }
         }
-        Command::Apply { file, server } => {
+        Command::Apply {
+            file,
+            dry_run,
+            server,
+        } => {
             let text = if file.as_os_str() == "-" {
                 let mut t = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
@@ -368,7 +375,7 @@ async fn run(command: Command, auth: Auth) -> ExitCode {
                 }
             };
             let result = match client(&server, &auth) {
-                Ok(api) => weft::apply::apply(&api, text).await,
+                Ok(api) => weft::apply::apply(&api, text, dry_run).await,
                 Err(e) => Err(e),
             };
             print_result("weft apply", result)

@@ -89,7 +89,7 @@ impl Default for Metrics {
         let api_writes = Family::default();
         registry.register(
             "api_writes",
-            "Writes through the API (apply, PUT, DELETE), by outcome (accepted, unchanged, invalid, conflict, file-managed, not-found, failed)",
+            "Writes through the API (apply, PUT, DELETE), by outcome (accepted, unchanged, dry-run, invalid, conflict, file-managed, not-found, failed)",
             api_writes.clone(),
         );
         let trace = weft_proxy::trace::TraceCounters::default();

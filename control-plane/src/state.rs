@@ -90,6 +90,8 @@ pub enum Write {
     Apply {
         items: Vec<Sourced>,
         problems: Vec<Problem>,
+        /// Check everything and say what would happen; store nothing.
+        dry_run: bool,
     },
     /// Delete one resource, if it still has this version when given.
     Delete {
@@ -340,8 +342,10 @@ impl State {
     /// Checks `write` against the config in force, stores it durably, then publishes it.
     /// `who` is recorded in the audit log. All or nothing: on any error nothing changes.
     pub fn write(&self, write: Write, who: &str) -> Result<Vec<WriteOutcome>, WriteError> {
+        let dry_run = matches!(write, Write::Apply { dry_run: true, .. });
         let result = self.write_locked(write, who);
         let outcome = match &result {
+            Ok(_) if dry_run => "dry-run",
             Ok(o) if o.iter().all(|o| o.action == Action::Unchanged) => "unchanged",
             Ok(_) => "accepted",
             Err(e) => e.reason(),
@@ -357,7 +361,17 @@ impl State {
         let store = self.store.as_ref().ok_or(WriteError::NoStore)?;
         let mut inputs = self.lock();
         let mut outcomes = match write {
-            Write::Apply { items, problems } => plan_apply(&inputs, items, problems)?,
+            Write::Apply {
+                items,
+                problems,
+                dry_run,
+            } => {
+                let outcomes = plan_apply(&inputs, items, problems)?;
+                if dry_run {
+                    return Ok(outcomes);
+                }
+                outcomes
+            }
             Write::Delete {
                 id,
                 resource_version,

@@ -820,3 +820,46 @@ async fn a_file_shadows_a_stored_resource_while_it_defines_it() {
     .await;
     assert_eq!(port_in_force(), ("api".to_string(), json!(8080)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_checks_everything_and_changes_nothing() {
+    let mesh = Mesh::start(FILE_SERVICE).await;
+    let api = mesh.api_addr;
+    let server = format!("http://{api}");
+    let svc = samples()[0].3.to_string();
+    let generation = mesh.generation();
+
+    let (status, body) = api_call(api, "POST", "/api/v1/apply?dryRun=true", &svc).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["dryRun"], json!(true));
+    assert_eq!(body["results"][0]["action"], "created");
+    let (code, out, err) = run_weft(
+        None,
+        &["apply", "--dry-run", "-f", "-", "--server", &server],
+        &svc,
+    )
+    .await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "service/shop/pay created (dry run)\n"),
+        "{err}"
+    );
+    // Problems and conflicts are found as for a real apply.
+    let (status, _) = api_call(api, "POST", "/api/v1/apply?dryRun=true", FILE_SERVICE).await;
+    assert_eq!(status, 409);
+    let bad = svc.replace("8080", "0");
+    let (status, _) = api_call(api, "POST", "/api/v1/apply?dryRun=true", &bad).await;
+    assert_eq!(status, 422);
+
+    assert_eq!(mesh.generation(), generation);
+    assert_eq!(
+        api_call(api, "GET", "/api/v1/services/shop/pay", "")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        api_call(api, "GET", "/api/v1/audit", "").await.1["items"],
+        json!([])
+    );
+}
