@@ -22,13 +22,23 @@ pub async fn get(
     output: Option<Output>,
 ) -> Result<String, String> {
     let is_proxies = matches!(kind.to_ascii_lowercase().as_str(), "proxies" | "proxy");
+    let is_audit = kind.eq_ignore_ascii_case("audit");
     let path = if is_proxies {
         "/api/v1/proxies".to_string()
+    } else if is_audit {
+        // `weft get audit [N]`: the last N writes (default 20).
+        let limit = name.map_or(Ok(20), str::parse::<usize>).map_err(|_| {
+            format!(
+                "weft get audit [N]: {:?} is not a number of entries",
+                name.unwrap_or("")
+            )
+        })?;
+        format!("/api/v1/audit?limit={limit}")
     } else {
         let Some(kind) = resources::kind_named(kind) else {
             let known: Vec<&str> = resources::KINDS.iter().map(|(k, _)| *k).collect();
             return Err(format!(
-                "unknown kind {kind:?}; known kinds: proxies, {} (singular or plural, any case)",
+                "unknown kind {kind:?}; known kinds: proxies, audit, {} (singular or plural, any case)",
                 known.join(", ")
             ));
         };
@@ -80,6 +90,8 @@ pub async fn get(
             };
             Ok(if is_proxies {
                 proxies_table(&items)
+            } else if is_audit {
+                audit_table(&items)
             } else {
                 resources_table(&items)
             })
@@ -115,6 +127,40 @@ fn proxies_table(items: &[Value]) -> String {
             "LAST NACK",
             "CERT EXPIRES IN",
         ],
+        rows,
+    )
+}
+
+fn audit_table(items: &[Value]) -> String {
+    let rows = items
+        .iter()
+        .map(|e| {
+            let s = |f: &str| e[f].as_str().unwrap_or("-").to_string();
+            let changed: Vec<&str> = e["changed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            // Whole seconds are enough to read.
+            let time = s("time");
+            let time = time
+                .split('.')
+                .next()
+                .unwrap_or(&time)
+                .trim_end_matches('Z');
+            vec![
+                format!("{time}Z"),
+                s("who"),
+                s("action"),
+                s("resource"),
+                s("resourceVersion"),
+                changed.join(", "),
+            ]
+        })
+        .collect();
+    table(
+        &["TIME", "WHO", "ACTION", "RESOURCE", "VERSION", "CHANGED"],
         rows,
     )
 }

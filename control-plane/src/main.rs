@@ -88,10 +88,11 @@ enum Command {
         otlp_endpoint: Option<String>,
     },
     /// Show the resources in force (`weft get services`, `weft get httproute orders -n shop -o
-    /// yaml`) or the connected proxies (`weft get proxies`).
+    /// yaml`), the connected proxies (`weft get proxies`), or the last writes (`weft get audit
+    /// [N]`).
     Get {
         /// A kind (Service, HTTPRoute, TrafficPolicy, AuthorizationPolicy, MeshConfig; singular or
-        /// plural, any case), or `proxies`.
+        /// plural, any case), `proxies` or `audit`.
         kind: String,
         /// One resource's name (a proxy: its identity, service or id).
         name: Option<String>,

@@ -166,6 +166,23 @@ async fn create_read_update_delete_every_kind() {
         .unwrap()
         .starts_with("loopback 127.0.0.1:"));
     assert!(route_update["time"].as_str().unwrap().ends_with('Z'));
+
+    // `weft get audit N`: the last N writes as a table.
+    let server = format!("http://{api}");
+    let (code, out, err) = run_weft(None, &["get", "audit", "2", "--server", &server], "").await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("TIME") && lines[0].contains("CHANGED"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("loopback 127.0.0.1:")
+            && lines[2].contains("deleted")
+            && lines[2].contains("MeshConfig/default/default"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
