@@ -34,17 +34,8 @@ pub async fn admin_cert(
         "spiffe://{trust_domain}/ns/{}/sa/{name}",
         crate::ca::SYSTEM_NAMESPACE
     );
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut params = rcgen::CertificateParams::default();
-    let uri = identity
-        .as_str()
-        .try_into()
-        .map_err(|e: rcgen::Error| format!("{identity}: {e}"))?;
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|c| c.pem())
-        .map_err(|e| e.to_string())?;
+    let (key, csr) = weft_proxy::identity::key_and_csr(&identity)?;
+    let csr = csr.pem().map_err(|e| e.to_string())?;
     let (status, body) = api
         .request(
             http::Method::POST,

@@ -199,13 +199,12 @@ impl Api {
         let path = req.uri().path().trim_start_matches("/api/v1/").to_string();
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let Some(kind) = parts.first().and_then(|k| resources::kind_named(k)) else {
-            let known: Vec<&str> = resources::KINDS.iter().map(|(k, _)| *k).collect();
             return text(
                 StatusCode::NOT_FOUND,
                 &format!(
                     "unknown kind {:?}; the API serves proxies, {}",
                     parts.first().unwrap_or(&""),
-                    known.join(", ")
+                    resources::known_kinds()
                 ),
             );
         };
@@ -679,18 +678,23 @@ impl Api {
 async fn read_json<T: serde::de::DeserializeOwned, B: RequestBody>(
     req: Request<B>,
 ) -> Result<T, Response<Body>> {
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            text(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the request: {e}"),
-            )
-        })?
-        .to_bytes();
+    let body = read_body(req).await.map_err(|e| {
+        text(
+            StatusCode::BAD_REQUEST,
+            &format!("cannot read the request: {e}"),
+        )
+    })?;
     serde_json::from_slice(&body)
         .map_err(|e| text(StatusCode::UNPROCESSABLE_ENTITY, &format!("body: {e}")))
+}
+
+/// The request body, at most [`MAX_BODY`] bytes.
+async fn read_body<B: RequestBody>(req: Request<B>) -> Result<bytes::Bytes, String> {
+    Ok(Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes())
 }
 
 /// The value of `name` in the request's query string.
@@ -703,26 +707,13 @@ fn query<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
 
 /// Reads a request body as text (YAML or JSON), or the response that says why it cannot be.
 async fn read_text<B: RequestBody>(req: Request<B>) -> Result<String, Response<Body>> {
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| {
-            error_json(
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                &format!("cannot read the request (at most {MAX_BODY} bytes): {e}"),
-                &[],
-            )
-        })?
-        .to_bytes();
-    String::from_utf8(body.to_vec()).map_err(|_| {
-        error_json(
-            StatusCode::BAD_REQUEST,
-            "bad-request",
-            "the request is not UTF-8 text",
-            &[],
-        )
-    })
+    let bad = |m: &str| error_json(StatusCode::BAD_REQUEST, "bad-request", m, &[]);
+    let body = read_body(req).await.map_err(|e| {
+        bad(&format!(
+            "cannot read the request (at most {MAX_BODY} bytes): {e}"
+        ))
+    })?;
+    String::from_utf8(body.to_vec()).map_err(|_| bad("the request is not UTF-8 text"))
 }
 
 /// `text` with `metadata.namespace: ns` added when it is one document that has none.

@@ -50,10 +50,9 @@ pub async fn delete(
     namespace: Option<&str>,
 ) -> Result<String, String> {
     let Some(kind) = resources::kind_named(kind) else {
-        let known: Vec<&str> = resources::KINDS.iter().map(|(k, _)| *k).collect();
         return Err(format!(
             "unknown kind {kind:?}; known kinds: {} (singular or plural, any case)",
-            known.join(", ")
+            resources::known_kinds()
         ));
     };
     let ns = namespace.unwrap_or("default");

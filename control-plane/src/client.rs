@@ -51,13 +51,7 @@ impl ApiClient {
         let anchors = String::from_utf8_lossy(&read("certificate-authority", ca)?).into_owned();
         let anchors = weft_proxy::tls::parse_anchors(&anchors)
             .map_err(|e| format!("--certificate-authority {}: {e}", ca.display()))?;
-        let verifier = weft_proxy::tls::SpiffeVerifier::control_plane(Arc::new(anchors));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier));
+        let builder = weft_proxy::control::verifying(Arc::new(anchors))?;
         let mut config = match (&files.client_certificate, &files.client_key) {
             (Some(cert), Some(key)) => {
                 let chain =
@@ -164,20 +158,7 @@ async fn send_tls(
     req: http::Request<Full<Bytes>>,
 ) -> Result<http::Response<hyper::body::Incoming>, String> {
     let uri = req.uri().clone();
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("no host in {uri}"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| e.to_string())?;
-    // What is verified is the control plane's SPIFFE ID, not this name; rustls needs one.
-    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
+    let tls = weft_proxy::control::connect_tls(&uri, config)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))

@@ -36,10 +36,9 @@ pub async fn get(
         format!("/api/v1/audit?limit={limit}")
     } else {
         let Some(kind) = resources::kind_named(kind) else {
-            let known: Vec<&str> = resources::KINDS.iter().map(|(k, _)| *k).collect();
             return Err(format!(
                 "unknown kind {kind:?}; known kinds: proxies, audit, {} (singular or plural, any case)",
-                known.join(", ")
+                resources::known_kinds()
             ));
         };
         match (name, namespace) {

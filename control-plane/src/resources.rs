@@ -42,6 +42,11 @@ pub const KINDS: [(&str, &str); 5] = [
     ("AuthorizationPolicy", WEFT_API),
 ];
 
+/// The kinds, comma-separated, for messages that list them.
+pub fn known_kinds() -> String {
+    KINDS.map(|(k, _)| k).join(", ")
+}
+
 /// The kind a name in a URL or on the command line means: the kind itself in any case, or its
 /// lowercase plural (`services`, `httproutes`, `trafficpolicies`, ...).
 pub fn kind_named(name: &str) -> Option<&'static str> {
@@ -688,7 +693,13 @@ type ParseError = (Option<String>, String, String);
 
 fn parse_value(value: serde_yaml::Value) -> Result<Resource, ParseError> {
     let get = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let kind = get("kind").ok_or((None, "kind".into(), "missing; expected one of MeshConfig, Service, HTTPRoute, TrafficPolicy, AuthorizationPolicy".into()))?;
+    let kind = get("kind").ok_or_else(|| {
+        (
+            None,
+            "kind".into(),
+            format!("missing; expected one of {}", known_kinds()),
+        )
+    })?;
     let api_version = get("apiVersion").ok_or((None, "apiVersion".into(), "missing".into()))?;
     let name = value
         .get("metadata")
@@ -702,14 +713,10 @@ fn parse_value(value: serde_yaml::Value) -> Result<Resource, ParseError> {
         .unwrap_or("default");
     let id = Some(format!("{kind}/{ns}/{name}"));
     let Some((_, want_api)) = KINDS.iter().find(|(k, _)| *k == kind) else {
-        let known: Vec<_> = KINDS.iter().map(|(k, _)| *k).collect();
         return Err((
             None,
             "kind".into(),
-            format!(
-                "unknown kind {kind:?}; expected one of {}",
-                known.join(", ")
-            ),
+            format!("unknown kind {kind:?}; expected one of {}", known_kinds()),
         ));
     };
     if api_version != *want_api {

@@ -85,30 +85,45 @@ impl ControlPlane {
         &self,
         uri: Uri,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
-        let io = |e: String| std::io::Error::other(e);
-        let host = uri
-            .host()
-            .ok_or_else(|| io(format!("no host in {uri}")))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = uri.port_u16().unwrap_or(443);
-        let tcp = TcpStream::connect((host.as_str(), port)).await?;
-        tcp.set_nodelay(true)?;
-        let verifier = SpiffeVerifier::control_plane(self.anchors.load_full());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| io(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+        let mut config = verifying(self.anchors.load_full())
+            .map_err(std::io::Error::other)?
             .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec()];
-        // The name is not what is verified (the SPIFFE ID is), but rustls needs one.
-        let name = ServerName::try_from(host).map_err(|e| io(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await?;
-        Ok(TokioIo::new(tls))
+        connect_tls(&uri, Arc::new(config)).await.map(TokioIo::new)
     }
+}
+
+/// TLS 1.3 client settings that verify the control plane: its chain against `anchors`, then its
+/// SPIFFE ID. The caller chooses whether to present a client certificate.
+pub fn verifying(
+    anchors: Arc<Vec<TrustAnchor<'static>>>,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier::control_plane(anchors))))
+}
+
+/// A TLS connection to the host and port of `uri` (443 by default).
+pub async fn connect_tls(
+    uri: &Uri,
+    config: Arc<ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
+    let io = |e: String| std::io::Error::other(e);
+    let host = uri
+        .host()
+        .ok_or_else(|| io(format!("no host in {uri}")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    // The name is not what is verified (the SPIFFE ID is), but rustls needs one.
+    let name = ServerName::try_from(host).map_err(|e| io(e.to_string()))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
 }

@@ -723,11 +723,24 @@ pub async fn api_call(
     path: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    let req = http::Request::builder()
+    api_call_as(api, None, method, path, body).await
+}
+
+/// Like [`api_call`], with `Authorization: Bearer TOKEN` when a token is given.
+pub async fn api_call_as(
+    api: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut req = http::Request::builder()
         .method(method)
-        .uri(format!("http://{api}{path}"))
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+        .uri(format!("http://{api}{path}"));
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let rsp = http1_client().request(req).await.unwrap();
     let status = rsp.status().as_u16();
     let bytes = rsp.into_body().collect().await.unwrap().to_bytes();

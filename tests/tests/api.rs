@@ -748,7 +748,15 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
         serde_json::from_str::<Value>(&out).unwrap()["items"],
         json!([])
     );
-    let audit = api_call_as(&remote, "ci-s3cret", "/api/v1/audit").await;
+    let (status, audit) = api_call_as(
+        remote.parse().unwrap(),
+        Some("ci-s3cret"),
+        "GET",
+        "/api/v1/audit",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
     let who: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -768,21 +776,6 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
         "{who:?}"
     );
     serve.terminate().await;
-}
-
-/// `GET path` with a bearer token; the body as JSON.
-async fn api_call_as(addr: &str, token: &str, path: &str) -> Value {
-    let req = http::Request::get(format!("http://{addr}{path}"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let rsp = http1_client().request(req).await.unwrap();
-    assert_eq!(rsp.status(), 200);
-    let body = http_body_util::BodyExt::collect(rsp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    serde_json::from_slice(&body).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
