@@ -72,6 +72,10 @@ pub struct Args {
     /// or `-` for standard output.
     #[arg(long, env = "WEFT_PROXY_ACCESS_LOG", default_value = "-")]
     pub access_log: String,
+    /// Protocols a request may upgrade to (HTTP/1.1 `Upgrade`), comma-separated; `h2c` is never
+    /// one [default: websocket].
+    #[arg(long, env = "WEFT_PROXY_ALLOWED_UPGRADES")]
+    pub allowed_upgrades: Option<String>,
 }
 
 /// A local listener bound to one service (the `upstream` setting).
@@ -158,6 +162,7 @@ pub struct Config {
     pub workers: usize,
     /// `None`: standard output.
     pub access_log: Option<PathBuf>,
+    pub allowed_upgrades: crate::upgrade::Upgrades,
 }
 
 impl Config {
@@ -274,6 +279,26 @@ impl Config {
             }
         };
 
+        let mut allowed_upgrades = Vec::new();
+        let upgrades = a.allowed_upgrades.as_deref().unwrap_or("websocket");
+        for p in upgrades.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let p = p.to_ascii_lowercase();
+            if p == "h2c" {
+                errors.push(format!(
+                    "allowed-upgrades={upgrades:?}: h2c cannot be allowed (an h2c tunnel would carry requests past policy)"
+                ));
+            } else if !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                errors.push(format!(
+                    "allowed-upgrades={upgrades:?}: {p:?} is not a protocol name"
+                ));
+            } else {
+                allowed_upgrades.push(p);
+            }
+        }
+
         if errors.is_empty() {
             Ok(Self {
                 control_plane,
@@ -295,6 +320,7 @@ impl Config {
                     "" | "-" => None,
                     p => Some(PathBuf::from(p)),
                 },
+                allowed_upgrades: crate::upgrade::Upgrades(allowed_upgrades),
             })
         } else {
             Err(errors)

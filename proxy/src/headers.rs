@@ -35,6 +35,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes `name` and every header that differs from it only by `_` for `-`
+/// (`x_weft_client_identity`): CGI, WSGI and Rack servers fold both into the same variable, so a
+/// look-alike would reach the app as the header itself. `name` is lowercase with `-`.
+pub fn remove_with_lookalikes(headers: &mut HeaderMap, name: &'static str) {
+    headers.remove(name);
+    let lookalike = |k: &HeaderName| {
+        let k = k.as_str().as_bytes();
+        k.len() == name.len()
+            && k.contains(&b'_')
+            && k.iter()
+                .zip(name.as_bytes())
+                .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+    };
+    // Rare: collect only when there is one, so the usual request allocates nothing.
+    if headers.keys().any(lookalike) {
+        let found: Vec<HeaderName> = headers.keys().filter(|k| lookalike(k)).cloned().collect();
+        for k in found {
+            headers.remove(k);
+        }
+    }
+}
+
 /// Whether the request asks to switch protocols (WebSocket and the like): it cannot ride an
 /// HTTP/2 stream and needs its own connection.
 pub fn is_upgrade(parts: &Parts) -> bool {
@@ -125,6 +147,22 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h[header::TE], "trailers");
         assert_eq!(h["x-kept"], "1");
+    }
+
+    #[test]
+    fn lookalikes_of_a_header_are_removed_with_it() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-weft-client-identity",
+            "x_weft_client_identity",
+            "x-weft_client-identity",
+        ] {
+            h.append(name, "forged".parse().unwrap());
+        }
+        h.insert("x-weft-client-identityx", "kept".parse().unwrap());
+        h.insert("x_other", "kept".parse().unwrap());
+        remove_with_lookalikes(&mut h, "x-weft-client-identity");
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 
     #[test]

@@ -33,12 +33,13 @@ use crate::metrics::{Metrics, RequestLabels, ServiceLabels, INBOUND};
 use crate::observe::{Info, RequestLine};
 use crate::outbound::error_label;
 use crate::ratelimit::TokenBucket;
+use crate::routes::Protocol;
 use crate::server::Accepted;
 use crate::server::Http;
 use crate::tls::Tls;
 use crate::trace::{self, SpanKind, Tracer};
 use crate::transport::{self, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
-use crate::upgrade;
+use crate::upgrade::{self, Switch, Upgrades};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -62,18 +63,20 @@ pub struct Inbound {
     limiter: std::sync::Mutex<Option<Arc<TokenBucket>>>,
     tracer: Arc<Tracer>,
     access_log: Arc<AccessLog>,
+    upgrades: Upgrades,
 }
 
 impl Inbound {
+    /// The inbound side of the proxy configured by `config`.
     pub fn new(
-        app_addr: SocketAddr,
-        service: String,
+        config: &crate::config::Config,
         metrics: Arc<Metrics>,
         tls: Arc<Tls>,
         discovery: Arc<Discovery>,
         tracer: Arc<Tracer>,
         access_log: Arc<AccessLog>,
     ) -> Self {
+        let app_addr = config.app_addr;
         let connector = AppConnector { addr: app_addr };
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -89,7 +92,7 @@ impl Inbound {
             .build(connector);
         Self {
             app_addr,
-            service,
+            service: format!("{}.{}", config.service, config.namespace),
             metrics,
             http1,
             http2,
@@ -98,6 +101,7 @@ impl Inbound {
             limiter: std::sync::Mutex::new(None),
             tracer,
             access_log,
+            upgrades: config.allowed_upgrades.clone(),
         }
     }
 
@@ -227,17 +231,7 @@ impl Inbound {
             Err(_) => return tracing::debug!(%peer, "inbound connection sent nothing; closed"),
         };
         match kind {
-            Detected::Opaque => match OpaqueHeader::read(&mut io).await {
-                Ok(header) => {
-                    if let Err(e) = self.rate_limit() {
-                        return tracing::debug!(%peer, error = %e, "inbound TCP connection refused");
-                    }
-                    crate::tcp::inbound(io, header, self.app_addr, self.metrics.clone()).await
-                }
-                Err(e) => {
-                    tracing::info!(%peer, error = %e, "bad opaque transport header; connection closed")
-                }
-            },
+            Detected::Opaque => self.serve_opaque(io, peer, client.as_deref()).await,
             Detected::Http1 | Detected::Http2 => {
                 let svc = hyper::service::service_fn(move |req| {
                     self.clone().handle(client.clone(), peer, req)
@@ -245,6 +239,73 @@ impl Inbound {
                 http.serve(Prefixed::new(prefix, io), watcher, svc).await;
             }
         }
+    }
+
+    /// An opaque TCP connection: relayed to the app only when its header names this proxy's
+    /// own Service and a port that Service declares TCP, and AuthorizationPolicy allows the
+    /// caller's identity. Anything else is closed before a byte reaches the app, and counted.
+    async fn serve_opaque<I>(&self, mut io: I, peer: SocketAddr, client: Option<&str>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let header = match tokio::time::timeout(DETECT_TIMEOUT, OpaqueHeader::read(&mut io)).await {
+            Ok(Ok(header)) => header,
+            Ok(Err(e)) => {
+                self.refuse_opaque("bad-header");
+                return tracing::info!(%peer, error = %e, "bad opaque transport header; connection closed");
+            }
+            Err(_) => {
+                self.refuse_opaque("bad-header");
+                return tracing::info!(%peer, "opaque transport header incomplete; connection closed");
+            }
+        };
+        if let Err(reason) = self.opaque_allowed(&header, client) {
+            self.refuse_opaque(reason.label());
+            return tracing::info!(
+                %peer,
+                caller = client.unwrap_or("an unauthenticated caller"),
+                service = %header.service,
+                port = header.port,
+                "inbound TCP connection refused: {reason}"
+            );
+        }
+        crate::tcp::inbound(io, &self.service, self.app_addr, self.metrics.clone()).await
+    }
+
+    /// Whether an opaque connection with `header` from `client` may reach the app.
+    fn opaque_allowed(
+        &self,
+        header: &OpaqueHeader,
+        client: Option<&str>,
+    ) -> Result<(), OpaqueRefusal> {
+        if header.service != self.service {
+            return Err(OpaqueRefusal::NotThisService);
+        }
+        let snapshot = self.discovery.snapshot();
+        let Some(inbound) = snapshot.inbound.as_ref() else {
+            return Err(OpaqueRefusal::NoConfig);
+        };
+        // Every port of a Service reaches the same app-addr: opaque bytes to a Service that
+        // also serves HTTP would reach the app's HTTP listener past HTTP policy and with
+        // headers this proxy never set.
+        let declared_tcp = inbound
+            .ports
+            .iter()
+            .any(|p| p.port == header.port && p.protocol == Protocol::Tcp);
+        if !declared_tcp || inbound.ports.iter().any(|p| p.protocol != Protocol::Tcp) {
+            return Err(OpaqueRefusal::NotATcpPort);
+        }
+        if !self.authorize(|p| p.allows_connection(client)) {
+            return Err(OpaqueRefusal::Forbidden);
+        }
+        self.rate_limit().map_err(|_| OpaqueRefusal::RateLimited)
+    }
+
+    fn refuse_opaque(&self, reason: &'static str) {
+        self.metrics
+            .opaque_refused
+            .get_or_create(&crate::metrics::ReasonLabels { reason })
+            .inc();
     }
 
     async fn handle(
@@ -310,7 +371,7 @@ impl Inbound {
         }
         self.rate_limit()?;
         // Only this proxy vouches for a caller, and only for one it authenticated.
-        parts.headers.remove(CLIENT_IDENTITY_HEADER);
+        headers::remove_with_lookalikes(&mut parts.headers, CLIENT_IDENTITY_HEADER);
         if let Some(id) = client.and_then(|c| HeaderValue::from_str(c).ok()) {
             parts.headers.insert(CLIENT_IDENTITY_HEADER, id);
         }
@@ -318,7 +379,7 @@ impl Inbound {
             ProxyError::BadRequest("request has no Host header or authority".into())
         })?;
 
-        if headers::is_upgrade(&parts) {
+        if self.upgrades.check(&mut parts)? == Switch::Upgrade {
             let req = Request::from_parts(parts, body::boxed(body));
             return upgrade::forward(
                 self.app_addr,
@@ -363,6 +424,34 @@ impl Inbound {
         let (mut parts, body) = rsp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body::boxed(body)))
+    }
+}
+
+/// Why an opaque connection was closed before reaching the app.
+#[derive(Debug, thiserror::Error)]
+enum OpaqueRefusal {
+    #[error("its header names another Service than this proxy's")]
+    NotThisService,
+    #[error("the port is not one this Service declares TCP (or the Service serves HTTP too, on the same app-addr)")]
+    NotATcpPort,
+    #[error("this proxy has no config for its own Service yet")]
+    NoConfig,
+    #[error("AuthorizationPolicy does not allow the caller")]
+    Forbidden,
+    #[error("the Service's rate limit is reached")]
+    RateLimited,
+}
+
+impl OpaqueRefusal {
+    /// The `reason` label of `weft_proxy_inbound_opaque_refused_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::NotThisService => "not-this-service",
+            Self::NotATcpPort => "not-a-tcp-port",
+            Self::NoConfig => "no-config",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate-limited",
+        }
     }
 }
 

@@ -84,6 +84,8 @@ pub struct Running {
     pub upstream_addrs: Vec<SocketAddr>,
     pub discovery: Arc<Discovery>,
     pub identity: Arc<identity::Identity>,
+    /// The TLS configs made from this proxy's credentials.
+    pub tls: Arc<tls::Tls>,
     pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -213,6 +215,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         tls: tls.clone(),
         tracer: tracer.clone(),
         access_log: access_log.clone(),
+        upgrades: config.allowed_upgrades.clone(),
     });
     let outbound_addr = listeners.outbound.local_addr()?;
     tasks.spawn(serve_outbound(
@@ -240,8 +243,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
     }
 
     let inbound = Arc::new(Inbound::new(
-        config.app_addr,
-        format!("{}.{}", config.service, config.namespace),
+        &config,
         metrics.clone(),
         tls.clone(),
         discovery.clone(),
@@ -288,6 +290,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         upstream_addrs,
         discovery,
         identity,
+        tls,
         metrics,
         shutdown,
         tasks,

@@ -147,6 +147,7 @@ pub struct Metrics {
     pub identity_expiry: Gauge,
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     pub authorization: Family<DecisionLabels, Counter>,
+    pub opaque_refused: Family<ReasonLabels, Counter>,
     pub renewals: Family<OutcomeLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
@@ -259,6 +260,12 @@ impl Metrics {
             "Inbound requests and TCP connections checked against AuthorizationPolicy, by decision",
             authorization.clone(),
         );
+        let opaque_refused = Family::default();
+        registry.register(
+            "inbound_opaque_refused",
+            "Opaque TCP connections closed before reaching the app, by reason",
+            opaque_refused.clone(),
+        );
         let retries = Family::default();
         registry.register(
             "retries",
@@ -337,6 +344,7 @@ impl Metrics {
             identity_expiry,
             inbound_connections,
             authorization,
+            opaque_refused,
             renewals,
             retries,
             retry_budget_exhausted,

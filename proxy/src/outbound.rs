@@ -33,7 +33,7 @@ use crate::retry::{self, Outcome, Replay};
 use crate::routes::{Backend, LogicalService, Rule, ServiceKey};
 use crate::trace::{self, SpanKind, Tracer};
 use crate::transport::{SendError, ORIG_PROTO_HEADER};
-use crate::upgrade;
+use crate::upgrade::{self, Switch, Upgrades};
 
 /// Where an outbound listener sends its traffic.
 #[derive(Clone, Debug)]
@@ -51,6 +51,8 @@ pub struct Outbound {
     pub tls: Arc<crate::tls::Tls>,
     pub tracer: Arc<Tracer>,
     pub access_log: Arc<AccessLog>,
+    /// The protocols the app's requests may upgrade to.
+    pub upgrades: Upgrades,
 }
 
 impl Outbound {
@@ -129,7 +131,7 @@ impl Outbound {
         })?;
         info.route.clone_from(&rule.name);
 
-        if headers::is_upgrade(&parts) {
+        if self.upgrades.check(&mut parts)? == Switch::Upgrade {
             let req = Request::from_parts(parts, body::boxed(body));
             return self.upgrade(rule, req, client_upgrade).await;
         }

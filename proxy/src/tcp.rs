@@ -122,24 +122,19 @@ async fn connect(
     }
 }
 
-/// Carries one opaque connection from a peer proxy to the local app.
-pub async fn inbound<I>(
-    mut peer: I,
-    header: OpaqueHeader,
-    app_addr: SocketAddr,
-    metrics: Arc<Metrics>,
-) where
+/// Carries one opaque connection from a peer proxy to the local app (already checked by the
+/// inbound listener), counted under this proxy's own `service`.
+pub async fn inbound<I>(mut peer: I, service: &str, app_addr: SocketAddr, metrics: Arc<Metrics>)
+where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let labels = TcpLabels {
         direction: INBOUND,
-        service: header.service.clone(),
+        service: service.to_string(),
     };
     match transport::dial(app_addr, transport::DEFAULT_CONNECT_TIMEOUT).await {
         Ok(app) => relay(&mut peer, app, &labels, &metrics, DEFAULT_TCP_IDLE_TIMEOUT).await,
-        Err(e) => {
-            tracing::info!(service = %header.service, error = %e, "inbound TCP: app unreachable")
-        }
+        Err(e) => tracing::info!(%service, error = %e, "inbound TCP: app unreachable"),
     }
 }
 
