@@ -397,7 +397,12 @@ mod tests {
     use super::*;
 
     fn args() -> Args {
-        let anchors = std::env::temp_dir().join(format!("weft-anchors-{}.pem", std::process::id()));
+        // One file per call: tests run in parallel, and a file another test is rewriting reads
+        // as empty.
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let anchors =
+            std::env::temp_dir().join(format!("weft-anchors-{}-{n}.pem", std::process::id()));
         let ca = rcgen::CertificateParams::default()
             .self_signed(&rcgen::KeyPair::generate().unwrap())
             .unwrap();

@@ -10,8 +10,10 @@
 //! with the reason and the last-good snapshot stays in force. See docs/protocol.md.
 
 mod convert;
+mod subscriptions;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,11 +34,11 @@ use crate::metrics::{Metrics, OutcomeLabels};
 use crate::routes::{LogicalService, Port, ServiceKey, ServiceMap};
 
 pub use convert::EndpointRegistry;
+use subscriptions::{Change, Subscriptions, IDLE_SWEEPS, SWEEP_PERIOD};
+pub use subscriptions::{MAX_SUBSCRIPTIONS, MAX_UNRESOLVED};
 
 /// How long a request waits for the control plane to resolve a service it has not seen yet.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most services one proxy subscribes to; beyond it, unknown names get `no-route` at once.
-const MAX_SUBSCRIPTIONS: usize = 4096;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -95,9 +97,11 @@ fn ser_services<S: serde::Serializer>(m: &ServiceMap, s: S) -> Result<S::Ok, S::
 pub struct Discovery {
     snapshot: ArcSwap<Snapshot>,
     updates: watch::Sender<u64>,
-    subscriptions: Mutex<BTreeSet<ServiceKey>>,
-    subscribe_tx: mpsc::UnboundedSender<ServiceKey>,
-    subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<ServiceKey>>>,
+    subscriptions: Mutex<Subscriptions>,
+    /// Sweeps so far: a service's `last_used` is the sweep count when a request last found it.
+    sweeps: AtomicU64,
+    subscribe_tx: mpsc::UnboundedSender<Change>,
+    subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
     registry: EndpointRegistry,
     metrics: Arc<Metrics>,
     /// The certificate this proxy serves with, reported to the control plane.
@@ -113,7 +117,8 @@ impl Discovery {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             updates: watch::channel(0).0,
-            subscriptions: Mutex::new(initial.into_iter().collect()),
+            subscriptions: Mutex::new(Subscriptions::pinned(initial)),
+            sweeps: AtomicU64::new(0),
             subscribe_tx,
             subscribe_rx: Mutex::new(Some(subscribe_rx)),
             registry: EndpointRegistry::default(),
@@ -193,6 +198,9 @@ impl Discovery {
     fn lookup(&self, key: &ServiceKey) -> Option<Result<Arc<LogicalService>, ProxyError>> {
         let snap = self.snapshot.load();
         if let Some(svc) = snap.services.get(key) {
+            svc.state
+                .last_used
+                .store(self.sweeps.load(Ordering::Relaxed), Ordering::Relaxed);
             return Some(Ok(svc.clone()));
         }
         if snap.unknown.contains(key) {
@@ -208,14 +216,40 @@ impl Discovery {
         if subs.contains(key) {
             return Ok(());
         }
-        if subs.len() >= MAX_SUBSCRIPTIONS {
-            return Err(ProxyError::NoRoute(format!(
-                "{key}: this proxy already tracks {MAX_SUBSCRIPTIONS} services"
-            )));
+        let changes = subs.add(key).map_err(|e| match e {
+            subscriptions::Refused::Full => ProxyError::NoRoute(format!("{key}: {e}")),
+            subscriptions::Refused::TooManyPending => ProxyError::Overloaded(format!("{key}: {e}")),
+        })?;
+        self.metrics.subscriptions.set(gauge(subs.len()));
+        for change in changes {
+            let _ = self.subscribe_tx.send(change);
         }
-        subs.insert(key.clone());
-        let _ = self.subscribe_tx.send(key.clone());
         Ok(())
+    }
+
+    /// How many services this proxy subscribes to now.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.lock().map_or(0, |s| s.len())
+    }
+
+    /// Drops unknown names and services no request has found for [`IDLE_SWEEPS`] sweeps;
+    /// returns them, to unsubscribe.
+    fn sweep(&self) -> Vec<ServiceKey> {
+        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
+        let snap = self.snapshot.load();
+        let Ok(mut subs) = self.subscriptions.lock() else {
+            return Vec::new();
+        };
+        let dropped = subs.sweep(|k| {
+            snap.services.get(k).is_none_or(|s| {
+                now.saturating_sub(s.state.last_used.load(Ordering::Relaxed)) >= IDLE_SWEEPS
+            })
+        });
+        self.metrics.subscriptions.set(gauge(subs.len()));
+        if !dropped.is_empty() {
+            tracing::debug!(dropped = dropped.len(), "unused subscriptions dropped");
+        }
+        dropped
     }
 
     /// Runs the config stream until `shutdown`: connects, reconnects with exponential backoff
@@ -265,7 +299,7 @@ impl Discovery {
         &self,
         control: &Arc<ControlPlane>,
         node: &Node,
-        subscribe_rx: &mut mpsc::UnboundedReceiver<ServiceKey>,
+        subscribe_rx: &mut mpsc::UnboundedReceiver<Change>,
         failures: &mut u32,
     ) -> Result<(), String> {
         let mut client = DiscoveryClient::new(control.channel(true)?);
@@ -277,7 +311,7 @@ impl Discovery {
             .subscriptions
             .lock()
             .map_err(|_| "poisoned".to_string())?
-            .iter()
+            .keys()
             .map(ToString::to_string)
             .collect();
         let hello = DiscoveryRequest {
@@ -295,6 +329,8 @@ impl Discovery {
         self.metrics.control_plane_connected.set(1);
         self.set_last_error(None);
         tracing::info!(control_plane = %control.url(), "config stream open");
+        let mut sweeps =
+            tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_PERIOD, SWEEP_PERIOD);
         loop {
             tokio::select! {
                 msg = responses.message() => {
@@ -312,9 +348,20 @@ impl Discovery {
                     };
                     tx.send(req).await.map_err(|_| "request stream closed")?;
                 }
-                Some(key) = subscribe_rx.recv() => {
-                    let req = DiscoveryRequest { subscribe: vec![key.to_string()], ..Default::default() };
+                Some(change) = subscribe_rx.recv() => {
+                    let req = match change {
+                        Change::Subscribe(key) => DiscoveryRequest { subscribe: vec![key.to_string()], ..Default::default() },
+                        Change::Unsubscribe(key) => DiscoveryRequest { unsubscribe: vec![key.to_string()], ..Default::default() },
+                    };
                     tx.send(req).await.map_err(|_| "request stream closed")?;
+                }
+                _ = sweeps.tick() => {
+                    let dropped = self.sweep();
+                    if !dropped.is_empty() {
+                        let unsubscribe = dropped.iter().map(ToString::to_string).collect();
+                        let req = DiscoveryRequest { unsubscribe, ..Default::default() };
+                        tx.send(req).await.map_err(|_| "request stream closed")?;
+                    }
                 }
             }
         }
@@ -332,6 +379,12 @@ impl Discovery {
                 tracing::debug!(version = %snap.version, services = snap.services.len(), "config applied");
                 if let Ok(v) = snap.version.parse::<i64>() {
                     self.metrics.config_version.set(v);
+                }
+                if let Ok(mut subs) = self.subscriptions.lock() {
+                    subs.settle(
+                        |k| snap.services.contains_key(k),
+                        |k| snap.unknown.contains(k),
+                    );
                 }
                 self.snapshot.store(Arc::new(snap));
                 self.updates.send_modify(|n| *n += 1);
@@ -359,6 +412,10 @@ impl Discovery {
         }
         reply
     }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn poisoned() -> ProxyError {

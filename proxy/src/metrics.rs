@@ -142,6 +142,7 @@ pub struct Metrics {
     pub tcp_bytes_received: Family<TcpLabels, Counter>,
     pub config_updates: Family<OutcomeLabels, Counter>,
     pub config_version: Gauge,
+    pub subscriptions: Gauge,
     pub config_last_rejection: Gauge,
     pub control_plane_connected: Gauge,
     pub identity_expiry: Gauge,
@@ -223,6 +224,12 @@ impl Metrics {
             "config_version",
             "Mesh config generation of the config in force (0 before the first)",
             config_version.clone(),
+        );
+        let subscriptions = Gauge::default();
+        registry.register(
+            "discovery_subscriptions",
+            "Services this proxy asks the control plane for now (upstream mappings, services in use, names waiting for an answer)",
+            subscriptions.clone(),
         );
         let config_last_rejection = Gauge::default();
         registry.register(
@@ -339,6 +346,7 @@ impl Metrics {
             tcp_bytes_received,
             config_updates,
             config_version,
+            subscriptions,
             config_last_rejection,
             control_plane_connected,
             identity_expiry,

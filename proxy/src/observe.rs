@@ -269,7 +269,11 @@ pub fn record_on_end(
     rsp.map(|b| {
         crate::body::boxed(OnEnd::new(b, head, move |status| {
             if grpc {
-                labels.grpc_status = status.map(|s| s.to_string()).unwrap_or_default();
+                // gRPC has codes 0–16; an app's other numbers count as UNKNOWN (2), so that an
+                // upstream cannot mint series.
+                labels.grpc_status = status
+                    .map(|s| if s <= 16 { s } else { 2 }.to_string())
+                    .unwrap_or_default();
             }
             metrics.record_request(labels, start.elapsed().as_secs_f64());
         }))

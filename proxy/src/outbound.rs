@@ -44,6 +44,9 @@ pub enum Target {
     Fixed { service: ServiceKey, port: u16 },
 }
 
+/// The `service` of a request whose name is no Service of the mesh.
+pub const UNKNOWN_SERVICE: &str = "unknown";
+
 pub struct Outbound {
     pub discovery: Arc<Discovery>,
     pub metrics: Arc<Metrics>,
@@ -69,7 +72,10 @@ impl Outbound {
         }
         let log = self.discovery.access_log_on().then_some(&*self.access_log);
         let line = (span.is_some() || log.is_some()).then(|| RequestLine::of(&req, OUTBOUND, span));
-        let mut info = Info::default();
+        let mut info = Info {
+            service: UNKNOWN_SERVICE.into(),
+            ..Info::default()
+        };
         let rsp = match self.proxy(&target, req, &mut info).await {
             Ok(rsp) => rsp,
             Err(e) => {
@@ -114,8 +120,10 @@ impl Outbound {
                 (key, authority.port_u16())
             }
         };
-        info.service = key.to_string();
+        // Labelled by the name only once it is a Service of the mesh: a caller's made-up
+        // names stay `unknown` (metrics, spans and log lines are bounded by the mesh's config).
         let service = self.discovery.resolve(&key).await?;
+        info.service = key.to_string();
         let port = service.port(port).ok_or_else(|| {
             ProxyError::NoRoute(format!(
                 "{key} on port {}",

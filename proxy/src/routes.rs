@@ -45,9 +45,15 @@ impl ServiceKey {
     /// cluster domain after `svc`). A bare name is in the caller's own namespace.
     pub fn from_host(host: &str, own_namespace: &str) -> Option<Self> {
         let host = host.trim_end_matches('.');
+        // A DNS name (RFC 1035: labels of at most 63 characters, 253 in all), or it cannot be
+        // a Service: nothing a caller writes in `Host` is subscribed to otherwise.
+        if host.len() > 253 {
+            return None;
+        }
         let labels: Vec<&str> = host.split('.').collect();
-        let valid =
-            |l: &&str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let valid = |l: &&str| {
+            (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
         if !labels.iter().all(valid) {
             return None;
         }
@@ -106,6 +112,9 @@ pub struct ServiceState {
     pub budget: Budget,
     pub delays: Spread,
     pub aborts: Spread,
+    /// When a request last found this service, in the discovery's sweep count (unused
+    /// subscriptions are dropped).
+    pub last_used: std::sync::atomic::AtomicU64,
 }
 
 impl LogicalService {
