@@ -117,7 +117,7 @@ pub fn start(
             Some(store),
             cfg.trust_domain.clone(),
             trust_of(&ca),
-            metrics,
+            metrics.clone(),
         )
         .map_err(|e| vec![e.to_string()])?,
     );
@@ -200,53 +200,52 @@ pub fn start(
         api_tokens: cfg.api_token_file.clone(),
     });
     let api_ca = ca.clone();
+    let api_listener = weft_proxy::server::Listener {
+        name: "api",
+        limits: weft_proxy::server::Limits::operator(),
+        grace: Duration::from_secs(5),
+        metrics: metrics.listeners.clone(),
+    };
     tasks.spawn(weft_proxy::server::accept_loop(
-        "api",
+        api_listener,
         api,
         shutdown.clone(),
-        Duration::from_secs(5),
         move |conn| {
             let (api_svc, serving, ca) = (api_svc.clone(), api_serving.clone(), api_ca.clone());
-            conn.tracker.spawn(async move {
-                let weft_proxy::server::Accepted {
-                    stream,
-                    peer,
-                    watcher,
-                    http,
-                    ..
-                } = conn;
+            async move {
+                let weft_proxy::server::Accepted { stream, peer, http } = conn;
                 // TLS (a client certificate may say who calls) or plain HTTP, told apart by the
                 // first byte: a TLS handshake record is 0x16, no HTTP method starts with it.
                 let mut first = [0u8; 1];
                 let peeked =
-                    tokio::time::timeout(grpc_tls::HANDSHAKE_TIMEOUT, stream.peek(&mut first))
-                        .await;
-                if !matches!(peeked, Ok(Ok(1))) {
-                    return;
+                    tokio::time::timeout_at(http.deadline(), stream.peek(&mut first)).await;
+                match peeked {
+                    Ok(Ok(1)) => {}
+                    Ok(_) => return,
+                    Err(_) => return http.first_request_timed_out(),
                 }
                 if first[0] != 0x16 {
                     let info = api::Conn::plain(peer);
                     let svc = hyper::service::service_fn(move |req| {
                         api_svc.clone().handle(info.clone(), req)
                     });
-                    return http.serve(stream, watcher, svc).await;
+                    return http.serve(stream, svc).await;
                 }
                 let acceptor = match serving.api_acceptor(&ca.trust_anchors_pem()) {
                     Ok(a) => a,
                     Err(e) => return tracing::error!(error = %e, "API TLS"),
                 };
-                let tls = match tokio::time::timeout(
-                    grpc_tls::HANDSHAKE_TIMEOUT,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        return tracing::debug!(%peer, error = %e, "API TLS handshake failed")
-                    }
-                    Err(_) => return tracing::debug!(%peer, "API TLS handshake timed out"),
-                };
+                let tls =
+                    match tokio::time::timeout_at(http.deadline(), acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            return tracing::debug!(%peer, error = %e, "API TLS handshake failed")
+                        }
+                        Err(_) => {
+                            http.first_request_timed_out();
+                            return tracing::debug!(%peer, "API TLS handshake timed out");
+                        }
+                    };
                 let client_identity = tls
                     .get_ref()
                     .1
@@ -260,8 +259,8 @@ pub fn start(
                 let svc = hyper::service::service_fn(move |req| {
                     api_svc.clone().handle(info.clone(), req)
                 });
-                http.serve(tls, watcher, svc).await;
-            });
+                http.serve(tls, svc).await;
+            }
         },
     ));
 

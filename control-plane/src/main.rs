@@ -423,6 +423,7 @@ fn print_result(command: &str, result: Result<String, String>) -> ExitCode {
 }
 
 async fn serve(cfg: weft::ServeConfig, grpc_addr: String, api_addr: String) -> ExitCode {
+    weft_proxy::server::raise_fd_limit();
     let mut errors = Vec::new();
     let mut addr = |name: &str, v: &str| -> Option<SocketAddr> {
         v.parse()

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub certificates: Family<Outcome, Counter>,
     pub api_writes: Family<Outcome, Counter>,
     pub trace: weft_proxy::trace::TraceCounters,
+    pub listeners: weft_proxy::server::ListenerMetrics,
 }
 
 impl Default for Metrics {
@@ -94,6 +95,8 @@ impl Default for Metrics {
         );
         let trace = weft_proxy::trace::TraceCounters::default();
         trace.register(&mut registry);
+        let listeners = weft_proxy::server::ListenerMetrics::default();
+        listeners.register(&mut registry);
         Self {
             registry,
             proxies_connected,
@@ -107,6 +110,7 @@ impl Default for Metrics {
             certificates,
             api_writes,
             trace,
+            listeners,
         }
     }
 }

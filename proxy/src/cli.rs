@@ -53,6 +53,7 @@ pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
         }
     };
     crate::logging::init();
+    crate::server::raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .thread_name("weft-proxy")

@@ -76,6 +76,17 @@ pub struct Args {
     /// one [default: websocket].
     #[arg(long, env = "WEFT_PROXY_ALLOWED_UPGRADES")]
     pub allowed_upgrades: Option<String>,
+    /// Connections each listener holds at once (the admin listener: at most 128)
+    /// [default: 10000].
+    #[arg(long, env = "WEFT_PROXY_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// How long a new connection may take to bring its first request (TLS handshake
+    /// included) [default: 10s].
+    #[arg(long, env = "WEFT_PROXY_FIRST_REQUEST_TIMEOUT")]
+    pub first_request_timeout: Option<String>,
+    /// An HTTP connection with no request in flight this long is closed [default: 1h].
+    #[arg(long, env = "WEFT_PROXY_CONNECTION_IDLE_TIMEOUT")]
+    pub connection_idle_timeout: Option<String>,
 }
 
 /// A local listener bound to one service (the `upstream` setting).
@@ -163,6 +174,8 @@ pub struct Config {
     /// `None`: standard output.
     pub access_log: Option<PathBuf>,
     pub allowed_upgrades: crate::upgrade::Upgrades,
+    /// Every listener's connection limits.
+    pub limits: crate::server::Limits,
 }
 
 impl Config {
@@ -299,6 +312,43 @@ impl Config {
             }
         }
 
+        let defaults = crate::server::Limits::default();
+        let mut duration = |name: &str, v: &Option<String>, default: Duration| match v {
+            None => default,
+            Some(v) => match parse_duration(v) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    errors.push(format!("{name}={v:?}: must be more than 0"));
+                    default
+                }
+                Err(e) => {
+                    errors.push(format!("{name}={v:?}: {e}"));
+                    default
+                }
+            },
+        };
+        let first_request = duration(
+            "first-request-timeout",
+            &a.first_request_timeout,
+            defaults.first_request,
+        );
+        let idle = duration(
+            "connection-idle-timeout",
+            &a.connection_idle_timeout,
+            defaults.idle,
+        );
+        let max_connections = match a.max_connections.as_deref().map(str::parse::<usize>) {
+            None => defaults.max_connections,
+            Some(Ok(n)) if n > 0 => n,
+            Some(_) => {
+                errors.push(format!(
+                    "max-connections={:?}: expected a whole number above 0",
+                    a.max_connections.as_deref().unwrap_or_default()
+                ));
+                defaults.max_connections
+            }
+        };
+
         if errors.is_empty() {
             Ok(Self {
                 control_plane,
@@ -321,6 +371,11 @@ impl Config {
                     p => Some(PathBuf::from(p)),
                 },
                 allowed_upgrades: crate::upgrade::Upgrades(allowed_upgrades),
+                limits: crate::server::Limits {
+                    first_request,
+                    idle,
+                    max_connections,
+                },
             })
         } else {
             Err(errors)

@@ -40,14 +40,11 @@ use crate::tls::Tls;
 use crate::trace::{self, SpanKind, Tracer};
 use crate::transport::{self, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Removed from every request arriving at the inbound listener: only the proxy sets it, and only
 /// for callers it authenticated.
 pub const CLIENT_IDENTITY_HEADER: &str = "x-weft-client-identity";
-/// How long a new connection may take to send its first bytes.
-const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -137,50 +134,54 @@ impl Inbound {
         })
     }
 
-    /// Serves one connection from a peer.
-    pub fn accept(self: &Arc<Self>, conn: Accepted) {
-        let inbound = self.clone();
-        let Accepted {
-            stream,
-            peer,
-            watcher,
-            http,
-            tracker,
-        } = conn;
-        tracker.spawn(async move {
-            let mut first = [0u8; 1];
-            let is_tls = match tokio::time::timeout(DETECT_TIMEOUT, stream.peek(&mut first)).await {
-                Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
-                Ok(_) => return,
-                Err(_) => return tracing::debug!(%peer, "inbound connection sent nothing; closed"),
-            };
-            if is_tls {
-                let Some(config) = inbound.tls.server() else {
-                    inbound.count_connection("true", "refused");
-                    return tracing::info!(%peer, "TLS connection refused: this proxy has no certificate yet");
-                };
-                let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-                let tls = match tokio::time::timeout(DETECT_TIMEOUT, accept).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        inbound.count_connection("true", "refused");
-                        return tracing::info!(%peer, error = %e, "TLS handshake failed; connection refused");
-                    }
-                    Err(_) => return inbound.count_connection("true", "refused"),
-                };
-                let client = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(crate::tls::spiffe_id);
-                inbound.count_connection("true", "accepted");
-                inbound.serve(tls, peer, client.map(Arc::from), watcher, http).await;
-            } else {
-                let strict = !inbound.discovery.snapshot().mesh.mtls_permissive;
-                if strict {
-                    inbound.count_connection("false", "refused");
-                    return tracing::info!(%peer, "plaintext connection refused: mTLS is strict");
-                }
-                inbound.count_connection("false", "accepted");
-                inbound.serve(stream, peer, None, watcher, http).await;
+    /// Serves one connection from a peer. Everything before its first request (TLS handshake,
+    /// detection, the opaque header) shares the listener's first-request deadline.
+    pub async fn accept(self: Arc<Self>, conn: Accepted) {
+        let Accepted { stream, peer, http } = conn;
+        let deadline = http.deadline();
+        let mut first = [0u8; 1];
+        let is_tls = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
+            Ok(_) => return,
+            Err(_) => {
+                http.first_request_timed_out();
+                return tracing::debug!(%peer, "inbound connection sent nothing; closed");
             }
-        });
+        };
+        if is_tls {
+            let Some(config) = self.tls.server() else {
+                self.count_connection("true", "refused");
+                return tracing::info!(%peer, "TLS connection refused: this proxy has no certificate yet");
+            };
+            let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+            let tls = match tokio::time::timeout_at(deadline, accept).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    self.count_connection("true", "refused");
+                    return tracing::info!(%peer, error = %e, "TLS handshake failed; connection refused");
+                }
+                Err(_) => {
+                    http.first_request_timed_out();
+                    return self.count_connection("true", "refused");
+                }
+            };
+            let client = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(crate::tls::spiffe_id);
+            self.count_connection("true", "accepted");
+            self.serve(tls, peer, client.map(Arc::from), http).await;
+        } else {
+            let strict = !self.discovery.snapshot().mesh.mtls_permissive;
+            if strict {
+                self.count_connection("false", "refused");
+                return tracing::info!(%peer, "plaintext connection refused: mTLS is strict");
+            }
+            self.count_connection("false", "accepted");
+            self.serve(stream, peer, None, http).await;
+        }
     }
 
     /// Applies this service's AuthorizationPolicy, if any, and counts the decision.
@@ -216,27 +217,30 @@ impl Inbound {
         mut io: I,
         peer: SocketAddr,
         client: Option<Arc<str>>,
-        watcher: Watcher,
         http: Http,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (kind, prefix) = match tokio::time::timeout(DETECT_TIMEOUT, transport::detect(&mut io))
+        let deadline = http.deadline();
+        let (kind, prefix) = match tokio::time::timeout_at(deadline, transport::detect(&mut io))
             .await
         {
             Ok(Ok(detected)) => detected,
             Ok(Err(e)) => {
                 return tracing::debug!(%peer, error = %e, "inbound connection failed before its first bytes")
             }
-            Err(_) => return tracing::debug!(%peer, "inbound connection sent nothing; closed"),
+            Err(_) => {
+                http.first_request_timed_out();
+                return tracing::debug!(%peer, "inbound connection sent nothing; closed");
+            }
         };
         match kind {
-            Detected::Opaque => self.serve_opaque(io, peer, client.as_deref()).await,
+            Detected::Opaque => self.serve_opaque(io, peer, client.as_deref(), &http).await,
             Detected::Http1 | Detected::Http2 => {
                 let svc = hyper::service::service_fn(move |req| {
                     self.clone().handle(client.clone(), peer, req)
                 });
-                http.serve(Prefixed::new(prefix, io), watcher, svc).await;
+                http.serve(Prefixed::new(prefix, io), svc).await;
             }
         }
     }
@@ -244,18 +248,19 @@ impl Inbound {
     /// An opaque TCP connection: relayed to the app only when its header names this proxy's
     /// own Service and a port that Service declares TCP, and AuthorizationPolicy allows the
     /// caller's identity. Anything else is closed before a byte reaches the app, and counted.
-    async fn serve_opaque<I>(&self, mut io: I, peer: SocketAddr, client: Option<&str>)
+    async fn serve_opaque<I>(&self, mut io: I, peer: SocketAddr, client: Option<&str>, http: &Http)
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let header = match tokio::time::timeout(DETECT_TIMEOUT, OpaqueHeader::read(&mut io)).await {
+        let read = OpaqueHeader::read(&mut io);
+        let header = match tokio::time::timeout_at(http.deadline(), read).await {
             Ok(Ok(header)) => header,
             Ok(Err(e)) => {
                 self.refuse_opaque("bad-header");
                 return tracing::info!(%peer, error = %e, "bad opaque transport header; connection closed");
             }
             Err(_) => {
-                self.refuse_opaque("bad-header");
+                http.first_request_timed_out();
                 return tracing::info!(%peer, "opaque transport header incomplete; connection closed");
             }
         };

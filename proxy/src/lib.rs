@@ -223,7 +223,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         Target::Authority,
         listeners.outbound,
         shutdown.clone(),
-        grace,
+        listener_spec("outbound", config.limits, &metrics, grace),
     ));
 
     let mut upstream_addrs = Vec::new();
@@ -238,7 +238,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
             target,
             listener,
             shutdown.clone(),
-            grace,
+            listener_spec("upstream", config.limits, &metrics, grace),
         ));
     }
 
@@ -251,13 +251,10 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         access_log,
     ));
     tasks.spawn(server::accept_loop(
-        "inbound",
+        listener_spec("inbound", config.limits, &metrics, grace),
         listeners.inbound,
         shutdown.clone(),
-        grace,
-        move |conn| {
-            inbound.accept(conn);
-        },
+        move |conn| inbound.clone().accept(conn),
     ));
 
     let admin_addr = listeners.admin.local_addr()?;
@@ -270,16 +267,18 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
     });
     // The admin listener outlives the drain of the others only by its own grace period; it
     // stops with them so the process can exit.
+    let admin_limits = server::Limits {
+        max_connections: server::Limits::operator().max_connections,
+        ..config.limits
+    };
     tasks.spawn(server::accept_loop(
-        "admin",
+        listener_spec("admin", admin_limits, &metrics, grace),
         listeners.admin,
         shutdown.clone(),
-        grace,
         move |conn| {
             let admin = admin.clone();
             let svc = hyper::service::service_fn(move |req| admin.clone().handle(req));
-            conn.tracker
-                .spawn(async move { conn.http.serve(conn.stream, conn.watcher, svc).await });
+            conn.http.serve(conn.stream, svc)
         },
     ));
 
@@ -297,18 +296,33 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
     })
 }
 
+/// The accept-loop settings of the listener called `name`.
+fn listener_spec(
+    name: &'static str,
+    limits: server::Limits,
+    metrics: &Metrics,
+    grace: std::time::Duration,
+) -> server::Listener {
+    server::Listener {
+        name,
+        limits,
+        grace,
+        metrics: metrics.listeners.clone(),
+    }
+}
+
 /// An outbound listener: HTTP routing, or opaque TCP when the target service port is TCP.
 async fn serve_outbound(
     outbound: Arc<Outbound>,
     target: Target,
     listener: TcpListener,
     shutdown: CancellationToken,
-    grace: std::time::Duration,
+    spec: server::Listener,
 ) {
-    server::accept_loop("outbound", listener, shutdown, grace, move |conn| {
+    server::accept_loop(spec, listener, shutdown, move |conn| {
         let outbound = outbound.clone();
         let target = target.clone();
-        conn.tracker.spawn(async move {
+        async move {
             if let Target::Fixed { service, port } = &target {
                 if is_tcp(&outbound.discovery, service, *port).await {
                     let (d, m) = (outbound.discovery.clone(), outbound.metrics.clone());
@@ -318,8 +332,8 @@ async fn serve_outbound(
             }
             let svc =
                 hyper::service::service_fn(move |req| outbound.clone().handle(target.clone(), req));
-            conn.http.serve(conn.stream, conn.watcher, svc).await;
-        });
+            conn.http.serve(conn.stream, svc).await;
+        }
     })
     .await
 }

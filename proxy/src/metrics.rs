@@ -149,6 +149,7 @@ pub struct Metrics {
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     pub authorization: Family<DecisionLabels, Counter>,
     pub opaque_refused: Family<ReasonLabels, Counter>,
+    pub listeners: crate::server::ListenerMetrics,
     pub renewals: Family<OutcomeLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
@@ -267,6 +268,8 @@ impl Metrics {
             "Inbound requests and TCP connections checked against AuthorizationPolicy, by decision",
             authorization.clone(),
         );
+        let listeners = crate::server::ListenerMetrics::default();
+        listeners.register(&mut registry);
         let opaque_refused = Family::default();
         registry.register(
             "inbound_opaque_refused",
@@ -353,6 +356,7 @@ impl Metrics {
             inbound_connections,
             authorization,
             opaque_refused,
+            listeners,
             renewals,
             retries,
             retry_budget_exhausted,

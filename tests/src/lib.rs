@@ -291,6 +291,8 @@ pub struct Sidecar {
     running: Option<weft_proxy::Running>,
     /// The `access-log` setting (standard output when `None`).
     pub access_log: Option<PathBuf>,
+    /// The listeners' connection limits (the proxy's defaults when `None`).
+    pub limits: Option<weft_proxy::server::Limits>,
 }
 
 impl Sidecar {
@@ -323,6 +325,7 @@ impl Sidecar {
             upstream_specs: specs,
             running: None,
             access_log: None,
+            limits: None,
         }
     }
 
@@ -353,6 +356,9 @@ impl Sidecar {
         let mut config = weft_proxy::config::Config::from_args(args).expect("valid proxy config");
         config.upstreams = self.upstream_specs.clone();
         config.access_log = self.access_log.clone();
+        if let Some(limits) = self.limits {
+            config.limits = limits;
+        }
         let listeners = self.listeners.take().expect("sidecar started twice");
         self.running = Some(weft_proxy::start(config, listeners).expect("proxy starts"));
     }

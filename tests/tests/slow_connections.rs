@@ -1,0 +1,256 @@
+//! Connections that send too little, too slowly, or nothing at all are closed on every listener
+//! within the stated limits (`first-request-timeout`, `connection-idle-timeout`), and each
+//! listener holds at most `max-connections`: one past the cap is closed at once, and the others
+//! are unaffected.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weft_proxy::server::Limits;
+use weft_tests::apps::HttpApp;
+use weft_tests::*;
+
+const FIRST_REQUEST: Duration = Duration::from_millis(600);
+const IDLE: Duration = Duration::from_millis(1200);
+
+/// A client and a server sidecar (`orders` behind an HTTP app) with short limits.
+async fn short_limits(max_connections: usize) -> (Mesh, Sidecar, Sidecar, HttpApp) {
+    let app = HttpApp::start("orders").await;
+    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+    let mut server = Sidecar::bind(&[]).await;
+    let limits = Limits {
+        first_request: FIRST_REQUEST,
+        idle: IDLE,
+        max_connections,
+    };
+    client.limits = Some(limits);
+    server.limits = Some(limits);
+    let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
+    server.start(&mesh, "shop", "orders", app.addr);
+    client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
+    server.ready().await;
+    client.ready().await;
+    (mesh, client, server, app)
+}
+
+/// Opens a connection, writes `bytes`, and returns how long the listener took to close it
+/// (whatever it sent meanwhile is read and dropped). Panics past `limit`.
+async fn closed_after(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    conn.write_all(bytes).await.unwrap();
+    let mut sink = [0u8; 4096];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match conn.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "{addr} still open after {limit:?} (sent {:?})",
+        String::from_utf8_lossy(bytes)
+    );
+    start.elapsed()
+}
+
+/// The HTTP/2 preface and an empty SETTINGS frame: a client that never sends a request.
+const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_proxy_listener_closes_connections_that_bring_no_request_in_time() {
+    let (_mesh, client, server, _app) = short_limits(1000).await;
+    let listeners = [
+        ("outbound", client.outbound),
+        ("upstream", client.upstreams[0]),
+        ("admin", client.admin),
+        ("inbound", server.inbound),
+    ];
+    let partial: [&[u8]; 5] = [
+        b"",
+        b"PRI * HT",
+        H2_HELLO,
+        b"GET / HTTP/1.1\r\nhost: orders\r\n",
+        // The first byte of a TLS handshake, and no more.
+        b"\x16",
+    ];
+    let mut checks = Vec::new();
+    for (name, addr) in listeners {
+        for bytes in partial {
+            checks.push(tokio::spawn(async move {
+                let took = closed_after(addr, bytes, FIRST_REQUEST + Duration::from_secs(2)).await;
+                (name, bytes, took)
+            }));
+        }
+    }
+    for check in checks {
+        let (name, bytes, took) = check.await.unwrap();
+        // Refused as soon as they are read: a TLS record where plain HTTP is served (a
+        // malformed request), and plaintext where mTLS is strict.
+        let refused_at_once = if name == "inbound" {
+            !bytes.is_empty() && bytes != b"\x16"
+        } else {
+            bytes == b"\x16"
+        };
+        if refused_at_once {
+            continue;
+        }
+        assert!(
+            took >= FIRST_REQUEST - Duration::from_millis(100),
+            "{name} closed {:?} after {took:?}: too early",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    for (sidecar, listener, waited) in [
+        (&client, "outbound", 4.0),
+        (&client, "admin", 4.0),
+        (&server, "inbound", 2.0),
+    ] {
+        let m = sidecar.running().metrics.encode();
+        let timeouts = metric(
+            &m,
+            "weft_proxy_listener_timeouts_total",
+            &[
+                &format!(r#"listener="{listener}""#),
+                r#"timeout="first-request""#,
+            ],
+        );
+        assert_eq!(timeouts, waited, "{listener}\n{m}");
+    }
+    // The proxies serve on, unaffected.
+    let http = http1_client();
+    assert_eq!(
+        get(&http, client.upstreams[0], "orders", "/")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_with_no_request_in_flight_is_closed_after_the_idle_timeout() {
+    let (_mesh, client, _server, _app) = short_limits(1000).await;
+    let stream = TcpStream::connect(client.upstreams[0]).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    // A request that takes longer than the idle timeout is not cut: only idleness counts.
+    let slow = http::Request::get("http://orders/delay/1500")
+        .body(Empty::new())
+        .unwrap();
+    let rsp = sender.send_request(slow).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let done = Instant::now();
+    drop(rsp);
+    tokio::time::timeout(IDLE + Duration::from_secs(3), conn)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap()
+        .unwrap();
+    let idle_for = done.elapsed();
+    assert!(
+        idle_for >= IDLE - Duration::from_millis(100),
+        "closed after {idle_for:?} idle"
+    );
+    let m = client.running().metrics.encode();
+    assert_eq!(
+        metric(
+            &m,
+            "weft_proxy_listener_timeouts_total",
+            &[r#"listener="upstream""#, r#"timeout="idle""#]
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_at_its_connection_cap_closes_new_connections_at_once() {
+    let (_mesh, client, _server, _app) = short_limits(8).await;
+    let addr = client.upstreams[0];
+    // Eight connections that each made a request and stay open (HTTP/1.1 keep-alive).
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: orders\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(conn);
+    }
+    let took = closed_after(addr, b"", Duration::from_millis(500)).await;
+    assert!(took < Duration::from_millis(500));
+    let m = client.running().metrics.encode();
+    assert_eq!(
+        metric(
+            &m,
+            "weft_proxy_listener_connections_refused_total",
+            &[r#"listener="upstream""#]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "weft_proxy_listener_connections_open",
+            &[r#"listener="upstream""#]
+        ),
+        8.0,
+        "{m}"
+    );
+    // The held connections still work, and once one closes there is room again.
+    let mut first = held.remove(0);
+    first
+        .write_all(b"GET / HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rsp = Vec::new();
+    first.read_to_end(&mut rsp).await.unwrap();
+    assert!(rsp.starts_with(b"HTTP/1.1 200"));
+    let http = http1_client();
+    eventually("a slot to free up", Duration::from_secs(5), || async {
+        (get(&http, addr, "orders", "/").await.ok()?.status == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_planes_api_closes_connections_that_bring_no_request_in_time() {
+    let mesh = Mesh::start("").await;
+    let limit = Limits::operator().first_request;
+    let mut checks = Vec::new();
+    for bytes in [
+        &b""[..],
+        b"PRI * HT",
+        H2_HELLO,
+        b"GET / HTTP/1.1\r\n",
+        b"\x16",
+    ] {
+        let addr = mesh.api_addr;
+        checks.push(tokio::spawn(async move {
+            closed_after(addr, bytes, limit + Duration::from_secs(3)).await
+        }));
+    }
+    for check in checks {
+        let took = check.await.unwrap();
+        assert!(took >= limit - Duration::from_millis(100), "{took:?}");
+    }
+}
