@@ -101,6 +101,8 @@ impl Outbound {
         let start = Instant::now();
         let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
+        // Routes match the spelling the callee's proxy will check and its app receive.
+        crate::path::normalize_uri(&mut parts.uri)?;
         let authority = headers::authority(&parts).ok_or_else(|| {
             ProxyError::BadRequest("request has no Host header or authority".into())
         })?;

@@ -194,16 +194,18 @@ spec:
 "#;
 
 /// The class of finding "path rules match the raw path": whatever the spelling, the app never
-/// serves a path the policy did not allow; it gets a path inside `/public/`, or the proxy
-/// answers 400 `bad-request` or 403 `forbidden`. Allowed requests reach the app already
-/// normalized: what it sees is what the policy checked. Over HTTP/1.1 and HTTP/2.
+/// serves a path the policy did not allow; it gets a path inside `/public/`, or a proxy answers
+/// 400 `bad-request` or 403 `forbidden`. Allowed requests reach the app already normalized: what
+/// it sees is what the policy checked. Over HTTP/1.1 and HTTP/2, through the caller's proxy and
+/// straight to the callee's inbound listener (a caller that skips its own proxy; plaintext, as
+/// `mtls: permissive` lets it, so the test can write raw paths).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_spelling_of_a_path_reaches_what_the_policy_denies() {
     let app = HttpApp::start("orders").await;
     let mut server = Sidecar::bind(&[]).await;
     let mut frontend = Sidecar::bind(&["orders.shop:8080"]).await;
     let mesh = Mesh::start(&format!(
-        "{}{PATH_POLICY}",
+        "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec: {{mtls: permissive}}\n{}{PATH_POLICY}",
         service_yaml("shop", "orders", "HTTP", &[server.inbound])
     ))
     .await;
@@ -220,43 +222,69 @@ async fn no_spelling_of_a_path_reaches_what_the_policy_denies() {
             .unwrap();
         s.ready().await;
     }
-    let addr = frontend.upstreams[0];
     let mut failures = Vec::new();
-    for (version, http) in [("HTTP/1.1", http1_client()), ("HTTP/2", http2_client())] {
-        // The policy is in force: a plain denied path is refused, an allowed one served.
-        assert_eq!(
-            get(&http, addr, "orders", "/admin").await.unwrap().status,
-            403
-        );
-        let r = get(&http, addr, "orders", "/public/menu").await.unwrap();
-        assert_eq!((r.status, r.header("x-seen-path")), (200, "/public/menu"));
-
-        for path in PATH_CORPUS {
-            let r = match get(&http, addr, "orders", path).await {
-                Ok(r) => r,
-                Err(e) => {
-                    failures.push(format!("{version} {path}: no answer: {e}"));
-                    continue;
+    for (entrance, addr) in [
+        ("via the caller's proxy", frontend.upstreams[0]),
+        ("straight to the inbound", server.inbound),
+    ] {
+        for (version, http) in [("HTTP/1.1", http1_client()), ("HTTP/2", http2_client())] {
+            let at = format!("{entrance}, {version}");
+            // The policy is in force: a plain denied path is refused, an allowed one served.
+            let r = get(&http, addr, "orders", "/admin").await.unwrap();
+            assert_eq!(r.status, 403, "{at}: {r:?}");
+            let r = get(&http, addr, "orders", "/public/menu").await.unwrap();
+            assert_eq!(
+                (r.status, r.header("x-seen-path")),
+                (200, "/public/menu"),
+                "{at}"
+            );
+            // The app receives the normalized path.
+            for (path, seen) in [
+                ("/public/a/../menu", "/public/menu"),
+                ("/public//%7Emenu/.", "/public/~menu/"),
+                ("/public/%61dmin", "/public/admin"),
+            ] {
+                let r = get(&http, addr, "orders", path).await.unwrap();
+                if (r.status, r.header("x-seen-path")) != (200, seen) {
+                    failures.push(format!("{at} {path}: app should see {seen:?}: {r:?}"));
                 }
-            };
-            let outcome = match (r.status, r.header("x-weft-error")) {
-                (200, "") if r.header("x-served-path").starts_with("/public/") => {
-                    if r.header("x-seen-path") == r.header("x-served-path") {
+            }
+            let r = get(&http, addr, "orders", "/public/../admin%2f")
+                .await
+                .unwrap();
+            if (r.status, r.header("x-weft-error")) != (400, "bad-request")
+                || !r.body.contains("encoded slash")
+            {
+                failures.push(format!("{at}: an encoded slash should be refused: {r:?}"));
+            }
+
+            for path in PATH_CORPUS {
+                let r = match get(&http, addr, "orders", path).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        failures.push(format!("{at} {path}: no answer: {e}"));
                         continue;
                     }
-                    "served inside /public/, but not normalized"
-                }
-                (200, "") => "SERVED OUTSIDE /public/",
-                (400, "bad-request") | (403, "forbidden") => continue,
-                _ => "unexpected answer",
-            };
-            failures.push(format!(
-                "{version} {path}: {outcome}: {} {:?}, app saw {:?}, serves {:?}",
-                r.status,
-                r.header("x-weft-error"),
-                r.header("x-seen-path"),
-                r.header("x-served-path"),
-            ));
+                };
+                let outcome = match (r.status, r.header("x-weft-error")) {
+                    (200, "") if r.header("x-served-path").starts_with("/public/") => {
+                        if r.header("x-seen-path") == r.header("x-served-path") {
+                            continue;
+                        }
+                        "served inside /public/, but not normalized"
+                    }
+                    (200, "") => "SERVED OUTSIDE /public/",
+                    (400, "bad-request") | (403, "forbidden") => continue,
+                    _ => "unexpected answer",
+                };
+                failures.push(format!(
+                    "{at} {path}: {outcome}: {} {:?}, app saw {:?}, serves {:?}",
+                    r.status,
+                    r.header("x-weft-error"),
+                    r.header("x-seen-path"),
+                    r.header("x-served-path"),
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
