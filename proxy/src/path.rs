@@ -41,6 +41,35 @@ pub enum PathError {
     NotAbsolute,
 }
 
+/// Why a path in a rule (AuthorizationPolicy `to.paths`, HTTPRoute `path.value`) could never
+/// match a request, which is always normalized first.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("must start with '/'")]
+    NotAbsolute,
+    #[error("can never match: requests whose path has this are refused ({0})")]
+    Refused(PathError),
+    #[error("can never match: request paths are normalized before matching; write {0:?}")]
+    NotNormalized(String),
+}
+
+/// Checks a path in a rule: `*` alone, or a path that is its own normalized form (a `*` is an
+/// ordinary character to normalization, so globs are checked the same way).
+pub fn check_pattern(pattern: &str) -> Result<(), PatternError> {
+    if pattern == "*" {
+        return Ok(());
+    }
+    if !pattern.starts_with('/') {
+        return Err(PatternError::NotAbsolute);
+    }
+    match normalize(pattern) {
+        Ok(Cow::Borrowed(_)) => Ok(()),
+        Ok(Cow::Owned(normal)) => Err(PatternError::NotNormalized(normal)),
+        Err(PathError::NotAbsolute) => Err(PatternError::NotAbsolute),
+        Err(e) => Err(PatternError::Refused(e)),
+    }
+}
+
 /// `path` normalized (see the module header), borrowed when it already was.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     // `OPTIONS *` and CONNECT's authority-form have no path to resolve.
@@ -54,7 +83,13 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode_unreserved(path)?;
-    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+    let normal = remove_dot_segments(&decoded);
+    // Borrowed means unchanged, whichever way it was found: `/a%20b` takes the slow path.
+    Ok(if normal == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(normal)
+    })
 }
 
 /// Normalizes the path of `uri` in place, keeping its query as it is.
@@ -233,6 +268,28 @@ mod tests {
         ] {
             assert_eq!(normalize(raw), Err(want), "{raw}");
         }
+    }
+
+    #[test]
+    fn patterns_must_be_able_to_match() {
+        for ok in ["*", "/", "/public/*", "/api/**/users", "/a.json", "/%20x"] {
+            assert_eq!(check_pattern(ok), Ok(()), "{ok}");
+        }
+        let not_normal = |s: &str| Err(PatternError::NotNormalized(s.into()));
+        assert_eq!(check_pattern("/a/../b"), not_normal("/b"));
+        assert_eq!(check_pattern("//admin"), not_normal("/admin"));
+        assert_eq!(check_pattern("/%61dmin"), not_normal("/admin"));
+        assert_eq!(check_pattern("/a%3f"), not_normal("/a%3F"));
+        assert_eq!(
+            check_pattern("/a%2fb"),
+            Err(PatternError::Refused(PathError::EncodedSlash))
+        );
+        assert_eq!(
+            check_pattern("/a;b"),
+            Err(PatternError::Refused(PathError::Semicolon))
+        );
+        assert_eq!(check_pattern("admin"), Err(PatternError::NotAbsolute));
+        assert_eq!(check_pattern(""), Err(PatternError::NotAbsolute));
     }
 
     #[test]
