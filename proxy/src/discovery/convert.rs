@@ -749,6 +749,19 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_path_that_cannot_match_is_rejected() {
+        let rule = |p: &str| {
+            authz_rule(&pb::AuthorizationRule {
+                paths: vec![p.into()],
+                ..Default::default()
+            })
+        };
+        assert!(rule("/public/*").is_ok());
+        let err = rule("/public/../admin").unwrap_err();
+        assert!(err.contains("write \"/admin\""), "{err}");
+    }
+
+    #[test]
     fn rule_with_unsent_backend_is_rejected() {
         let mut svc = orders("127.0.0.1:4143");
         svc.rules.push(pb::RouteRule {
