@@ -112,14 +112,18 @@ pub fn normalize_uri(uri: &mut Uri) -> Result<(), PathError> {
 
 /// Whether `path` (starting with `/`) is already normalized: one byte scan, no allocation.
 fn is_normal(path: &str) -> bool {
-    if path.bytes().any(|b| matches!(b, b'%' | b'\\' | b';')) {
-        return false;
-    }
-    let mut segments = path[1..].split('/').peekable();
-    while let Some(s) = segments.next() {
-        let last = segments.peek().is_none();
-        if s == "." || s == ".." || (s.is_empty() && !last) {
-            return false;
+    let b = path.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'%' | b'\\' | b';' => return false,
+            // A segment that is empty (`//`), `.` or `..` starts right after a `/`.
+            b'/' => match &b[i + 1..] {
+                [b'/', ..] | [b'.'] | [b'.', b'/', ..] | [b'.', b'.'] | [b'.', b'.', b'/', ..] => {
+                    return false
+                }
+                _ => {}
+            },
+            _ => {}
         }
     }
     true
@@ -290,6 +294,23 @@ mod tests {
         );
         assert_eq!(check_pattern("admin"), Err(PatternError::NotAbsolute));
         assert_eq!(check_pattern(""), Err(PatternError::NotAbsolute));
+    }
+
+    /// `cargo test --release -p weft-proxy --lib path::tests::cost -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a timing, not a check"]
+    fn cost() {
+        for p in [
+            "/api/v1/orders/12345/items",
+            "/api/v1/./orders/%31/../items",
+        ] {
+            let n = 1_000_000;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(normalize(std::hint::black_box(p)).is_ok());
+            }
+            println!("{p}: {:?} a call", start.elapsed() / n);
+        }
     }
 
     #[test]
