@@ -211,6 +211,16 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_path_is_a_bad_request() {
+        let rsp = rescue(
+            &ProxyError::from(crate::path::PathError::EncodedSlash),
+            false,
+        );
+        assert_eq!(rsp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(rsp.headers()[ERROR_HEADER], "bad-request");
+    }
+
+    #[test]
     fn grpc_message_is_percent_encoded() {
         assert_eq!(percent_encode("a%b\né"), "a%25b%0A%C3%A9");
     }

@@ -1,5 +1,6 @@
 //! Request-path normalization: the one spelling of a path that authorization checks, HTTPRoute
-//! rules match and the app receives.
+//! rules match and the app receives; and the check that a rule's path is in that spelling
+//! ([`check_pattern`]), without which it could never match.
 //!
 //! Apps resolve paths before they pick a handler (dot segments, escapes, repeated slashes), so a
 //! rule checked against the raw path can be walked around: `/public/%2e%2e/admin` is `/admin` to
