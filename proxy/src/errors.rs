@@ -33,6 +33,9 @@ pub enum ProxyError {
     },
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A path with no single meaning across servers (`path::normalize`).
+    #[error("bad request path: {0}")]
+    BadPath(#[from] crate::path::PathError),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -65,7 +68,7 @@ impl ProxyError {
             Self::UpstreamReset { .. } => "upstream-reset",
             Self::TlsFailed { .. } => "tls-failed",
             Self::Timeout(_) | Self::ConnectTimeout { .. } => "timeout",
-            Self::BadRequest(_) => "bad-request",
+            Self::BadRequest(_) | Self::BadPath(_) => "bad-request",
             Self::Forbidden(_) => "forbidden",
             Self::CircuitOpen(_) => "circuit-open",
             Self::Overloaded(_) => "overloaded",
@@ -83,7 +86,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::Timeout(_) | Self::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::BadPath(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::CircuitOpen(_) | Self::Overloaded(_) | Self::BudgetExhausted(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -99,7 +102,7 @@ impl ProxyError {
             Self::NoRoute(_) => 12,                              // UNIMPLEMENTED
             Self::Timeout(_) | Self::ConnectTimeout { .. } => 4, // DEADLINE_EXCEEDED
             Self::Forbidden(_) => 7,                             // PERMISSION_DENIED
-            Self::BadRequest(_) => 13,                           // INTERNAL
+            Self::BadRequest(_) | Self::BadPath(_) => 13,        // INTERNAL
             Self::RateLimited { .. } => 8,                       // RESOURCE_EXHAUSTED
             Self::FaultInjected(status) => grpc_status_of_http(status.as_u16()),
             // Listed, not `_`: a new error must choose its status.
@@ -205,6 +208,16 @@ mod tests {
         assert_eq!(rsp.status(), StatusCode::OK);
         assert_eq!(rsp.headers()["grpc-status"], "14");
         assert_eq!(rsp.headers()[ERROR_HEADER], "connect-failed");
+    }
+
+    #[test]
+    fn a_refused_path_is_a_bad_request() {
+        let rsp = rescue(
+            &ProxyError::from(crate::path::PathError::EncodedSlash),
+            false,
+        );
+        assert_eq!(rsp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(rsp.headers()[ERROR_HEADER], "bad-request");
     }
 
     #[test]

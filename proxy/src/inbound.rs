@@ -366,6 +366,8 @@ impl Inbound {
     ) -> Result<Response<Body>, ProxyError> {
         let caller_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
+        // The one spelling of the path that the policy checks and the app receives.
+        crate::path::normalize_uri(&mut parts.uri)?;
         if !self.authorize(|p| p.allows(client, &parts.method, parts.uri.path())) {
             return Err(ProxyError::Forbidden(format!(
                 "{} may not {} {}",

@@ -21,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod outbound;
+pub mod path;
 pub mod policy;
 pub mod ratelimit;
 pub mod retry;

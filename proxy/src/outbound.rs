@@ -1,7 +1,8 @@
 //! Traffic from the local app: find the service, pick a route, a backend and an endpoint, and
 //! carry the request to the endpoint's proxy, retrying within policy.
 //!
-//! The request path, in order: target (`upstream` listener, or the request's authority) →
+//! The request path, in order: path normalization (`path::normalize`, the spelling routes match
+//! and the callee's proxy checks) → target (`upstream` listener, or the request's authority) →
 //! discovery ([`Discovery::resolve`]) → port → HTTPRoute rule → injected faults → then, for
 //! each try: weighted split → concurrency limit → load balancer (skipping ejected endpoints) →
 //! peer connection (`transport`) → breaker bookkeeping → retry decision. The whole exchange runs
@@ -109,6 +110,8 @@ impl Outbound {
         let start = Instant::now();
         let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
+        // Routes match the spelling the callee's proxy will check and its app receive.
+        crate::path::normalize_uri(&mut parts.uri)?;
         let authority = headers::authority(&parts).ok_or_else(|| {
             ProxyError::BadRequest("request has no Host header or authority".into())
         })?;

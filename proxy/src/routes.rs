@@ -172,6 +172,8 @@ pub struct Match {
     pub method: Option<Method>,
 }
 
+/// Compared with the request's normalized path (`path::normalize`, done by the outbound side
+/// before routing), so a route and the callee's AuthorizationPolicy see the same spelling.
 #[derive(Debug, Serialize)]
 pub enum PathMatch {
     Exact(String),

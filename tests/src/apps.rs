@@ -23,8 +23,9 @@ use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Rol
 use crate::grpc;
 
 /// An HTTP/1.1 + HTTP/2 app. It answers with its name, and reports in headers what reached it:
-/// `x-app`, `x-seen-version`, `x-seen-host`, `x-seen-identity`, and `x-seen-<h>` for each trace
-/// header `h` (`traceparent`, `b3`, `x-b3-*`). `/delay/MS` waits first;
+/// `x-app`, `x-seen-version`, `x-seen-host`, `x-seen-identity`, `x-seen-path` (the path as it
+/// arrived), `x-served-path` (the path a lenient server would serve for it, [`lenient_path`]),
+/// and `x-seen-<h>` for each trace header `h` (`traceparent`, `b3`, `x-b3-*`). `/delay/MS` waits first;
 /// `/status/CODE` answers that status; `/ws` is a WebSocket echo.
 pub struct HttpApp {
     pub addr: SocketAddr,
@@ -104,6 +105,7 @@ async fn respond(
         .unwrap_or("")
         .to_string();
     let version = format!("{:?}", req.version());
+    let served = lenient_path(&path);
     let trace_headers: Vec<(String, http::HeaderValue)> = weft_proxy::trace::HEADER_NAMES
         .iter()
         .filter_map(|h| Some((format!("x-seen-{h}"), req.headers().get(*h)?.clone())))
@@ -131,6 +133,9 @@ async fn respond(
         "x-seen-identity",
         identity.parse().unwrap_or_else(|_| "?".parse().unwrap()),
     );
+    // Percent-encoded so that any byte the proxy let through fits in a header value.
+    h.insert("x-seen-path", header_safe(&path).parse().unwrap());
+    h.insert("x-served-path", header_safe(&served).parse().unwrap());
     for (name, value) in trace_headers {
         h.insert(
             http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
@@ -138,6 +143,73 @@ async fn respond(
         );
     }
     Ok(rsp)
+}
+
+/// The path a lenient server resolves a request path to before it picks a handler, taking the
+/// most permissive reading each common server has: `;params` stripped from every segment
+/// (Tomcat, Spring), percent-escapes decoded once including `%2F` and `%5C`, `\` read as `/`
+/// (IIS, some Java servlet containers), repeated slashes merged and dot segments resolved (nginx,
+/// most frameworks). A proxy that checked a path must never let it become another path here.
+pub fn lenient_path(raw: &str) -> String {
+    let strip_params = |s: &str| {
+        s.split('/')
+            .map(|seg| seg.split(';').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let decoded = percent_decode(&strip_params(&raw.replace('\\', "/")));
+    let decoded = strip_params(&decoded.replace('\\', "/"));
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut path = format!("/{}", out.join("/"));
+    let ends_in_dir = ["/", "/.", "/.."].iter().any(|e| decoded.ends_with(e));
+    if ends_in_dir && path != "/" {
+        path.push('/');
+    }
+    path
+}
+
+/// Decodes every `%XX` (invalid ones stay as they are); bytes that are not UTF-8 become U+FFFD.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `s` with every byte outside printable ASCII percent-encoded.
+fn header_safe(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            0x21..=0x7e => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Accepts a WebSocket upgrade and echoes every message back.

@@ -124,6 +124,20 @@ async fn http_route_matches_path_headers_and_method() {
         "v1",
         "a prefix matches whole path segments"
     );
+    // Routes match the normalized path, the one the callee's proxy checks and its app receives.
+    for (path, to, seen) in [
+        ("/x/../v2/items", "v2", "/v2/items"),
+        ("//v2//items", "v2", "/v2/items"),
+        ("/%76%32/items", "v2", "/v2/items"),
+        ("/v2/../items", "v1", "/items"),
+    ] {
+        let r = app("GET", path, &[]).await;
+        assert_eq!(
+            (r.header("x-app"), r.header("x-seen-path")),
+            (to, seen),
+            "{path}"
+        );
+    }
     assert_eq!(
         app("GET", "/", &[("x-canary", "yes")])
             .await

@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use weft_proxy::path::{self, PatternError};
+
 use super::{
     AuthorizationPolicySpec, HttpRouteSpec, MeshConfigSpec, Problem, Resource, ServiceSpec,
     Sourced, TargetRef, TrafficPolicySpec,
@@ -209,11 +211,13 @@ fn http_route(c: &mut Checker<'_>, s: &HttpRouteSpec) {
         for (m, mat) in rule.matches.iter().enumerate() {
             let at = format!("spec.rules[{r}].matches[{m}]");
             if let Some(p) = &mat.path {
-                if !p.value.starts_with('/') {
-                    c.fail(
-                        format!("{at}.path.value"),
-                        format!("{:?} must start with '/'", p.value),
-                    );
+                // Without `*` as a special case: a route has no globs.
+                let checked = match p.value.as_str() {
+                    "*" => Err(PatternError::NotAbsolute),
+                    v => path::check_pattern(v),
+                };
+                if let Err(e) = checked {
+                    c.fail(format!("{at}.path.value"), format!("{:?} {e}", p.value));
                 }
             }
             for (h, hm) in mat.headers.iter().enumerate() {
@@ -363,10 +367,12 @@ fn authorization(c: &mut Checker<'_>, s: &AuthorizationPolicySpec) {
         }
         if let Some(to) = &rule.to {
             for (i, p) in to.paths.iter().enumerate() {
-                if !p.starts_with('/') && p != "*" {
+                // The proxy matches normalized paths only: a pattern that is not one never
+                // matches, and the rule would silently allow less than it says.
+                if let Err(e) = path::check_pattern(p) {
                     c.fail(
                         format!("spec.rules[{r}].to.paths[{i}]"),
-                        format!("{p:?} must start with '/'"),
+                        format!("{p:?} {e}"),
                     );
                 }
             }
@@ -414,6 +420,33 @@ mod tests {
         assert!(p
             .iter()
             .any(|p| p.starts_with("spec.faultInjection.abort.percent")));
+    }
+
+    #[test]
+    fn paths_in_rules_must_be_normalized() {
+        let p = problems(
+            "apiVersion: weft.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  targetRef: {kind: Service, name: a}\n  rules:\n  - to: {paths: [\"/public/*\", \"/public/../admin\", \"admin\", \"/a%2fb\", \"*\", \"/api/**/x\"]}\n",
+        );
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].starts_with("spec.rules[0].to.paths[1]: \"/public/../admin\" can never match: request paths are normalized before matching; write \"/admin\""), "{p:?}");
+        assert!(
+            p[1].starts_with("spec.rules[0].to.paths[2]: \"admin\" must start with '/'"),
+            "{p:?}"
+        );
+        assert!(p[2].starts_with("spec.rules[0].to.paths[3]: \"/a%2fb\" can never match: requests whose path has this are refused"), "{p:?}");
+
+        let p = problems(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: a}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: \"/api//v1\"}}, {path: {value: \"*\"}}]\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("spec.rules[0].matches[0].path.value: \"/api//v1\" can never match"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("spec.rules[0].matches[1].path.value: \"*\" must start with '/'"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -512,6 +512,9 @@ fn authz_rule(r: &pb::AuthorizationRule) -> Result<crate::authz::Rule> {
         .iter()
         .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("method {m:?} is invalid")))
         .collect::<Result<_>>()?;
+    for p in &r.paths {
+        crate::path::check_pattern(p).map_err(|e| format!("path {p:?} {e}"))?;
+    }
     Ok(crate::authz::Rule {
         identities: r.identities.clone(),
         paths: r.paths.clone(),
@@ -523,9 +526,10 @@ fn route_match(m: &pb::RouteMatch) -> Result<Match> {
     let path = match &m.path {
         None => None,
         Some(p) => {
-            if !p.value.starts_with('/') {
+            if p.value == "*" || !p.value.starts_with('/') {
                 return Err(format!("path {:?} does not start with '/'", p.value));
             }
+            crate::path::check_pattern(&p.value).map_err(|e| format!("path {:?} {e}", p.value))?;
             Some(match p.kind() {
                 pb::path_match::Kind::Exact => PathMatch::Exact(p.value.clone()),
                 pb::path_match::Kind::Prefix => PathMatch::Prefix(p.value.clone()),
@@ -742,6 +746,19 @@ mod tests {
         );
         assert_eq!(backend.limits.max_requests, Some(10));
         assert_eq!(backend.limits.max_connections, None);
+    }
+
+    #[test]
+    fn a_rule_path_that_cannot_match_is_rejected() {
+        let rule = |p: &str| {
+            authz_rule(&pb::AuthorizationRule {
+                paths: vec![p.into()],
+                ..Default::default()
+            })
+        };
+        assert!(rule("/public/*").is_ok());
+        let err = rule("/public/../admin").unwrap_err();
+        assert!(err.contains("write \"/admin\""), "{err}");
     }
 
     #[test]
