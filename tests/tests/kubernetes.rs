@@ -203,7 +203,7 @@ async fn a_proxy_in_a_pod_gets_its_certificate_with_its_token_file() {
     };
     server.start_with(&access, "shop", "orders", app.addr);
     server.ready().await;
-    let identity = get(&http1_client(), server.admin, "admin", "/identity")
+    let identity = get(&http1_client(), server.admin, "localhost", "/identity")
         .await
         .unwrap();
     assert!(identity.body.contains(ORDERS), "{}", identity.body);
