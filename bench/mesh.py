@@ -26,7 +26,8 @@ def weft_proxy_cmd(tmp, grpc, api, sa, *args, bindir=REL):
     """`weft-proxy run` for workload bench/SA of the control plane at GRPC/API (data dir TMP/data):
     TLS to the control plane, its trust anchors, a join token made for it. BINDIR holds the
     binaries (default: this checkout's release build)."""
-    token = subprocess.run([os.path.join(bindir, "weft"), "token", "create", f"bench/{sa}", "--server", f"http://127.0.0.1:{api}"],
+    token = subprocess.run([os.path.join(bindir, "weft"), "token", "create", f"bench/{sa}", "--server", f"http://127.0.0.1:{api}",
+                            "--data-dir", f"{tmp}/data"],
                            check=True, capture_output=True, text=True).stdout.strip()
     return [os.path.join(bindir, "weft-proxy"), "run", "--control-plane", f"https://127.0.0.1:{grpc}",
             "--trust-anchors", f"{tmp}/data/trust-anchors.pem", "--join-token", token,
