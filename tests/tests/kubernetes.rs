@@ -40,6 +40,10 @@ fn fixture(token: &str) -> (StatusCode, &'static str) {
             StatusCode::CREATED,
             include_str!("../fixtures/tokenreview/wrong-audience.json"),
         ),
+        "control-plane-pod-token" => (
+            StatusCode::CREATED,
+            include_str!("../fixtures/tokenreview/weft-system.json"),
+        ),
         "alice-token" => (
             StatusCode::CREATED,
             include_str!("../fixtures/tokenreview/user.json"),
@@ -171,6 +175,17 @@ async fn a_service_account_token_is_reviewed_and_entitles_its_own_identity_only(
         let err = certify(&mesh, ORDERS, token).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated, "{token}: {err:?}");
         assert!(err.message().contains(says), "{token}: {}", err.message());
+    }
+
+    // A pod of the control plane's own namespace is authenticated, but no workload may have an
+    // identity there: it would be the control plane's, or an admin's.
+    for sa in ["weft-control-plane", "ops"] {
+        let san = format!("spiffe://weft.local/ns/weft-system/sa/{sa}");
+        let err = certify(&mesh, &san, "control-plane-pod-token")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(err.message().contains("reserved"), "{}", err.message());
     }
 
     // The control plane may not create TokenReviews (RBAC): the proxy hears why, and retries.
