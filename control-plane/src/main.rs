@@ -429,6 +429,15 @@ async fn serve(cfg: weft::ServeConfig, grpc_addr: String, api_addr: String) -> E
             .ok()
     };
     let (grpc, api) = (addr("grpc-addr", &grpc_addr), addr("api-addr", &api_addr));
+    for host in &cfg.api_hosts {
+        let name = host.trim_end_matches('.');
+        let label_ok = |l: &str| weft::resources::is_dns_label(&l.to_ascii_lowercase());
+        if name.is_empty() || !name.split('.').all(label_ok) {
+            errors.push(format!(
+                "api-host={host:?}: expected a host name, without a port (e.g. cp.example.com)"
+            ));
+        }
+    }
     if !errors.is_empty() {
         return config_errors(&errors);
     }

@@ -102,7 +102,9 @@ pub fn host_allowed(host: &str, names: &[String]) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
     name.parse::<IpAddr>().is_ok()
         || name == "localhost"
-        || names.iter().any(|n| n.eq_ignore_ascii_case(&name))
+        || names
+            .iter()
+            .any(|n| n.trim_end_matches('.').eq_ignore_ascii_case(&name))
 }
 
 fn is_port(s: &str) -> bool {

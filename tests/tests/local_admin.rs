@@ -249,7 +249,15 @@ fn weft_in(cwd: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> (i32, 
 async fn the_cli_finds_the_admin_token_where_weft_serve_keeps_it() {
     let home = TempDir::new();
     let data = home.0.join("weft-data");
-    let serve = ServeProcess::start(&["--data-dir", data.to_str().unwrap()]).await;
+    let (code, _, err) = weft_in(&home.0, &[], &["serve", "--api-host", "cp.example:15080"]);
+    assert_eq!((code, err.trim()), (64, "weft: api-host=\"cp.example:15080\": expected a host name, without a port (e.g. cp.example.com)"));
+    let serve = ServeProcess::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--api-host",
+        "cp.example",
+    ])
+    .await;
     let server = format!("http://{}", serve.api_addr);
     // The data dir and the token are the control plane's user's alone.
     let mode = |p: &std::path::Path| {
@@ -292,6 +300,21 @@ async fn the_cli_finds_the_admin_token_where_weft_serve_keeps_it() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = weft_in(&elsewhere.0, &[("WEFT_DATA_DIR", data)], &list);
     assert_eq!(code, 0, "{err}");
+    // A name given with --api-host is answered; others are not.
+    let token = format!("Bearer {}", admin_token(serve.api_addr).unwrap());
+    for (host, status) in [("CP.example:15080", 200), ("other.example", 421)] {
+        let r = send(
+            &http1_client(),
+            serve.api_addr,
+            host,
+            "GET",
+            "/api/v1/services",
+            &[("authorization", &token)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, status, "{host}: {r:?}");
+    }
     // A Service in the control plane's namespace is refused, with its field.
     let svc = elsewhere.0.join("svc.yaml");
     std::fs::write(&svc, "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: api, namespace: weft-system}\nspec:\n  ports: [{port: 15080}]\n  serviceAccount: weft-control-plane\n  endpoints: [{address: \"127.0.0.1:15080\"}]\n").unwrap();
