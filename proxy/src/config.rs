@@ -415,6 +415,31 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_drain_is_off_unless_asked_for() {
+        assert!(!Config::from_args(args()).unwrap().admin_shutdown);
+        let with = |v: &str| {
+            let mut a = args();
+            a.admin_shutdown = v.into();
+            Config::from_args(a)
+        };
+        assert!(with("true").unwrap().admin_shutdown);
+        assert!(!with("false").unwrap().admin_shutdown);
+        assert_eq!(
+            with("yes").unwrap_err(),
+            vec!["admin-shutdown=\"yes\": expected true or false".to_string()]
+        );
+        // The bare flag turns it on.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["weft-proxy", "--admin-shutdown"]).unwrap();
+        assert_eq!(cli.args.admin_shutdown, "true");
+    }
+
+    #[test]
     fn service_defaults_to_service_account() {
         let c = Config::from_args(args()).unwrap();
         assert_eq!(c.service, "orders");
