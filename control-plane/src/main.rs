@@ -139,8 +139,9 @@ enum Command {
         #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
         server: String,
     },
-    /// Make an admin client certificate for the API off loopback: the key is made here, the
-    /// control plane (on this host) signs spiffe://TRUST_DOMAIN/ns/weft-system/sa/NAME.
+    /// Make an admin client certificate for the API: the key is made here, the control plane
+    /// signs spiffe://TRUST_DOMAIN/ns/weft-system/sa/NAME for the holder of its admin token
+    /// (run it on the control plane's host, where `weft serve` keeps its data dir).
     AdminCert {
         /// The admin's name (a DNS label).
         name: String,
