@@ -39,8 +39,15 @@ def api_port(tmp):
     return int(m.group(1))
 
 
-def apply(api, text):
-    req = urllib.request.Request(f"http://127.0.0.1:{api}/api/v1/apply", data=text.encode(), method="POST")
+def admin_headers(tmp):
+    """The API's admin token (DATA_DIR/admin-token) and the content type of a YAML body."""
+    with open(f"{tmp}/data/admin-token") as f:
+        return {"Authorization": f"Bearer {f.read().strip()}", "Content-Type": "application/yaml"}
+
+
+def apply(api, text, headers):
+    req = urllib.request.Request(f"http://127.0.0.1:{api}/api/v1/apply", data=text.encode(), method="POST",
+                                 headers=headers)
     with urllib.request.urlopen(req, timeout=10) as r:
         body = json.load(r)
     assert body["results"][0]["action"] in ("created", "configured"), body
@@ -90,6 +97,7 @@ def main():
         procs.start([os.path.join(REL, "bench-upstream"), f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
         url, client, servers, c_admin, cfg = start_weft(tmp, procs, [up], "")
         api = api_port(tmp)
+        headers = admin_headers(tmp)
         cp = procs.procs[1].pid  # weft serve (after the upstream)
         # Warm the proxy's subscription to the service the route attaches to.
         urllib.request.urlopen(url, timeout=5).read()
@@ -99,7 +107,7 @@ def main():
         for i in range(args.writes):
             before = config_version(c_admin)
             t0 = time.perf_counter()
-            apply(api, ROUTE.format(timeout=5000 + i))
+            apply(api, ROUTE.format(timeout=5000 + i), headers)
             t1 = time.perf_counter()
             wait_version(c_admin, before)
             t2 = time.perf_counter()
@@ -107,7 +115,7 @@ def main():
             pushed.append(t2 - t0)
         writes.append(stats("API (POST /api/v1/apply)", answer, pushed))
         subprocess.run([os.path.join(REL, "weft"), "delete", "httproute", "upstream", "-n", "bench",
-                        "--server", f"http://127.0.0.1:{api}"], check=True, capture_output=True)
+                        "--server", f"http://127.0.0.1:{api}", "--data-dir", f"{tmp}/data"], check=True, capture_output=True)
         base = open(cfg).read()
         pushed = []
         for i in range(min(args.writes, 100)):
@@ -134,7 +142,7 @@ import time, urllib.request
 i = 0
 while time.perf_counter() < {stop}:
     body = '''{ROUTE}'''.format(timeout=5000 + i % 1000).encode()
-    urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:{api}/api/v1/apply", data=body, method="POST"), timeout=10).read()
+    urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:{api}/api/v1/apply", data=body, method="POST", headers={headers!r}), timeout=10).read()
     i += 1
     time.sleep(0.1)
 print(i)

@@ -31,8 +31,11 @@ def weft_proxy_cmd(tmp, grpc, api, sa, *args, bindir=REL):
     """`weft-proxy run` for workload bench/SA of the control plane at GRPC/API (data dir TMP/data):
     TLS to the control plane, its trust anchors, a join token made for it. BINDIR holds the
     binaries (default: this checkout's release build)."""
+    # The CLI finds the admin token through WEFT_DATA_DIR (an older build, without admin
+    # tokens, ignores it).
     token = subprocess.run([os.path.join(bindir, "weft"), "token", "create", f"bench/{sa}", "--server", f"http://127.0.0.1:{api}"],
-                           check=True, capture_output=True, text=True).stdout.strip()
+                           check=True, capture_output=True, text=True,
+                           env=dict(os.environ, WEFT_DATA_DIR=f"{tmp}/data")).stdout.strip()
     return [os.path.join(bindir, "weft-proxy"), "run", "--control-plane", f"https://127.0.0.1:{grpc}",
             "--trust-anchors", f"{tmp}/data/trust-anchors.pem", "--join-token", token,
             "--namespace", "bench", "--workers", "1", "--service-account", sa, *args]

@@ -1,8 +1,8 @@
-//! `weft admin-cert NAME --out DIR`: a client certificate for the API off loopback.
+//! `weft admin-cert NAME --out DIR`: an admin client certificate for the API.
 //!
 //! The key is made here and written only to `DIR/NAME.key` (mode 0600); the control plane
-//! signs a CSR for `spiffe://TRUST_DOMAIN/ns/weft-system/sa/NAME`, and only for a caller on its
-//! own host (loopback), like every other CA operation.
+//! signs a CSR for `spiffe://TRUST_DOMAIN/ns/weft-system/sa/NAME`, and only for the holder of
+//! its admin token (the CLI on its host, reading `DATA_DIR/admin-token`).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -1,4 +1,6 @@
-//! The CLI's side of the control plane API: one request, with errors that say what to do.
+//! The CLI's side of the control plane API: one request, with errors that say what to do, and
+//! the credential it carries ([`connect`]): `--token-file`, an admin certificate, or, for a
+//! control plane on this host's loopback, the admin token found in its data dir.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,6 +13,8 @@ pub struct ApiClient {
     base: String,
     http: Client<HttpConnector, Full<Bytes>>,
     token: Option<String>,
+    /// Why no credential is sent, said with a 401.
+    no_credential: Option<String>,
     /// For an `https://` server: verifies the control plane (its chain to the mesh's trust
     /// anchors and its SPIFFE ID) and may present an admin client certificate.
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -33,8 +37,15 @@ impl ApiClient {
             base: base.trim_end_matches('/').to_string(),
             http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             token: None,
+            no_credential: None,
             tls: None,
         }
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` with every request.
+    pub fn with_token(mut self, token: String) -> Self {
+        self.token = Some(token);
+        self
     }
 
     /// TLS settings for an `https://` server.
@@ -148,8 +159,91 @@ impl ApiClient {
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if let (401, Some(why)) = (status, &self.no_credential) {
+            let said = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| body.trim().to_string());
+            return Err(format!(
+                "the control plane at {} wants a credential: {why}\n  (it answered 401: {said})",
+                self.base
+            ));
+        }
+        Ok((status, body))
     }
+}
+
+/// What the CLI may authenticate with: `--token-file`, `--certificate-authority` and the client
+/// certificate, `--data-dir` (where `weft serve` keeps the admin token).
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub token_file: Option<PathBuf>,
+    pub tls: TlsFiles,
+    /// `--data-dir` / `WEFT_DATA_DIR`; `./weft-data` (`weft serve`'s default) when not given.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `weft serve`'s default `--data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "./weft-data";
+
+/// The client for `server` with the credential the user gave, else, for a control plane on
+/// this host's loopback, the admin token from the data dir. The admin token is never sent to
+/// any other server.
+pub fn connect(server: &str, creds: &Credentials) -> Result<ApiClient, String> {
+    let api = ApiClient::new(server)
+        .with_token_file(creds.token_file.as_deref())?
+        .with_tls(&creds.tls)?;
+    if creds.token_file.is_some() || creds.tls.client_certificate.is_some() {
+        return Ok(api);
+    }
+    if !is_loopback(server) {
+        return Ok(ApiClient {
+            no_credential: Some("a control plane off this host takes --token-file FILE (a token of its --api-token-file) or an admin certificate (--certificate-authority, --client-certificate, --client-key; made with `weft admin-cert` on its host)".into()),
+            ..api
+        });
+    }
+    let dir = creds
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    match read_admin_token(&dir) {
+        Ok(token) => Ok(api.with_token(token)),
+        Err(why) => Ok(ApiClient {
+            no_credential: Some(format!("{why}; run weft where `weft serve` keeps its data dir (as the user that runs it), or pass --data-dir DIR or WEFT_DATA_DIR, or --token-file FILE")),
+            ..api
+        }),
+    }
+}
+
+/// The admin token in `data_dir`, or why it cannot be read.
+pub fn read_admin_token(data_dir: &Path) -> Result<String, String> {
+    let path = data_dir.join(crate::api::ADMIN_TOKEN_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("no admin token at {}", path.display()),
+        _ => format!("cannot read the admin token {}: {e}", path.display()),
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(token.to_string())
+}
+
+/// Whether `url`'s host is this host's loopback: `localhost`, `127.0.0.0/8`, `[::1]`.
+pub fn is_loopback(url: &str) -> bool {
+    let Some(host) = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(str::to_string))
+    else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// One HTTP/1.1 request over its own TLS connection (the CLI makes one or two per run).
@@ -180,4 +274,58 @@ async fn send_tls(
         .send_request(http::Request::from_parts(parts, body))
         .await
         .map_err(|e| weft_proxy::transport::error_chain(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_servers() {
+        for url in [
+            "http://127.0.0.1:15080",
+            "http://127.1.2.3:1",
+            "http://localhost:15080",
+            "https://[::1]:15080",
+            "http://LOCALHOST",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.1:15080",
+            "http://cp.example:15080",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.nip.io",
+            "not a url",
+        ] {
+            assert!(!is_loopback(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn the_admin_token_goes_to_a_loopback_server_only() {
+        let dir = std::env::temp_dir().join(format!("weft-client-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(crate::api::ADMIN_TOKEN_FILE), "weft-admin.x\n").unwrap();
+        let creds = Credentials {
+            data_dir: Some(dir.clone()),
+            ..Credentials::default()
+        };
+        let local = connect("http://127.0.0.1:15080", &creds).unwrap();
+        assert_eq!(local.token.as_deref(), Some("weft-admin.x"));
+        for remote in ["http://10.0.0.1:15080", "http://cp.example:15080"] {
+            let api = connect(remote, &creds).unwrap();
+            assert!(api.token.is_none(), "{remote}");
+            assert!(api.no_credential.unwrap().contains("--token-file"));
+        }
+        // A credential given is sent instead.
+        std::fs::write(dir.join("t"), "user-token\n").unwrap();
+        let given = Credentials {
+            token_file: Some(dir.join("t")),
+            ..creds
+        };
+        let api = connect("http://127.0.0.1:15080", &given).unwrap();
+        assert_eq!(api.token.as_deref(), Some("user-token"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

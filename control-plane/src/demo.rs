@@ -91,6 +91,7 @@ async fn run_in(dir: &Path, opts: DemoOptions) -> anyhow::Result<()> {
             ca: None,
             kubeconfig: None,
             api_token_file: None,
+            api_hosts: Vec::new(),
         },
         grpc,
         api,

@@ -49,9 +49,12 @@ pub struct ServeConfig {
     /// The Kubernetes API for service-account tokens; `None`: in-cluster config, or
     /// `$KUBECONFIG`.
     pub kubeconfig: Option<PathBuf>,
-    /// Bearer tokens that callers off loopback must present to the API (`TOKEN[,USER]` per
-    /// line); without it, the API answers only callers on loopback (and probes).
+    /// Bearer tokens for API users besides the admin (`TOKEN[,USER]` per line): they manage
+    /// resources, not join tokens or the CA.
     pub api_token_file: Option<PathBuf>,
+    /// Host names callers reach the API by, besides IP literals, `localhost` and the control
+    /// plane's Service names (`--api-host`); a request for any other name is refused.
+    pub api_hosts: Vec<String>,
 }
 
 /// The default [`ServeConfig::ack_timeout`].
@@ -98,7 +101,9 @@ pub fn start(
     api: TcpListener,
 ) -> Result<Running, Vec<String>> {
     let resources = files::load(&cfg.config)?;
-    std::fs::create_dir_all(&cfg.data_dir)
+    // The data dir holds the CA's keys and the admin token: the control plane's user's alone.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&cfg.data_dir)
         .map_err(|e| vec![format!("data-dir {}: {e}", cfg.data_dir.display())])?;
     // The CA is created on first start; `trust-anchors.pem` is written beside it every start.
     let tokens = Arc::new(tokens::Tokens::open(&cfg.data_dir).map_err(|e| vec![e.to_string()])?);
@@ -110,6 +115,9 @@ pub fn start(
             .map_err(|e| vec![format!("certificate authority: {e}")])?,
     );
     let store = store::Store::open(&cfg.data_dir).map_err(|e| vec![e.to_string()])?;
+    // After the store, whose lock keeps a second `weft serve` off this data dir.
+    let admin_token = api::AdminToken::load_or_create(&cfg.data_dir)
+        .map_err(|e| vec![format!("admin token: {e}")])?;
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(
         State::open(
@@ -197,7 +205,12 @@ pub fn start(
         proxies: proxies.clone(),
         tokens: tokens.clone(),
         shutdown: shutdown.clone(),
+        admin_token,
         api_tokens: cfg.api_token_file.clone(),
+        hosts: grpc_tls::dns_names()
+            .into_iter()
+            .chain(cfg.api_hosts.iter().cloned())
+            .collect(),
     });
     let api_ca = ca.clone();
     let api_listener = weft_proxy::server::Listener {

@@ -6,14 +6,19 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use weft::client::{connect as client, Credentials};
 
 #[derive(Parser)]
 #[command(name = "weft", version, about = "weft: a light, fast service mesh")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// A file holding the API bearer token (`TOKEN[,USER]`, as in `weft serve
-    /// --api-token-file`), for a control plane that is not on this host's loopback.
+    /// Where `weft serve` keeps its state [default: ./weft-data]. The other commands read the
+    /// admin token there (`DATA_DIR/admin-token`) for a --server on this host's loopback.
+    #[arg(long, env = "WEFT_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// A file holding an API bearer token (`TOKEN[,USER]`, as in `weft serve
+    /// --api-token-file`), sent instead of the admin token.
     #[arg(long, env = "WEFT_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
     /// For an https:// --server: the mesh's trust anchors, to verify the control plane.
@@ -44,9 +49,6 @@ enum Command {
         /// Files or folders of YAML resources (repeatable).
         #[arg(long)]
         config: Vec<PathBuf>,
-        /// Where the control plane keeps its state.
-        #[arg(long, default_value = "./weft-data")]
-        data_dir: PathBuf,
         /// gRPC listener for proxies.
         #[arg(long, default_value = "127.0.0.1:15012")]
         grpc_addr: String,
@@ -70,10 +72,16 @@ enum Command {
         /// account, else $KUBECONFIG or ~/.kube/config].
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
-        /// Bearer tokens for API callers off loopback, one `TOKEN[,USER]` per line (re-read on
-        /// use). Without it, only callers on loopback may use the API.
+        /// Bearer tokens for API users, one `TOKEN[,USER]` per line (re-read on use): they
+        /// manage resources; join tokens and the CA take the admin token
+        /// (DATA_DIR/admin-token) or an admin certificate.
         #[arg(long)]
         api_token_file: Option<PathBuf>,
+        /// A host name callers reach the API by (repeatable). The API answers requests for IP
+        /// addresses, localhost, the control plane's Service names and these; a request naming
+        /// another host is refused (it is how a web page would reach it, by DNS rebinding).
+        #[arg(long = "api-host", value_name = "NAME")]
+        api_hosts: Vec<String>,
     },
     /// Run a whole mesh on loopback and show what it does.
     Demo {
@@ -131,8 +139,9 @@ enum Command {
         #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
         server: String,
     },
-    /// Make an admin client certificate for the API off loopback: the key is made here, the
-    /// control plane (on this host) signs spiffe://TRUST_DOMAIN/ns/weft-system/sa/NAME.
+    /// Make an admin client certificate for the API: the key is made here, the control plane
+    /// signs spiffe://TRUST_DOMAIN/ns/weft-system/sa/NAME for the holder of its admin token
+    /// (run it on the control plane's host, where `weft serve` keeps its data dir).
     AdminCert {
         /// The admin's name (a DNS label).
         name: String,
@@ -240,37 +249,24 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let auth = Auth {
+            let auth = weft::client::Credentials {
                 token_file: cli.token_file,
                 tls: weft::client::TlsFiles {
                     certificate_authority: cli.certificate_authority,
                     client_certificate: cli.client_certificate,
                     client_key: cli.client_key,
                 },
+                data_dir: cli.data_dir,
             };
             runtime.block_on(run(command, auth))
         }
     }
 }
 
-/// How the CLI proves itself to an API off loopback.
-struct Auth {
-    token_file: Option<PathBuf>,
-    tls: weft::client::TlsFiles,
-}
-
-/// The API client for `--server`, with the credentials given.
-fn client(server: &str, auth: &Auth) -> Result<weft::client::ApiClient, String> {
-    weft::client::ApiClient::new(server)
-        .with_token_file(auth.token_file.as_deref())?
-        .with_tls(&auth.tls)
-}
-
-async fn run(command: Command, auth: Auth) -> ExitCode {
+async fn run(command: Command, auth: Credentials) -> ExitCode {
     match command {
         Command::Serve {
             config,
-            data_dir,
             grpc_addr,
             api_addr,
             trust_domain,
@@ -279,6 +275,7 @@ async fn run(command: Command, auth: Auth) -> ExitCode {
             ca_roots,
             kubeconfig,
             api_token_file,
+            api_hosts,
         } => {
             let ca = ca_cert
                 .zip(ca_key)
@@ -289,16 +286,19 @@ async fn run(command: Command, auth: Auth) -> ExitCode {
                 });
             let cfg = weft::ServeConfig {
                 config,
-                data_dir,
+                data_dir: auth
+                    .data_dir
+                    .unwrap_or_else(|| PathBuf::from(weft::client::DEFAULT_DATA_DIR)),
                 trust_domain,
                 ack_timeout: weft::DEFAULT_ACK_TIMEOUT,
                 ca,
                 kubeconfig,
                 api_token_file,
+                api_hosts,
             };
             serve(cfg, grpc_addr, api_addr).await
         }
-        Command::Ca { command, server } => ca(command, &server).await,
+        Command::Ca { command, server } => ca(command, &server, &auth).await,
         Command::Demo {
             duration,
             rps,
@@ -328,7 +328,7 @@ async fn run(command: Command, auth: Auth) -> ExitCode {
                 }
             }
         }
-        Command::Token { command, server } => token(command, &server).await,
+        Command::Token { command, server } => token(command, &server, &auth).await,
         Command::Get {
             kind,
             name,
@@ -431,6 +431,15 @@ async fn serve(cfg: weft::ServeConfig, grpc_addr: String, api_addr: String) -> E
             .ok()
     };
     let (grpc, api) = (addr("grpc-addr", &grpc_addr), addr("api-addr", &api_addr));
+    for host in &cfg.api_hosts {
+        let name = host.trim_end_matches('.');
+        let label_ok = |l: &str| weft::resources::is_dns_label(&l.to_ascii_lowercase());
+        if name.is_empty() || !name.split('.').all(label_ok) {
+            errors.push(format!(
+                "api-host={host:?}: expected a host name, without a port (e.g. cp.example.com)"
+            ));
+        }
+    }
     if !errors.is_empty() {
         return config_errors(&errors);
     }
@@ -476,9 +485,15 @@ fn config_errors(errors: &[String]) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-async fn token(command: TokenCommand, server: &str) -> ExitCode {
+async fn token(command: TokenCommand, server: &str, auth: &Credentials) -> ExitCode {
     use http::Method;
-    let api = weft::client::ApiClient::new(server);
+    let api = match client(server, auth) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("weft token: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let (method, path, body) = match &command {
         TokenCommand::Create { workload, ttl } => (
             Method::POST,
@@ -520,9 +535,15 @@ async fn token(command: TokenCommand, server: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn ca(command: CaCommand, server: &str) -> ExitCode {
+async fn ca(command: CaCommand, server: &str, auth: &Credentials) -> ExitCode {
     use http::Method;
-    let api = weft::client::ApiClient::new(server);
+    let api = match client(server, auth) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("weft ca: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let (method, path, body) = match &command {
         CaCommand::Status => (Method::GET, "/api/v1/ca", None),
         CaCommand::Rotate { step, force } => (

@@ -79,7 +79,7 @@ pub fn check_api_token(file: &str, presented: &str) -> Option<String> {
         .find_map(|line| {
             let (token, user) = line.split_once(',').unwrap_or((line, ""));
             let token = token.trim();
-            (!token.is_empty() && digest(token).as_ref() == want.as_ref()).then(|| {
+            (!token.is_empty() && same_digest(digest(token), want)).then(|| {
                 let user = user.split(',').next().unwrap_or("").trim();
                 if user.is_empty() { "api-token" } else { user }.to_string()
             })
@@ -119,12 +119,9 @@ fn sha256_hex(data: &[u8]) -> String {
 
 /// Compares two digests without an early exit. (They are hashes of secrets, so a timing leak
 /// would say nothing useful anyway; this keeps it that way if that ever changes.)
-fn same_digest(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+pub(crate) fn same_digest(a: impl AsRef<[u8]>, b: impl AsRef<[u8]>) -> bool {
+    let (a, b) = (a.as_ref(), b.as_ref());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -190,7 +187,7 @@ impl Tokens {
         let r = records
             .get(id)
             .ok_or_else(|| TokenError::Unknown(id.to_string()))?;
-        if !same_digest(&sha256_hex(secret.as_bytes()), &r.secret_sha256) {
+        if !same_digest(sha256_hex(secret.as_bytes()), &r.secret_sha256) {
             return Err(TokenError::Unknown(id.to_string()));
         }
         if r.revoked {

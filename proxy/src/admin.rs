@@ -1,6 +1,12 @@
 //! The admin listener: liveness, readiness, the config in force, metrics, and drain.
+//!
+//! The probes and metrics answer anyone. Everything else is for an operator on this host:
+//! `admin_guard` refuses other Hosts than IP literals and `localhost`, and any request a
+//! browser makes for another site. `POST /shutdown` is off unless the `admin-shutdown` setting
+//! turns it on, and then answers loopback callers only.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, Method, Request, Response, StatusCode};
@@ -24,9 +30,21 @@ pub struct Admin {
 impl Admin {
     pub async fn handle(
         self: Arc<Self>,
+        peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
-        Ok(match (req.method(), req.uri().path()) {
+        Ok(self.answer(peer, &req))
+    }
+
+    fn answer<B: http_body::Body>(&self, peer: SocketAddr, req: &Request<B>) -> Response<Body> {
+        let open = req.method() == Method::GET
+            && matches!(req.uri().path(), "/live" | "/ready" | "/metrics");
+        if !open {
+            if let Err(e) = crate::admin_guard::check(req, &[], "") {
+                return text(e.status(), &e.to_string());
+            }
+        }
+        match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live"),
             (&Method::GET, "/ready") => {
                 if self.shutdown.is_cancelled() {
@@ -84,8 +102,18 @@ impl Admin {
                     crate::metrics::exposition(self.metrics.encode(), accept);
                 with_type(StatusCode::OK, body, content_type)
             }
+            (&Method::POST, "/shutdown") if !self.config.admin_shutdown => text(
+                StatusCode::FORBIDDEN,
+                "POST /shutdown is disabled: start the proxy with --admin-shutdown (WEFT_PROXY_ADMIN_SHUTDOWN=true) to allow it, or send SIGTERM",
+            ),
+            // admin-addr may be bound off loopback for probes and scrapes; a drain stays the
+            // host's business.
+            (&Method::POST, "/shutdown") if !peer.ip().is_loopback() => text(
+                StatusCode::FORBIDDEN,
+                "POST /shutdown answers callers on this host (loopback) only",
+            ),
             (&Method::POST, "/shutdown") => {
-                tracing::info!("drain requested through the admin listener");
+                tracing::info!(%peer, "drain requested through the admin listener");
                 self.shutdown.cancel();
                 text(StatusCode::OK, "draining")
             }
@@ -96,7 +124,7 @@ impl Admin {
                 StatusCode::NOT_FOUND,
                 "not found: try /live, /ready, /config, /identity, /metrics, POST /shutdown",
             ),
-        })
+        }
     }
 }
 

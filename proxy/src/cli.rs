@@ -1,5 +1,5 @@
-//! The `weft-proxy` command line: parse settings, bind, run until SIGTERM/SIGINT or
-//! `POST /shutdown`, drain. Shared by the `weft-proxy` binary and `weft proxy`.
+//! The `weft-proxy` command line: parse settings, bind, run until SIGTERM/SIGINT or (with
+//! `admin-shutdown`) `POST /shutdown`, drain. Shared by the `weft-proxy` binary and `weft proxy`.
 
 use std::process::ExitCode;
 

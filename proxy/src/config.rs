@@ -52,6 +52,17 @@ pub struct Args {
     /// Admin HTTP listener.
     #[arg(long, env = "WEFT_PROXY_ADMIN_ADDR", default_value = "127.0.0.1:15020")]
     pub admin_addr: String,
+    /// Let `POST /shutdown` on the admin listener start a drain (from loopback callers only).
+    /// Off by default: any local process could otherwise stop the proxy.
+    #[arg(
+        long,
+        env = "WEFT_PROXY_ADMIN_SHUTDOWN",
+        default_value = "false",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub admin_shutdown: String,
     /// Where inbound traffic goes when it was not redirected transparently.
     #[arg(long, env = "WEFT_PROXY_APP_ADDR", default_value = "127.0.0.1:8080")]
     pub app_addr: String,
@@ -165,6 +176,8 @@ pub struct Config {
     pub inbound_addr: SocketAddr,
     pub outbound_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Whether `POST /shutdown` on the admin listener may start a drain.
+    pub admin_shutdown: bool,
     pub app_addr: SocketAddr,
     pub advertise_addr: SocketAddr,
     pub upstreams: Vec<Upstream>,
@@ -277,6 +290,14 @@ impl Config {
             }
         };
 
+        let admin_shutdown = match a.admin_shutdown.as_str() {
+            "true" => true,
+            "" | "false" => false,
+            v => {
+                errors.push(format!("admin-shutdown={v:?}: expected true or false"));
+                false
+            }
+        };
         let drain_timeout = parse_duration(&a.drain_timeout).unwrap_or_else(|e| {
             errors.push(format!("drain-timeout={:?}: {e}", a.drain_timeout));
             Duration::ZERO
@@ -361,6 +382,7 @@ impl Config {
                 inbound_addr,
                 outbound_addr,
                 admin_addr,
+                admin_shutdown,
                 app_addr,
                 advertise_addr,
                 upstreams,
@@ -476,6 +498,31 @@ mod tests {
             workers: "1".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_admin_drain_is_off_unless_asked_for() {
+        assert!(!Config::from_args(args()).unwrap().admin_shutdown);
+        let with = |v: &str| {
+            let mut a = args();
+            a.admin_shutdown = v.into();
+            Config::from_args(a)
+        };
+        assert!(with("true").unwrap().admin_shutdown);
+        assert!(!with("false").unwrap().admin_shutdown);
+        assert_eq!(
+            with("yes").unwrap_err(),
+            vec!["admin-shutdown=\"yes\": expected true or false".to_string()]
+        );
+        // The bare flag turns it on.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let cli =
+            <Cli as clap::Parser>::try_parse_from(["weft-proxy", "--admin-shutdown"]).unwrap();
+        assert_eq!(cli.args.admin_shutdown, "true");
     }
 
     #[test]

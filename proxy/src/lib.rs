@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admin_guard;
 pub mod authz;
 pub mod balance;
 pub mod body;
@@ -277,8 +278,8 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         listeners.admin,
         shutdown.clone(),
         move |conn| {
-            let admin = admin.clone();
-            let svc = hyper::service::service_fn(move |req| admin.clone().handle(req));
+            let (admin, peer) = (admin.clone(), conn.peer);
+            let svc = hyper::service::service_fn(move |req| admin.clone().handle(peer, req));
             conn.http.serve(conn.stream, svc)
         },
     ));

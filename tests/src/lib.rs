@@ -4,6 +4,10 @@
 //! A [`Mesh`] is built in two steps because standalone Service endpoints are proxy addresses:
 //! [`Sidecar::bind`] binds a proxy's listeners first, the test writes config naming those
 //! addresses, then [`Mesh::start`] starts the control plane and [`Sidecar::start`] the proxies.
+//!
+//! The harness remembers the data dir of every control plane it starts, by API address, so that
+//! [`api_call`] sends that control plane's admin token and [`run_weft`] runs the CLI with
+//! `WEFT_DATA_DIR` pointing at it, as a user on its host would.
 
 #![allow(clippy::unwrap_used)] // test harness: a failed setup should panic loudly
 
@@ -13,11 +17,12 @@ pub mod grpc {
     tonic::include_proto!("weft.test.v1");
 }
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,6 +91,28 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// The data dir of each control plane started here, by its API address.
+static DATA_DIRS: Mutex<Option<HashMap<SocketAddr, PathBuf>>> = Mutex::new(None);
+
+fn remember_data_dir(api: SocketAddr, dir: PathBuf) {
+    DATA_DIRS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(api, dir);
+}
+
+/// The data dir of the control plane whose API is `api`, if the harness started it.
+pub fn data_dir_of(api: SocketAddr) -> Option<PathBuf> {
+    DATA_DIRS.lock().unwrap().as_ref()?.get(&api).cloned()
+}
+
+/// The admin token of the control plane whose API is `api` (`DATA_DIR/admin-token`).
+pub fn admin_token(api: SocketAddr) -> Option<String> {
+    let dir = data_dir_of(api)?;
+    weft::client::read_admin_token(&dir).ok()
+}
+
 /// A control plane watching one config file.
 pub struct Mesh {
     pub dir: TempDir,
@@ -142,6 +169,7 @@ impl Mesh {
             api,
         )
         .expect("config accepted");
+        remember_data_dir(api_addr, dir.0.join("data"));
         Self {
             dir,
             config,
@@ -167,7 +195,18 @@ impl Mesh {
             ca,
             kubeconfig: Some(dir.0.join("kubeconfig")),
             api_token_file: None,
+            api_hosts: Vec::new(),
         }
+    }
+
+    /// `--data-dir`: the store, the CA, the admin token.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.0.join("data")
+    }
+
+    /// The admin token (`DATA_DIR/admin-token`).
+    pub fn admin_token(&self) -> String {
+        weft::client::read_admin_token(&self.data_dir()).expect("admin token")
     }
 
     pub fn url(&self) -> String {
@@ -293,6 +332,8 @@ pub struct Sidecar {
     pub access_log: Option<PathBuf>,
     /// The listeners' connection limits (the proxy's defaults when `None`).
     pub limits: Option<weft_proxy::server::Limits>,
+    /// The `admin-shutdown` setting: whether `POST /shutdown` may drain the proxy.
+    pub admin_shutdown: bool,
 }
 
 impl Sidecar {
@@ -326,6 +367,7 @@ impl Sidecar {
             running: None,
             access_log: None,
             limits: None,
+            admin_shutdown: false,
         }
     }
 
@@ -359,6 +401,7 @@ impl Sidecar {
         if let Some(limits) = self.limits {
             config.limits = limits;
         }
+        config.admin_shutdown = self.admin_shutdown;
         let listeners = self.listeners.take().expect("sidecar started twice");
         self.running = Some(weft_proxy::start(config, listeners).expect("proxy starts"));
     }
@@ -491,13 +534,8 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 /// Creates a join token through the control plane's API; returns (id, token).
 pub async fn create_token(mesh: &Mesh, workload: &str, ttl: &str) -> (String, String) {
     let body = serde_json::json!({ "workload": workload, "ttl": ttl }).to_string();
-    let req = http::Request::post(format!("http://{}/api/v1/tokens", mesh.api_addr))
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let rsp = http1_client().request(req).await.unwrap();
-    assert_eq!(rsp.status(), 201);
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let (status, doc) = api_call(mesh.api_addr, "POST", "/api/v1/tokens", &body).await;
+    assert_eq!(status, 201, "{doc}");
     (
         doc["id"].as_str().unwrap().to_string(),
         doc["token"].as_str().unwrap().to_string(),
@@ -677,6 +715,11 @@ impl ServeProcess {
         .unwrap_or_else(|log| panic!("weft serve exited before serving:\n{log}"));
         // Keep draining its log so that it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let data_dir = args
+            .iter()
+            .position(|a| *a == "--data-dir")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from);
         let addr_after = |field: &str| -> SocketAddr {
             let at = serving
                 .find(&format!("{field}="))
@@ -691,8 +734,12 @@ impl ServeProcess {
             addr.parse()
                 .unwrap_or_else(|e| panic!("{field} address {addr:?} in {serving:?}: {e}"))
         };
+        let api_addr = addr_after("api");
+        if let Some(dir) = data_dir {
+            remember_data_dir(api_addr, dir);
+        }
         Self {
-            api_addr: addr_after("api"),
+            api_addr,
             grpc_addr: addr_after("grpc"),
             child,
         }
@@ -721,18 +768,21 @@ impl ServeProcess {
     }
 }
 
-/// One request to the control plane's API: the status and the body as JSON (a JSON string when
-/// the body is not JSON).
+/// One request to the control plane's API as its admin (with its admin token), a body sent as
+/// JSON or YAML: the status and the body as JSON (a JSON string when the body is not JSON).
 pub async fn api_call(
     api: SocketAddr,
     method: &str,
     path: &str,
     body: &str,
 ) -> (u16, serde_json::Value) {
-    api_call_as(api, None, method, path, body).await
+    let token = admin_token(api);
+    assert!(token.is_some(), "no admin token known for {api}");
+    api_call_as(api, token.as_deref(), method, path, body).await
 }
 
-/// Like [`api_call`], with `Authorization: Bearer TOKEN` when a token is given.
+/// Like [`api_call`], with `Authorization: Bearer TOKEN` when a token is given, and with no
+/// credential at all when not.
 pub async fn api_call_as(
     api: SocketAddr,
     token: Option<&str>,
@@ -746,6 +796,17 @@ pub async fn api_call_as(
     if let Some(t) = token {
         req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
     }
+    if !body.is_empty() {
+        let json = serde_json::from_str::<serde_json::Value>(body).is_ok();
+        req = req.header(
+            http::header::CONTENT_TYPE,
+            if json {
+                "application/json"
+            } else {
+                "application/yaml"
+            },
+        );
+    }
     let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let rsp = http1_client().request(req).await.unwrap();
     let status = rsp.status().as_u16();
@@ -757,15 +818,28 @@ pub async fn api_call_as(
 }
 
 /// Runs the built `weft ARGS` (inside network namespace `netns` when given) with `stdin` as its
-/// input; returns (exit code, stdout, stderr).
+/// input; returns (exit code, stdout, stderr). When `--server` names a control plane the
+/// harness started, `WEFT_DATA_DIR` is its data dir, as for a user on its host.
 pub async fn run_weft<S: AsRef<std::ffi::OsStr>>(
     netns: Option<&str>,
     args: &[S],
     stdin: &str,
 ) -> (i32, String, String) {
     use tokio::io::AsyncWriteExt;
-    let mut child = weft_command(netns)
-        .args(args)
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(AsRef::as_ref).collect();
+    let data_dir = args
+        .iter()
+        .position(|a| *a == "--server")
+        .and_then(|i| args.get(i + 1)?.to_str())
+        .and_then(|url| url.split_once("://")?.1.trim_end_matches('/').parse().ok())
+        .and_then(data_dir_of);
+    let mut command = weft_command(netns);
+    command.env_remove("WEFT_DATA_DIR");
+    if let Some(dir) = data_dir {
+        command.env("WEFT_DATA_DIR", dir);
+    }
+    let mut child = command
+        .args(&args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

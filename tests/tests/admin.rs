@@ -1,5 +1,5 @@
 //! The proxy's admin listener: liveness, readiness before and after config, the config in
-//! force, metrics, and drain.
+//! force, metrics, and drain (when enabled). What it refuses: tests/tests/local_admin.rs.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,6 +13,7 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     let app = HttpApp::start("orders").await;
     let mut server = Sidecar::bind(&[]).await;
     let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+    client.admin_shutdown = true;
     let yaml = service_yaml("shop", "orders", "HTTP", &[server.inbound]);
     // A first start creates the mesh CA and publishes its trust anchors in the data dir; the
     // token and the anchors outlive a restart.
@@ -28,9 +29,13 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     client.start_with(&access, "shop", "frontend", NO_APP.parse().unwrap());
     let http = http1_client();
 
-    let live = get(&http, client.admin, "admin", "/live").await.unwrap();
+    let live = get(&http, client.admin, "localhost", "/live")
+        .await
+        .unwrap();
     assert_eq!(live.status, 200);
-    let ready = get(&http, client.admin, "admin", "/ready").await.unwrap();
+    let ready = get(&http, client.admin, "localhost", "/ready")
+        .await
+        .unwrap();
     assert_eq!(ready.status, 503, "{ready:?}");
     assert!(
         ready
@@ -44,7 +49,7 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     mesh.restart().await;
     server.start(&mesh, "shop", "orders", app.addr);
     eventually("readiness", Duration::from_secs(10), || async {
-        get(&http, client.admin, "admin", "/ready")
+        get(&http, client.admin, "localhost", "/ready")
             .await
             .ok()
             .filter(|r| r.status == 200)
@@ -52,7 +57,9 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     .await;
 
     // The proxy subscribes to its upstream's service at start: /config shows it, with version.
-    let config = get(&http, client.admin, "admin", "/config").await.unwrap();
+    let config = get(&http, client.admin, "localhost", "/config")
+        .await
+        .unwrap();
     assert_eq!(config.header("content-type"), "application/json");
     let doc: serde_json::Value = serde_json::from_str(&config.body).unwrap();
     assert_eq!(doc["version"], "1");
@@ -60,7 +67,9 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     assert_eq!(doc["proxy"]["namespace"], "shop");
     assert!(doc["proxy"].to_string().contains("frontend"));
 
-    let metrics = get(&http, client.admin, "admin", "/metrics").await.unwrap();
+    let metrics = get(&http, client.admin, "localhost", "/metrics")
+        .await
+        .unwrap();
     assert!(
         metrics.body.contains("weft_proxy_config_version 1"),
         "{}",
@@ -83,7 +92,19 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     .unwrap();
     assert!(om.body.ends_with("# EOF\n"), "OpenMetrics when asked for");
 
-    let r = send(&http, client.admin, "admin", "POST", "/shutdown", &[])
+    // Enabled (`admin-shutdown`), POST /shutdown drains, but never for a browser's request.
+    let r = send(
+        &http,
+        client.admin,
+        "localhost",
+        "POST",
+        "/shutdown",
+        &[("origin", "http://evil.example")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = send(&http, client.admin, "localhost", "POST", "/shutdown", &[])
         .await
         .unwrap();
     assert_eq!(r.status, 200);

@@ -164,7 +164,7 @@ async fn create_read_update_delete_every_kind() {
     assert!(route_update["who"]
         .as_str()
         .unwrap()
-        .starts_with("loopback 127.0.0.1:"));
+        .starts_with("admin (admin token) from 127.0.0.1:"));
     assert!(route_update["time"].as_str().unwrap().ends_with('Z'));
 
     // `weft get audit N`: the last N writes as a table.
@@ -178,7 +178,7 @@ async fn create_read_update_delete_every_kind() {
         "{out}"
     );
     assert!(
-        lines[2].contains("loopback 127.0.0.1:")
+        lines[2].contains("admin (admin token) from 127.0.0.1:")
             && lines[2].contains("deleted")
             && lines[2].contains("MeshConfig/default/default"),
         "{out}"
@@ -356,17 +356,21 @@ async fn acknowledged_writes_survive_a_restart_and_kill_9() {
     let data = data.to_str().unwrap();
     let serve = ServeProcess::start(&["--data-dir", data]).await;
     let api = serve.api_addr;
+    let token = admin_token(api).unwrap();
 
     // One writer creating a Service per request, noting each one acknowledged.
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let writer = tokio::spawn({
         let acked = acked.clone();
         async move {
+            let auth = format!("Bearer {token}");
             for i in 0.. {
                 let mut svc = samples()[0].3.clone();
                 let name = format!("svc-{i}");
                 svc["metadata"]["name"] = json!(name);
                 let req = http::Request::put(format!("http://{api}/api/v1/services/shop/{name}"))
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
                     .body(http_body_util::Full::new(bytes::Bytes::from(
                         svc.to_string(),
                     )))
@@ -680,11 +684,14 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
 
     // An admin certificate, made on the control plane's host (its loopback), works over TLS.
     let certs = path("certs");
+    let data = path("data");
     let make = [
         "admin-cert",
         "ops",
         "--out",
         &certs,
+        "--data-dir",
+        &data,
         "--server",
         &format!("http://127.0.0.1:{port}"),
     ]
@@ -699,7 +706,7 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "the key is the admin's alone");
-    // Off loopback, the CA refuses to sign.
+    // A user's API token cannot have the CA sign.
     let (code, _, err) = run_weft(
         None,
         &args(
@@ -711,7 +718,7 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
     )
     .await;
     assert_eq!(code, 1);
-    assert!(err.contains("loopback"), "{err}");
+    assert!(err.contains("admin token"), "{err}");
 
     let ca = format!("{certs}/ca.crt");
     let cert = format!("{certs}/ops.crt");

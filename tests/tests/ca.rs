@@ -80,7 +80,7 @@ impl Traffic {
 }
 
 async fn identity(s: &Sidecar) -> serde_json::Value {
-    let r = get(&http1_client(), s.admin, "admin", "/identity")
+    let r = get(&http1_client(), s.admin, "localhost", "/identity")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");

@@ -107,10 +107,8 @@ async fn unknown_revoked_expired_and_missing_proofs_are_refused() {
     );
 
     let (id, token) = create_token(&mesh, "shop/orders", "1h").await;
-    let req = http::Request::delete(format!("http://{}/api/v1/tokens/{id}", mesh.api_addr))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    assert_eq!(http1_client().request(req).await.unwrap().status(), 200);
+    let path = format!("/api/v1/tokens/{id}");
+    assert_eq!(api_call(mesh.api_addr, "DELETE", &path, "").await.0, 200);
     let err = certify(&mesh, csr(ORDERS), &token).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     assert!(err.message().contains("revoked"), "{}", err.message());
@@ -147,6 +145,7 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
         let out = std::process::Command::new(binary("weft"))
             .args(args)
             .args(["--server", &server])
+            .env("WEFT_DATA_DIR", mesh.data_dir())
             .output()
             .unwrap();
         (
@@ -193,7 +192,7 @@ fn short_ttl(ttl: &str) -> String {
 }
 
 async fn admin_json(addr: std::net::SocketAddr, path: &str) -> Option<serde_json::Value> {
-    let r = get(&http1_client(), addr, "admin", path).await.ok()?;
+    let r = get(&http1_client(), addr, "localhost", path).await.ok()?;
     (r.status == 200).then(|| serde_json::from_str(&r.body).unwrap())
 }
 
@@ -215,7 +214,7 @@ async fn a_proxy_gets_its_certificate_and_renews_it() {
     .await;
     assert_eq!(first["identity"], ORDERS);
     assert_eq!(
-        get(&http1_client(), proxy.admin, "admin", "/ready")
+        get(&http1_client(), proxy.admin, "localhost", "/ready")
             .await
             .unwrap()
             .status,
@@ -268,7 +267,7 @@ async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
         },
     )
     .await;
-    let ready = get(&http1_client(), refused.admin, "admin", "/ready")
+    let ready = get(&http1_client(), refused.admin, "localhost", "/ready")
         .await
         .unwrap();
     assert_eq!(ready.status, 503);
@@ -294,7 +293,7 @@ async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
     mesh.stop().await;
     for _ in 0..20 {
         assert_eq!(
-            get(&http1_client(), proxy.admin, "admin", "/ready")
+            get(&http1_client(), proxy.admin, "localhost", "/ready")
                 .await
                 .unwrap()
                 .status,
@@ -323,7 +322,7 @@ async fn a_proxy_verifies_the_control_plane_against_its_trust_anchors() {
         "the proxy to report the failed handshake",
         Duration::from_secs(10),
         || async {
-            let r = get(&http1_client(), proxy.admin, "admin", "/ready")
+            let r = get(&http1_client(), proxy.admin, "localhost", "/ready")
                 .await
                 .ok()?;
             assert_eq!(r.status, 503);
@@ -343,11 +342,19 @@ async fn no_workload_gets_an_identity_in_the_control_planes_namespace() {
     let mesh = Mesh::start(MESH).await;
     // The API refuses to make such a token...
     let body = serde_json::json!({ "workload": "weft-system/weft-control-plane" }).to_string();
-    let req = http::Request::post(format!("http://{}/api/v1/tokens", mesh.api_addr))
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    let rsp = http1_client().request(req).await.unwrap();
-    assert_eq!(rsp.status(), 422);
+    let (status, answer) = api_call(mesh.api_addr, "POST", "/api/v1/tokens", &body).await;
+    assert_eq!(status, 422, "{answer}");
+    // ...also through the CLI...
+    let server = format!("http://{}", mesh.api_addr);
+    let (code, _, err) = run_weft(
+        None,
+        &["token", "create", "weft-system/ops", "--server", &server],
+        "",
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("reserved for the control plane"), "{err}");
+    assert!(mesh.running().tokens.list().is_empty());
     // ...and the CA refuses to sign for one even with a token that names it.
     let (_, token) = mesh
         .running()

@@ -40,6 +40,10 @@ fn fixture(token: &str) -> (StatusCode, &'static str) {
             StatusCode::CREATED,
             include_str!("../fixtures/tokenreview/wrong-audience.json"),
         ),
+        "control-plane-pod-token" => (
+            StatusCode::CREATED,
+            include_str!("../fixtures/tokenreview/weft-system.json"),
+        ),
         "alice-token" => (
             StatusCode::CREATED,
             include_str!("../fixtures/tokenreview/user.json"),
@@ -173,6 +177,17 @@ async fn a_service_account_token_is_reviewed_and_entitles_its_own_identity_only(
         assert!(err.message().contains(says), "{token}: {}", err.message());
     }
 
+    // A pod of the control plane's own namespace is authenticated, but no workload may have an
+    // identity there: it would be the control plane's, or an admin's.
+    for sa in ["weft-control-plane", "ops"] {
+        let san = format!("spiffe://weft.local/ns/weft-system/sa/{sa}");
+        let err = certify(&mesh, &san, "control-plane-pod-token")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(err.message().contains("reserved"), "{}", err.message());
+    }
+
     // The control plane may not create TokenReviews (RBAC): the proxy hears why, and retries.
     let err = certify(&mesh, ORDERS, "any-other-token").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
@@ -203,7 +218,7 @@ async fn a_proxy_in_a_pod_gets_its_certificate_with_its_token_file() {
     };
     server.start_with(&access, "shop", "orders", app.addr);
     server.ready().await;
-    let identity = get(&http1_client(), server.admin, "admin", "/identity")
+    let identity = get(&http1_client(), server.admin, "localhost", "/identity")
         .await
         .unwrap();
     assert!(identity.body.contains(ORDERS), "{}", identity.body);

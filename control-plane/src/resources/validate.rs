@@ -1,8 +1,10 @@
 //! Checks that types cannot express: names, ranges, duplicates, and references between kinds.
-//! Every problem names its resource and field; all are reported at once.
+//! Every problem names its resource and field; all are reported at once. The control plane's
+//! namespace (`weft-system`) is off limits to every resource but MeshConfig.
 
 use std::collections::{HashMap, HashSet};
 
+use crate::ca::SYSTEM_NAMESPACE;
 use weft_proxy::path::{self, PatternError};
 
 use super::{
@@ -60,7 +62,21 @@ impl Checker<'_> {
         }
     }
 
+    /// The control plane's namespace holds its own identity and the admins'
+    /// (`spiffe://TD/ns/weft-system/sa/NAME`): a Service there would let a proxy dial an
+    /// endpoint that proves one of those, such as the control plane's own API, and relay its
+    /// local callers to it. Nothing in the mesh may live there or point there.
+    fn not_reserved(&mut self, field: &str, namespace: Option<&str>) {
+        if namespace == Some(SYSTEM_NAMESPACE) {
+            self.fail(
+                field,
+                format!("{SYSTEM_NAMESPACE} is reserved for the control plane; mesh resources cannot be in it or refer to it"),
+            );
+        }
+    }
+
     fn target(&mut self, field: &str, t: &TargetRef) {
+        self.not_reserved(&format!("{field}.namespace"), t.namespace.as_deref());
         if let Some(k) = t.kind.as_deref().filter(|k| *k != "Service") {
             self.fail(
                 format!("{field}.kind"),
@@ -101,6 +117,10 @@ pub fn validate(items: &[Sourced]) -> Vec<Problem> {
         let meta = item.resource.metadata();
         c.name("metadata.name", &meta.name);
         c.name("metadata.namespace", &meta.namespace);
+        // MeshConfig is cluster-wide: its namespace means nothing.
+        if !matches!(item.resource, Resource::MeshConfig(_)) {
+            c.not_reserved("metadata.namespace", Some(&meta.namespace));
+        }
         match &item.resource {
             Resource::MeshConfig(o) => mesh_config(&mut c, &o.metadata.name, &o.spec),
             Resource::Service(o) => service(&mut c, &o.spec),
@@ -206,6 +226,10 @@ fn http_route(c: &mut Checker<'_>, s: &HttpRouteSpec) {
             );
         }
         c.name(&format!("spec.parentRefs[{i}].name"), &p.name);
+        c.not_reserved(
+            &format!("spec.parentRefs[{i}].namespace"),
+            p.namespace.as_deref(),
+        );
     }
     for (r, rule) in s.rules.iter().enumerate() {
         for (m, mat) in rule.matches.iter().enumerate() {
@@ -254,6 +278,7 @@ fn http_route(c: &mut Checker<'_>, s: &HttpRouteSpec) {
                 );
             }
             c.name(&format!("{at}.name"), &br.name);
+            c.not_reserved(&format!("{at}.namespace"), br.namespace.as_deref());
             if br.weight > MAX_WEIGHT {
                 c.fail(
                     format!("{at}.weight"),
@@ -453,5 +478,26 @@ mod tests {
     fn mesh_config_is_named_default() {
         let p = problems("apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mine}\nspec: {tracing: {samplingRatio: 2}}\n");
         assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn the_control_planes_namespace_is_not_for_resources() {
+        // A Service there would carry the control plane's identity (or an admin's) and could
+        // point at its API: a proxy would then relay callers to it from loopback.
+        let p = problems("apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: api, namespace: weft-system}\nspec:\n  ports: [{port: 15080}]\n  serviceAccount: weft-control-plane\n  endpoints: [{address: \"127.0.0.1:15080\"}]\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("metadata.namespace: weft-system is reserved"),
+            "{p:?}"
+        );
+        for (kind, spec) in [
+            ("HTTPRoute", "{parentRefs: [{name: a, namespace: weft-system}], rules: [{backendRefs: [{name: b, namespace: weft-system}]}]}"),
+            ("TrafficPolicy", "{targetRef: {name: a, namespace: weft-system}}"),
+            ("AuthorizationPolicy", "{targetRef: {name: a, namespace: weft-system}}"),
+        ] {
+            let api = if kind == "HTTPRoute" { "gateway.networking.k8s.io/v1" } else { "weft.dev/v1alpha1" };
+            let p = problems(&format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: a, namespace: shop}}\nspec: {spec}\n"));
+            assert!(!p.is_empty() && p.iter().all(|p| p.contains("weft-system is reserved")), "{kind}: {p:?}");
+        }
     }
 }
