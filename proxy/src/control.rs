@@ -5,13 +5,21 @@
 //! identity in `weft-system`). The proxy starts with the anchors of its `trust-anchors` file and
 //! from then on trusts the roots the control plane publishes with each config, which arrive over
 //! this verified channel: that is how a trust-anchor rotation reaches a running proxy.
+//!
+//! Once the proxy has a certificate, every new connection presents it as the TLS client
+//! certificate: the discovery stream is served only to a proxy that does (`Certify` works
+//! without one, which is how the first is obtained). A renewed certificate is presented from the
+//! next connection on; a connection already open stays as it was authenticated at its handshake
+//! and is not re-established for a renewal (the stream reports the new certificate instead).
+//! Before its first certificate the proxy has no config to learn the trust domain from, so it
+//! reads it from the control plane's own certificate ([`ControlPlane::trust_domain`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{ServerName, TrustAnchor};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -20,11 +28,20 @@ use crate::tls::{self, SpiffeVerifier};
 
 /// The path part of the control plane's SPIFFE ID.
 pub const CONTROL_PLANE_ID_SUFFIX: &str = "/ns/weft-system/sa/weft-control-plane";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ControlPlane {
     url: String,
     anchors_pem: ArcSwap<String>,
     anchors: ArcSwap<Vec<TrustAnchor<'static>>>,
+    /// The certificate new connections present, once the proxy has one.
+    client_cert: ArcSwapOption<ClientCert>,
+}
+
+/// A certificate chain and its key, as a TLS client presents them.
+struct ClientCert {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
 }
 
 impl ControlPlane {
@@ -35,7 +52,53 @@ impl ControlPlane {
             url,
             anchors_pem: ArcSwap::from_pointee(anchors_pem),
             anchors: ArcSwap::from_pointee(anchors),
+            client_cert: ArcSwapOption::empty(),
         })
+    }
+
+    /// Presents `chain_pem` (leaf first) with `key_pem` on every connection made from now on.
+    pub fn set_client_cert(&self, chain_pem: &str, key_pem: &str) -> Result<(), String> {
+        let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("certificate chain: {e}"))?;
+        if chain.is_empty() {
+            return Err("certificate chain: no certificate in the PEM".into());
+        }
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .map_err(|e| format!("private key: {e}"))?
+            .ok_or("private key: none in PEM")?;
+        self.client_cert
+            .store(Some(Arc::new(ClientCert { chain, key })));
+        Ok(())
+    }
+
+    /// The trust domain of the control plane's SPIFFE ID, from a TLS handshake with it (verified
+    /// like every connection): what a proxy without config asks its first certificate in.
+    pub async fn trust_domain(&self) -> Result<String, String> {
+        let uri: Uri = self
+            .url
+            .parse()
+            .map_err(|e| format!("control-plane URL {}: {e}", self.url))?;
+        let mut config = verifying(self.anchors.load_full())?.with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect_tls(&uri, Arc::new(config)))
+            .await
+            .map_err(|_| format!("no TLS handshake with {uri} within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("connect to {uri}: {e}"))?;
+        let id = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(tls::spiffe_id)
+            .ok_or("the control plane's certificate has no SPIFFE ID")?;
+        id.strip_prefix("spiffe://")
+            .and_then(|rest| rest.strip_suffix(CONTROL_PLANE_ID_SUFFIX))
+            .filter(|td| !td.is_empty() && !td.contains('/'))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!("the control plane presented {id}, not a control-plane identity")
+            })
     }
 
     pub fn url(&self) -> &str {
@@ -64,7 +127,7 @@ impl ControlPlane {
     pub fn channel(self: &Arc<Self>, keepalive: bool) -> Result<Channel, String> {
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| format!("control-plane URL {}: {e}", self.url))?
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if keepalive {
             endpoint = endpoint
@@ -85,9 +148,13 @@ impl ControlPlane {
         &self,
         uri: Uri,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
-        let mut config = verifying(self.anchors.load_full())
-            .map_err(std::io::Error::other)?
-            .with_no_client_auth();
+        let verifying = verifying(self.anchors.load_full()).map_err(std::io::Error::other)?;
+        let mut config = match self.client_cert.load_full() {
+            Some(c) => verifying
+                .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+                .map_err(std::io::Error::other)?,
+            None => verifying.with_no_client_auth(),
+        };
         config.alpn_protocols = vec![b"h2".to_vec()];
         connect_tls(&uri, Arc::new(config)).await.map(TokioIo::new)
     }

@@ -5,6 +5,11 @@
 //! configs once mTLS lands) load the current ones. Renewal starts at about 70% of the
 //! certificate's lifetime; a failed attempt is retried with jittered exponential backoff while
 //! the current certificate keeps serving.
+//!
+//! The certificate comes first: the control plane serves the discovery stream only to a proxy
+//! that presents one (see [`crate::control`]), so before its first config the proxy asks for an
+//! identity in the trust domain the control plane's own certificate names, and afterwards in the
+//! one its config names.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -129,25 +134,28 @@ impl Identity {
         discovery: Arc<Discovery>,
         shutdown: CancellationToken,
     ) {
-        // The trust domain comes with the first config.
-        tokio::select! {
-            () = discovery.ready() => {}
-            () = shutdown.cancelled() => return,
-        }
         let mut changes = discovery.changes();
         let mut failures = 0u32;
         loop {
-            let snapshot = discovery.snapshot();
-            let trust_domain = snapshot.mesh.trust_domain.clone();
-            let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
-            let obtained = self.certify(&control, &proof, &id).await.and_then(|creds| {
+            let obtained = async {
+                let trust_domain = if discovery.has_config() {
+                    discovery.snapshot().mesh.trust_domain.clone()
+                } else {
+                    control.trust_domain().await?
+                };
+                let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+                let creds = self.certify(&control, &proof, &id).await?;
                 // Roots that came back with the certificate, over the verified channel.
                 let _ = control.set_anchors(&creds.trust_anchors_pem);
                 self.tls
                     .refresh(&creds, &control.anchors_pem())
                     .map_err(|e| format!("unusable certificate: {e}"))?;
-                Ok(creds)
-            });
+                control
+                    .set_client_cert(&creds.chain_pem, &creds.key_pem)
+                    .map_err(|e| format!("unusable certificate: {e}"))?;
+                Ok::<_, String>(creds)
+            }
+            .await;
             let wait = match obtained {
                 Ok(creds) => {
                     failures = 0;
@@ -168,6 +176,11 @@ impl Identity {
                         serial: creds.serial.clone(),
                         expires_at: creds.not_after,
                         issuer: creds.issuer.clone(),
+                        // What the control plane believes: it verifies the chain itself.
+                        chain: rustls_pemfile::certs(&mut creds.chain_pem.as_bytes())
+                            .flatten()
+                            .map(|der| der.to_vec())
+                            .collect(),
                     });
                     self.current.store(Some(Arc::new(creds)));
                     self.updates.send_modify(|n| *n += 1);

@@ -202,12 +202,12 @@ impl Mesh {
 
     /// A gRPC channel to the control plane that presents a fresh certificate for workload
     /// `namespace/service_account` (signed by the mesh's CA, as `Certify` would), as a proxy does
-    /// once it has one. Returns the channel and the certificate's chain (PEM).
+    /// once it has one. Returns the channel and the certificate.
     pub fn channel_as(
         &self,
         namespace: &str,
         service_account: &str,
-    ) -> (tonic::transport::Channel, String) {
+    ) -> (tonic::transport::Channel, weft::ca::Issued) {
         let id = self.state().mesh().identity(namespace, service_account);
         let (key, csr) = weft_proxy::identity::key_and_csr(&id).expect("key and CSR");
         let issued = self
@@ -217,7 +217,7 @@ impl Mesh {
             .expect("signed");
         (
             self.channel_presenting(&issued.chain_pem, &key.serialize_pem()),
-            issued.chain_pem,
+            issued,
         )
     }
 

@@ -209,7 +209,7 @@ async fn the_stream_takes_its_identity_from_the_certificate_not_the_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_certificate_shown_is_the_one_presented_not_the_one_claimed() {
     let mesh = mesh().await;
-    let (channel, chain_pem) = mesh.channel_as("shop", "orders");
+    let (channel, issued) = mesh.channel_as("shop", "orders");
     let forged = pb::Certificate {
         serial: "1".into(),
         expires_at: 4_102_444_800,
@@ -235,12 +235,11 @@ async fn the_certificate_shown_is_the_one_presented_not_the_one_claimed() {
     .await
     .unwrap();
     let issuer = mesh.running().ca.signer().issuer_id.clone();
-    let leaf = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+    let leaf = rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
         .next()
         .unwrap()
         .unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
-    let serial = cert.raw_serial_as_string().replace(':', "");
     let shown = eventually("the ACK to be seen", Duration::from_secs(5), || async {
         let p = mesh.proxies().into_iter().next()?;
         p.acked_version.is_some().then_some(p)
@@ -248,11 +247,40 @@ async fn the_certificate_shown_is_the_one_presented_not_the_one_claimed() {
     .await;
     let c = shown.certificate.expect("a certificate is shown");
     assert_eq!(c.issuer, issuer, "the issuer of the presented certificate");
-    assert_eq!(c.serial.to_lowercase(), serial.to_lowercase());
+    assert_eq!(c.serial, issued.serial, "the serial Certify reports");
     assert_eq!(c.expires_at, cert.validity().not_after.timestamp());
     let (_, status) = api_call(mesh.api_addr, "GET", "/api/v1/ca", "").await;
     assert_eq!(status["proxies"]["currentIssuer"], 1, "{status}");
     assert_eq!(status["proxies"]["otherIssuer"], 0, "{status}");
+
+    // A renewed certificate is reported with its chain, verified, and shown; one of another
+    // workload is not.
+    let chain = |pem: &str| -> Vec<Vec<u8>> {
+        rustls_pemfile::certs(&mut pem.as_bytes())
+            .map(|c| c.unwrap().to_vec())
+            .collect()
+    };
+    let report = |pem: &str| pb::DiscoveryRequest {
+        certificate: Some(pb::Certificate {
+            chain: chain(pem),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (_, other) = mesh.channel_as("shop", "other");
+    o.tx.send(report(&other.chain_pem)).await.unwrap();
+    let (_, renewed) = mesh.channel_as("shop", "orders");
+    o.tx.send(report(&renewed.chain_pem)).await.unwrap();
+    let shown = eventually(
+        "the renewal to be shown",
+        Duration::from_secs(5),
+        || async {
+            let c = mesh.proxies().into_iter().next()?.certificate?;
+            (c.serial != issued.serial).then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(shown.serial, renewed.serial, "not {}", other.serial);
     drop(o.responses);
 }
 
@@ -354,7 +382,7 @@ async fn streams_per_certificate_are_capped() {
     let mesh = mesh().await;
     let (channel, _) = mesh.channel_as("shop", "orders");
     let mut open_streams = Vec::new();
-    for i in 0..8 {
+    for i in 0..weft::discovery::MAX_STREAMS_PER_CERTIFICATE {
         let o = open(
             channel.clone(),
             hello(node(&format!("p{i}"), "shop", "orders", "orders")),
