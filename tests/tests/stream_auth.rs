@@ -336,6 +336,13 @@ async fn oversized_fields_are_refused_and_a_long_nack_is_truncated() {
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
         assert!(status.message().contains(field), "{field}: {status:?}");
     }
+    // A message over the size limit is refused before it is decoded.
+    let huge = pb::DiscoveryRequest {
+        error_detail: "x".repeat(weft::discovery::MAX_REQUEST_BYTES + 1),
+        ..hello(node("p", "shop", "orders", "orders"))
+    };
+    let status = refused(open(channel.clone(), huge).await);
+    assert!(status.message().contains("too large"), "{status:?}");
     assert!(mesh.proxies().is_empty(), "none was registered");
 
     // A later request with an oversized field ends the stream.
@@ -415,4 +422,32 @@ async fn streams_per_certificate_are_capped() {
         .ok()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_when_its_service_moves_to_another_service_account() {
+    let mut mesh = mesh().await;
+    let (channel, _) = mesh.channel_as("shop", "orders");
+    let mut o = open(channel, hello(node("orders-1", "shop", "orders", "orders")))
+        .await
+        .unwrap();
+    o.tx.send(pb::DiscoveryRequest {
+        version: o.first.version.clone(),
+        response_nonce: o.first.nonce.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let moved = format!(
+        "{}  serviceAccount: orders-v2\n{POLICY}",
+        service_yaml("shop", "orders", "HTTP", &["127.0.0.1:1".parse().unwrap()])
+    );
+    mesh.write_config(&moved);
+    let end = tokio::time::timeout(Duration::from_secs(10), o.responses.message())
+        .await
+        .expect("the stream ends within 10s");
+    let status = end.expect_err("with a status, not another config");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("orders-v2"), "{status:?}");
+    mesh.stop().await;
 }
