@@ -35,7 +35,9 @@ use crate::state::State;
 const NACK_BACKOFF_BASE: Duration = Duration::from_millis(250);
 const NACK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Subscriptions one proxy may hold (it enforces the same limit itself).
-pub const MAX_SUBSCRIPTIONS: usize = 4096;
+const MAX_SUBSCRIPTIONS: usize = 4096;
+/// How long a new stream may take to send its first request.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connected proxy, as `GET /api/v1/proxies` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -138,9 +140,13 @@ impl discovery_server::Discovery for DiscoveryService {
         })?;
         let slot = self.streams.acquire(&peer)?;
         let mut requests = request.into_inner();
-        let mut first = requests
-            .message()
-            .await?
+        let mut first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no first request within {FIRST_REQUEST_TIMEOUT:?}"
+                ))
+            })??
             .ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
         peer::check_request(&mut first)?;
         let claimed = first

@@ -421,6 +421,7 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // Poisoned or not, the counts are whole: see `acquire_within`.
         let mut open = self
             .streams
             .open
