@@ -30,12 +30,13 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
 
     let live = get(&http, client.admin, "admin", "/live").await.unwrap();
     assert_eq!(live.status, 200);
+    // The certificate comes first: the config stream needs it.
     let ready = get(&http, client.admin, "admin", "/ready").await.unwrap();
     assert_eq!(ready.status, 503, "{ready:?}");
     assert!(
         ready
             .body
-            .contains("waiting for config from the control plane at https://"),
+            .contains("waiting for a certificate from the control plane at https://"),
         "{}",
         ready.body
     );
