@@ -11,8 +11,11 @@
 //! without one, which is how the first is obtained). A renewed certificate is presented from the
 //! next connection on; a connection already open stays as it was authenticated at its handshake
 //! and is not re-established for a renewal (the stream reports the new certificate instead).
-//! Before its first certificate the proxy has no config to learn the trust domain from, so it
-//! reads it from the control plane's own certificate ([`ControlPlane::trust_domain`]).
+//! The proxy asks for its certificate in the trust domain the control plane's own certificate
+//! names ([`ControlPlane::trust_domain`]): before its first certificate it has no config to learn
+//! it from, and a proxy that was away while MeshConfig changed the trust domain holds a stale
+//! config and a certificate the stream refuses. Every handshake notes the control plane's trust
+//! domain ([`ControlPlane::trust_domains`]), so such a proxy renews on its next attempt.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::tls::{self, SpiffeVerifier};
@@ -36,6 +40,8 @@ pub struct ControlPlane {
     anchors: ArcSwap<Vec<TrustAnchor<'static>>>,
     /// The certificate new connections present, once the proxy has one.
     client_cert: ArcSwapOption<ClientCert>,
+    /// The trust domain of the control plane's certificate at the last handshake.
+    trust_domain: watch::Sender<Option<String>>,
 }
 
 /// A certificate chain and its key, as a TLS client presents them.
@@ -53,7 +59,44 @@ impl ControlPlane {
             anchors_pem: ArcSwap::from_pointee(anchors_pem),
             anchors: ArcSwap::from_pointee(anchors),
             client_cert: ArcSwapOption::empty(),
+            trust_domain: watch::channel(None).0,
         })
+    }
+
+    /// Changes whenever a handshake finds the control plane in another trust domain than the
+    /// last one did.
+    pub fn trust_domains(&self) -> watch::Receiver<Option<String>> {
+        self.trust_domain.subscribe()
+    }
+
+    /// Notes the trust domain of the control plane `tls` is connected to.
+    fn note_trust_domain(
+        &self,
+        tls: &tokio_rustls::client::TlsStream<TcpStream>,
+    ) -> Result<String, String> {
+        let id = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(tls::spiffe_id)
+            .ok_or("the control plane's certificate has no SPIFFE ID")?;
+        let td = id
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.strip_suffix(CONTROL_PLANE_ID_SUFFIX))
+            .filter(|td| !td.is_empty() && !td.contains('/'))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!("the control plane presented {id}, not a control-plane identity")
+            })?;
+        self.trust_domain.send_if_modified(|seen| {
+            let new = seen.as_deref() != Some(td.as_str());
+            if new {
+                *seen = Some(td.clone());
+            }
+            new
+        });
+        Ok(td)
     }
 
     /// Presents `chain_pem` (leaf first) with `key_pem` on every connection made from now on.
@@ -85,20 +128,7 @@ impl ControlPlane {
             .await
             .map_err(|_| format!("no TLS handshake with {uri} within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("connect to {uri}: {e}"))?;
-        let id = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(tls::spiffe_id)
-            .ok_or("the control plane's certificate has no SPIFFE ID")?;
-        id.strip_prefix("spiffe://")
-            .and_then(|rest| rest.strip_suffix(CONTROL_PLANE_ID_SUFFIX))
-            .filter(|td| !td.is_empty() && !td.contains('/'))
-            .map(str::to_string)
-            .ok_or_else(|| {
-                format!("the control plane presented {id}, not a control-plane identity")
-            })
+        self.note_trust_domain(&tls)
     }
 
     pub fn url(&self) -> &str {
@@ -156,7 +186,11 @@ impl ControlPlane {
             None => verifying.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"h2".to_vec()];
-        connect_tls(&uri, Arc::new(config)).await.map(TokioIo::new)
+        let tls = connect_tls(&uri, Arc::new(config)).await?;
+        if let Err(e) = self.note_trust_domain(&tls) {
+            tracing::debug!(error = %e, "cannot tell the control plane's trust domain");
+        }
+        Ok(TokioIo::new(tls))
     }
 }
 

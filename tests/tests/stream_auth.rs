@@ -451,3 +451,35 @@ async fn a_stream_ends_when_its_service_moves_to_another_service_account() {
     assert!(status.message().contains("orders-v2"), "{status:?}");
     mesh.stop().await;
 }
+
+/// A proxy away while MeshConfig changes the trust domain comes back with a certificate of the
+/// old one, which the stream refuses: it notices the control plane's new trust domain at the
+/// handshake, renews, and is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_away_during_a_trust_domain_change_renews_and_reconnects() {
+    let app = weft_tests::apps::HttpApp::start("orders").await;
+    let mut server = Sidecar::bind(&[]).await;
+    let orders = service_yaml("shop", "orders", "HTTP", &[server.inbound]);
+    let mut mesh = Mesh::start(&orders).await;
+    server.start(&mesh, "shop", "orders", app.addr);
+    server.ready().await;
+    let identity = |s: &Sidecar| s.running().identity.current().unwrap().identity.clone();
+    assert_eq!(identity(&server), "spiffe://weft.local/ns/shop/sa/orders");
+
+    mesh.stop().await;
+    mesh.write_config(&format!(
+        "{orders}---\napiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec: {{trustDomain: other.local}}\n"
+    ));
+    mesh.restart().await;
+    let listed = eventually(
+        "the proxy to be served in the new trust domain",
+        Duration::from_secs(20),
+        || async {
+            let p = mesh.proxies().into_iter().next()?;
+            p.identity.starts_with("spiffe://other.local/").then_some(p)
+        },
+    )
+    .await;
+    assert_eq!(listed.identity, "spiffe://other.local/ns/shop/sa/orders");
+    assert_eq!(identity(&server), "spiffe://other.local/ns/shop/sa/orders");
+}

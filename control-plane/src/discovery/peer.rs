@@ -188,15 +188,23 @@ fn workload(id: &str, trust_domain: &str) -> Option<Workload> {
     })
 }
 
-/// A serial as `Certify` reports it: hex, without the sign byte DER adds to a number whose top
-/// bit is set.
+/// A serial as `Certify` reports it: the CA's 16 random bytes in hex. DER writes the number in
+/// as few bytes as it takes (leading zero bytes dropped), plus a zero byte when its top bit is
+/// set; both are undone here.
 fn serial_hex(raw: &[u8]) -> String {
-    let raw = match raw {
+    let digits = match raw {
         [0, next, ..] if next & 0x80 != 0 => &raw[1..],
         _ => raw,
     };
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    let pad = SERIAL_BYTES.saturating_sub(digits.len());
+    std::iter::repeat_n(&0u8, pad)
+        .chain(digits)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
+
+/// The length of the serials the CA makes (`ca::leaf_params`).
+const SERIAL_BYTES: usize = 16;
 
 /// The node this stream serves: the certificate's namespace and service account, the claimed
 /// service (the service account when none is claimed) once [`check_service`] allows it, and the
@@ -482,9 +490,26 @@ mod tests {
 
     #[test]
     fn serials_read_as_certify_writes_them() {
-        assert_eq!(serial_hex(&[0x00, 0x9f, 0x01]), "9f01");
-        assert_eq!(serial_hex(&[0x00, 0x1f, 0x01]), "001f01");
-        assert_eq!(serial_hex(&[0x7f, 0x01]), "7f01");
+        let sixteen = |first: u8| {
+            let mut v = vec![first];
+            v.extend([0x01; 15]);
+            v
+        };
+        let hex = |v: &[u8]| v.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let high = sixteen(0x9f);
+        let with_sign = [&[0u8][..], &high].concat();
+        assert_eq!(
+            serial_hex(&with_sign),
+            hex(&high),
+            "the sign byte is dropped"
+        );
+        assert_eq!(serial_hex(&sixteen(0x7f)), hex(&sixteen(0x7f)));
+        // A serial whose first random byte is 0 is written in 15 bytes.
+        assert_eq!(serial_hex(&sixteen(0)[1..]), hex(&sixteen(0)));
+        assert_eq!(
+            serial_hex(&[&[0u8][..], &sixteen(0)[1..]].concat()),
+            hex(&sixteen(0))
+        );
     }
 
     #[test]
