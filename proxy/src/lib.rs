@@ -85,6 +85,8 @@ pub struct Running {
     pub discovery: Arc<Discovery>,
     pub identity: Arc<identity::Identity>,
     pub metrics: Arc<Metrics>,
+    /// Follows MeshConfig `tracing` a moment after each config.
+    pub tracer: Arc<trace::Tracer>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -252,7 +254,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         metrics.clone(),
         tls.clone(),
         discovery.clone(),
-        tracer,
+        tracer.clone(),
         access_log,
     ));
     tasks.spawn(server::accept_loop(
@@ -296,6 +298,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         discovery,
         identity,
         metrics,
+        tracer,
         shutdown,
         tasks,
     })

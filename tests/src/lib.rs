@@ -412,14 +412,34 @@ impl Sidecar {
         self.running.as_ref().expect("sidecar running")
     }
 
-    /// Waits for the first config and the first certificate.
+    /// Waits for the first certificate and the first config, and for the tracer to follow the
+    /// config's tracing settings (a task applies them a moment after the config: a request sent
+    /// in between would not be traced).
     pub async fn ready(&self) {
         tokio::time::timeout(Duration::from_secs(10), async {
-            self.running().discovery.ready().await;
             self.running().identity.ready().await;
+            self.running().discovery.ready().await;
         })
         .await
-        .expect("proxy got its first config and certificate within 10s");
+        .expect("proxy got its first certificate and config within 10s");
+        let wants = self
+            .running()
+            .discovery
+            .snapshot()
+            .mesh
+            .otlp_endpoint
+            .clone();
+        if !wants.is_empty() {
+            eventually(
+                "the tracer to follow the config",
+                Duration::from_secs(5),
+                || async {
+                    let has = self.running().tracer.settings().endpoint;
+                    (has.as_deref() == Some(wants.as_str())).then_some(())
+                },
+            )
+            .await;
+        }
     }
 
     /// The generation of the config in force.
