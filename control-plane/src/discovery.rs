@@ -6,6 +6,16 @@
 //! proxy that stops reading costs one snapshot of memory, and is cut off when its ACK is overdue
 //! (`ServeConfig::ack_timeout`); one that NACKs is sent nothing new
 //! for a backoff that doubles with each consecutive NACK. See docs/protocol.md.
+//!
+//! A stream is served only to a proxy that presented its workload certificate; who it is, and
+//! which certificate `weft get proxies` shows for it, come from [`peer`], never from its claims.
+
+mod peer;
+
+pub use peer::{
+    MAX_ERROR_DETAIL, MAX_NAME_LEN, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CERTIFICATE,
+    MAX_STREAMS_PER_IDENTITY,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -26,6 +36,8 @@ const NACK_BACKOFF_BASE: Duration = Duration::from_millis(250);
 const NACK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Subscriptions one proxy may hold (it enforces the same limit itself).
 const MAX_SUBSCRIPTIONS: usize = 4096;
+/// How long a new stream may take to send its first request.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connected proxy, as `GET /api/v1/proxies` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -42,7 +54,8 @@ pub struct ProxyStatus {
     pub acked_version: Option<String>,
     pub last_nack: Option<String>,
     pub subscriptions: usize,
-    /// The certificate the proxy serves with, as it last reported it.
+    /// The certificate the proxy serves with: the one it opened the stream with, or a later one
+    /// it reported, verified like the first.
     pub certificate: Option<CertificateStatus>,
 }
 
@@ -84,6 +97,7 @@ pub struct DiscoveryService {
     shutdown: CancellationToken,
     ack_timeout: Duration,
     next_stream: std::sync::atomic::AtomicU64,
+    streams: Arc<peer::Streams>,
 }
 
 impl DiscoveryService {
@@ -99,27 +113,14 @@ impl DiscoveryService {
             shutdown,
             ack_timeout,
             next_stream: Default::default(),
+            streams: Arc::default(),
         }
     }
 
+    /// The gRPC service, refusing request messages over [`MAX_REQUEST_BYTES`].
     pub fn into_server(self) -> discovery_server::DiscoveryServer<Self> {
-        discovery_server::DiscoveryServer::new(self)
+        discovery_server::DiscoveryServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
-}
-
-fn check_node(node: &pb::Node) -> Result<(), Status> {
-    let label = |what: &str, v: &str| {
-        if crate::resources::is_dns_label(v) {
-            Ok(())
-        } else {
-            Err(Status::invalid_argument(format!(
-                "node.{what} {v:?} is not a valid name"
-            )))
-        }
-    };
-    label("namespace", &node.namespace)?;
-    label("service_account", &node.service_account)?;
-    label("service", &node.service)
 }
 
 #[tonic::async_trait]
@@ -130,24 +131,39 @@ impl discovery_server::Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<pb::DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let remote = request.remote_addr();
+        let info = crate::grpc_tls::peer_info(&request);
+        let remote = info.and_then(|p| p.remote);
+        // Before anything is read: who is asking, and whether it may open another stream.
+        let peer = peer::authenticate(info, &self.state.mesh()).map_err(|e| {
+            tracing::debug!(?remote, error = %e, "discovery stream refused");
+            Status::from(e)
+        })?;
+        let slot = self.streams.acquire(&peer)?;
         let mut requests = request.into_inner();
-        let first = requests
-            .message()
-            .await?
+        let mut first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, requests.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no first request within {FIRST_REQUEST_TIMEOUT:?}"
+                ))
+            })??
             .ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
-        let node = first
+        peer::check_request(&mut first)?;
+        let claimed = first
             .node
-            .clone()
+            .take()
             .ok_or_else(|| Status::invalid_argument("the first request must carry node"))?;
-        check_node(&node)?;
+        let mesh = self.state.mesh();
+        let node = peer::node(&claimed, &peer.workload, &mesh).map_err(|e| {
+            tracing::info!(?remote, identity = %peer.workload.identity, error = %e, "discovery stream refused");
+            Status::from(e)
+        })?;
         let stream_id = self
             .next_stream
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mesh = self.state.mesh();
         let status = ProxyStatus {
             id: node.id.clone(),
-            identity: mesh.identity(&node.namespace, &node.service_account),
+            identity: peer.workload.identity.clone(),
             service: node.service.clone(),
             namespace: node.namespace.clone(),
             address: node.inbound_addr.clone(),
@@ -159,7 +175,7 @@ impl discovery_server::Discovery for DiscoveryService {
             acked_version: None,
             last_nack: None,
             subscriptions: 0,
-            certificate: None,
+            certificate: Some(peer.status.clone()),
         };
         if let Ok(mut m) = self.proxies.by_stream.lock() {
             m.insert(stream_id, status);
@@ -170,6 +186,8 @@ impl discovery_server::Discovery for DiscoveryService {
         let conn = Connection {
             stream_id,
             node,
+            workload: peer.workload,
+            _slot: slot,
             state: self.state.clone(),
             proxies: self.proxies.clone(),
             subscriptions: BTreeSet::new(),
@@ -189,7 +207,11 @@ impl discovery_server::Discovery for DiscoveryService {
 
 struct Connection {
     stream_id: u64,
+    /// The node as authenticated: namespace and service account from the certificate.
     node: pb::Node,
+    workload: peer::Workload,
+    /// Released when the stream ends.
+    _slot: peer::Slot,
     state: Arc<State>,
     proxies: Arc<Proxies>,
     subscriptions: BTreeSet<String>,
@@ -214,13 +236,23 @@ impl Connection {
         shutdown: CancellationToken,
     ) {
         let mut mesh_rx = self.state.subscribe();
-        self.handle(first);
         let mut dirty = true;
+        let mut refused = self.handle(first).err();
         let reason = loop {
+            if let Some(e) = refused.take() {
+                tracing::info!(proxy = %self.node.id, error = %e, "discovery stream ended");
+                let _ = tx.send(Err(e.into())).await;
+                break "refused a request";
+            }
             let quiet = self.quiet_until.filter(|t| *t > Instant::now());
             // One response in flight at a time: changes made meanwhile coalesce into the next.
             if dirty && quiet.is_none() && self.unacked.is_none() {
                 let mesh = mesh_rx.borrow_and_update().clone();
+                // The Service may have changed its serviceAccount since the stream opened.
+                if let Err(e) = peer::check_service(&mesh, &self.workload, &self.node.service) {
+                    refused = Some(e);
+                    continue;
+                }
                 self.nonce += 1;
                 let rsp = pb::DiscoveryResponse {
                     version: mesh.generation.to_string(),
@@ -247,7 +279,10 @@ impl Connection {
             let overdue = self.unacked.map(|(_, deadline, _)| deadline);
             tokio::select! {
                 msg = requests.message() => match msg {
-                    Ok(Some(req)) => dirty |= self.handle(req),
+                    Ok(Some(req)) => match self.handle(req) {
+                        Ok(changed) => dirty |= changed,
+                        Err(e) => refused = Some(e),
+                    },
                     Ok(None) => break "stream closed by the proxy",
                     Err(_) => break "stream failed",
                 },
@@ -281,13 +316,9 @@ impl Connection {
         error: Option<String>,
     ) {
         use weft_proxy::trace::KeyValue;
-        let mesh = self.state.mesh();
         let attributes = vec![
             KeyValue::new("weft.proxy.id", self.node.id.clone()),
-            KeyValue::new(
-                "weft.proxy.identity",
-                mesh.identity(&self.node.namespace, &self.node.service_account),
-            ),
+            KeyValue::new("weft.proxy.identity", self.workload.identity.clone()),
             KeyValue::new("weft.config.version", self.push_version.clone()),
             KeyValue::new("weft.outcome", outcome),
         ];
@@ -296,8 +327,10 @@ impl Connection {
             .finish(span, "push config".into(), attributes, error);
     }
 
-    /// Applies one request; returns whether the proxy's view changed.
-    fn handle(&mut self, req: pb::DiscoveryRequest) -> bool {
+    /// Applies one request; returns whether the proxy's view changed, or why the request is
+    /// refused (which ends the stream).
+    fn handle(&mut self, mut req: pb::DiscoveryRequest) -> Result<bool, peer::Refused> {
+        peer::check_request(&mut req)?;
         let mut changed = false;
         for s in req.subscribe {
             if self.subscriptions.len() < MAX_SUBSCRIPTIONS && valid_service_name(&s) {
@@ -308,11 +341,7 @@ impl Connection {
             changed |= self.subscriptions.remove(s);
         }
         let subs = self.subscriptions.len();
-        let certificate = req.certificate.map(|c| CertificateStatus {
-            serial: c.serial,
-            expires_at: c.expires_at,
-            issuer: c.issuer,
-        });
+        let certificate = req.certificate.and_then(|c| self.reported(&c.chain));
         self.proxies.update(self.stream_id, |p| {
             p.subscriptions = subs;
             if certificate.is_some() {
@@ -356,7 +385,36 @@ impl Connection {
                 });
             }
         }
-        changed
+        Ok(changed)
+    }
+
+    /// A certificate the proxy reports it serves with now (after a renewal), if it verifies as
+    /// one of this stream's workload; a report without a chain, or one that does not verify,
+    /// changes nothing.
+    fn reported(&self, chain: &[Vec<u8>]) -> Option<CertificateStatus> {
+        if chain.is_empty() {
+            return None;
+        }
+        let ders: Vec<_> = chain
+            .iter()
+            .map(|d| rustls::pki_types::CertificateDer::from(d.as_slice()))
+            .collect();
+        match peer::verify(&ders, &self.state.mesh()) {
+            Ok(v)
+                if v.workload.namespace == self.workload.namespace
+                    && v.workload.service_account == self.workload.service_account =>
+            {
+                Some(v.status)
+            }
+            Ok(v) => {
+                tracing::warn!(proxy = %self.node.id, identity = %self.workload.identity, reported = %v.workload.identity, "ignoring a certificate report for another identity");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(proxy = %self.node.id, error = %e, "ignoring a certificate report that does not verify");
+                None
+            }
+        }
     }
 }
 

@@ -4,24 +4,35 @@
 //! `spiffe://TRUST_DOMAIN/ns/weft-system/sa/weft-control-plane` (plus the DNS names of its
 //! Kubernetes Service), so a proxy verifies it with nothing but the trust anchors. The key is
 //! made in this process; the certificate is re-issued when the CA changes and at half its
-//! lifetime. Handshakes run one task per connection, so that a slow client delays nobody else.
+//! lifetime, or when MeshConfig changes the trust domain (a proxy without a certificate learns the
+//! trust domain from it). Handshakes run one task per connection, so that a slow client delays
+//! nobody else.
+//!
+//! The listener asks every client for a certificate but lets it connect without one, because
+//! `Certify` is how a proxy gets its first: one that is presented must chain to the mesh's trust
+//! anchors as they are at that handshake ([`GrpcAcceptor`] follows a rotation), and the
+//! discovery stream refuses a connection that presented none (`discovery::peer`).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca::{Ca, CaError};
+use crate::mesh::Mesh;
 
 /// How long the control plane's own certificate lives; it is re-issued at half of it.
 const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -61,16 +72,15 @@ impl ServingIdentity {
         Ok(())
     }
 
-    /// A TLS acceptor that always presents the current certificate. TLS 1.3, ALPN `h2`.
-    pub fn acceptor(self: &Arc<Self>) -> TlsAcceptor {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3 is supported by the ring provider")
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        TlsAcceptor::from(Arc::new(config))
+    /// The gRPC listener's acceptor: the current certificate, TLS 1.3, ALPN `h2`, and a client
+    /// certificate asked for, optional, verified against the CA's trust anchors at each
+    /// handshake.
+    pub fn grpc_acceptor(self: &Arc<Self>, ca: Arc<Ca>) -> Arc<GrpcAcceptor> {
+        Arc::new(GrpcAcceptor {
+            serving: self.clone(),
+            ca,
+            cached: ArcSwapOption::empty(),
+        })
     }
 
     /// A TLS acceptor for the API listener: the same certificate, HTTP/2 or HTTP/1.1, and a
@@ -78,6 +88,16 @@ impl ServingIdentity {
     /// `anchors_pem` (the mesh's trust anchors now); the API then decides what its SPIFFE ID may
     /// do.
     pub fn api_acceptor(self: &Arc<Self>, anchors_pem: &str) -> Result<TlsAcceptor, String> {
+        self.optional_client_auth(anchors_pem, &[b"h2", b"http/1.1"])
+    }
+
+    /// TLS 1.3 with the current certificate, asking for a client certificate that, when
+    /// presented, must chain to `anchors_pem`.
+    fn optional_client_auth(
+        self: &Arc<Self>,
+        anchors_pem: &str,
+        alpn: &[&[u8]],
+    ) -> Result<TlsAcceptor, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for der in rustls_pemfile::certs(&mut anchors_pem.as_bytes()) {
@@ -96,25 +116,33 @@ impl ServingIdentity {
             .map_err(|e| e.to_string())?
             .with_client_cert_verifier(clients)
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
-    /// Re-issues the certificate whenever the CA changes and at half its lifetime.
+    /// Re-issues the certificate whenever the CA changes, when `mesh` changes the trust
+    /// domain, and at half its lifetime.
     pub async fn keep_fresh(
         self: Arc<Self>,
         ca: Arc<Ca>,
-        trust_domain: impl Fn() -> String + Send,
+        mut mesh: watch::Receiver<Arc<Mesh>>,
         shutdown: CancellationToken,
     ) {
         let mut changes = ca.subscribe();
+        let mut trust_domain = mesh.borrow_and_update().trust_domain.clone();
         loop {
             tokio::select! {
                 r = changes.changed() => if r.is_err() { return },
+                r = mesh.changed() => {
+                    if r.is_err() { return }
+                    let now = mesh.borrow_and_update().trust_domain.clone();
+                    if now == trust_domain { continue }
+                }
                 () = tokio::time::sleep(SERVING_TTL / 2) => {}
                 () = shutdown.cancelled() => return,
             }
-            match self.refresh(&ca, &trust_domain()) {
+            trust_domain = mesh.borrow().trust_domain.clone();
+            match self.refresh(&ca, &trust_domain) {
                 Ok(()) => tracing::info!("control plane serving certificate re-issued"),
                 Err(e) => {
                     tracing::error!(error = %e, "could not re-issue the control plane's serving certificate; the current one stays")
@@ -143,13 +171,111 @@ fn issue(ca: &Ca, trust_domain: &str) -> Result<CertifiedKey, CaError> {
         .map_err(|e| CaError::Sign(format!("serving certificate: {e}")))
 }
 
+/// The gRPC listener's TLS settings, rebuilt when the CA's trust anchors change (a rotation
+/// step, replaced files) so that client certificates are verified against the roots in force.
+pub struct GrpcAcceptor {
+    serving: Arc<ServingIdentity>,
+    ca: Arc<Ca>,
+    /// The acceptor for the anchors it was built from.
+    cached: ArcSwapOption<(String, TlsAcceptor)>,
+}
+
+impl GrpcAcceptor {
+    /// The acceptor for the trust anchors in force now.
+    pub fn current(&self) -> Result<TlsAcceptor, String> {
+        let anchors = self.ca.trust_anchors_pem();
+        if let Some(cached) = self.cached.load().as_ref() {
+            if cached.0 == anchors {
+                return Ok(cached.1.clone());
+            }
+        }
+        let acceptor = self.serving.optional_client_auth(&anchors, &[b"h2"])?;
+        self.cached
+            .store(Some(Arc::new((anchors, acceptor.clone()))));
+        Ok(acceptor)
+    }
+}
+
+/// A TLS connection to the gRPC listener. Every request on it carries its [`PeerInfo`] in its
+/// extensions (see [`peer_info`]).
+pub struct GrpcConn(TlsStream<TcpStream>);
+
+/// What a gRPC handler knows of the connection a request came on.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub remote: Option<SocketAddr>,
+    /// The client's certificate chain (leaf first), verified at the handshake; `None` when it
+    /// presented none.
+    pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// The [`PeerInfo`] of a request's connection (none for a request not from [`incoming`]).
+pub fn peer_info<T>(request: &tonic::Request<T>) -> Option<&PeerInfo> {
+    request.extensions().get::<PeerInfo>()
+}
+
+impl tonic::transport::server::Connected for GrpcConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        let (tcp, session) = self.0.get_ref();
+        PeerInfo {
+            remote: tcp.peer_addr().ok(),
+            certificates: session
+                .peer_certificates()
+                .filter(|c| !c.is_empty())
+                .map(|c| Arc::new(c.to_vec())),
+        }
+    }
+}
+
+impl AsyncRead for GrpcConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GrpcConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
 /// Accepted TLS connections from `listener`, until `shutdown`. A failed handshake is logged
 /// and costs only that connection.
 pub fn incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<GrpcAcceptor>,
     shutdown: CancellationToken,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<std::io::Result<GrpcConn>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -165,11 +291,18 @@ pub fn incoming(
                 () = shutdown.cancelled() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let acceptor = match acceptor.current() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "gRPC listener TLS settings");
+                    continue;
+                }
+            };
+            let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let _ = tx.send(Ok(GrpcConn(tls))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

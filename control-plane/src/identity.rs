@@ -36,7 +36,7 @@ impl identity_server::Identity for IdentityService {
             .state
             .tracer
             .start(SpanKind::Server, &http::HeaderMap::new());
-        let remote = request.remote_addr();
+        let remote = crate::grpc_tls::peer_info(&request).and_then(|p| p.remote);
         let result = self.certify_one(request).await;
         let outcome = if result.is_ok() { "issued" } else { "refused" };
         self.state
@@ -72,7 +72,7 @@ impl IdentityService {
         &self,
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
-        let remote = request.remote_addr();
+        let remote = crate::grpc_tls::peer_info(&request).and_then(|p| p.remote);
         let req = request.into_inner();
         let workload = match req.proof {
             Some(Proof::JoinToken(token)) => self.tokens.verify(&token).map_err(|e| match e {

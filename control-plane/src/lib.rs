@@ -159,14 +159,11 @@ pub fn start(
             }
         }
     });
-    tasks.spawn({
-        let state = state.clone();
-        serving.clone().keep_fresh(
-            ca.clone(),
-            move || state.mesh().trust_domain.clone(),
-            shutdown.clone(),
-        )
-    });
+    tasks.spawn(
+        serving
+            .clone()
+            .keep_fresh(ca.clone(), state.subscribe(), shutdown.clone()),
+    );
 
     let discovery = DiscoveryService::new(
         state.clone(),
@@ -183,6 +180,7 @@ pub fn start(
     }
     .into_server();
     let stop = shutdown.clone();
+    let grpc_acceptor = serving.grpc_acceptor(ca.clone());
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()
             .tcp_nodelay(true)
@@ -190,7 +188,7 @@ pub fn start(
             .add_service(discovery)
             .add_service(identity)
             .serve_with_incoming_shutdown(
-                grpc_tls::incoming(grpc, serving.acceptor(), stop.clone()),
+                grpc_tls::incoming(grpc, grpc_acceptor, stop.clone()),
                 stop.cancelled(),
             )
             .await;

@@ -147,6 +147,15 @@ impl Mesh {
         )
     }
 
+    /// The service account Service `namespace/name` runs as: its `serviceAccount`, else its name
+    /// (also for a Service not declared, which gets that default once it is).
+    pub fn service_account_of(&self, namespace: &str, name: &str) -> String {
+        self.services
+            .get(&key(namespace, name))
+            .and_then(|s| s.service_account.clone())
+            .unwrap_or_else(|| name.to_string())
+    }
+
     /// The config one proxy receives.
     pub fn view(&self, node: &pb::Node, subscriptions: &BTreeSet<String>) -> pb::ProxyConfig {
         let mut services = Vec::new();

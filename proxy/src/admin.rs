@@ -51,9 +51,11 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining")
                 } else if self.discovery.has_config() && self.has_identity() {
                     text(StatusCode::OK, "ready")
-                } else if self.discovery.has_config() {
+                } else if !self.has_identity() {
+                    // The config stream opens only once the proxy has a certificate.
                     let msg = format!(
-                        "not ready: waiting for a certificate from the control plane{}",
+                        "not ready: waiting for a certificate from the control plane at {} (the config stream opens once there is one){}",
+                        self.config.control_plane,
                         last_attempt(self.identity.last_error())
                     );
                     text(StatusCode::SERVICE_UNAVAILABLE, &msg)

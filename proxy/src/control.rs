@@ -5,26 +5,49 @@
 //! identity in `weft-system`). The proxy starts with the anchors of its `trust-anchors` file and
 //! from then on trusts the roots the control plane publishes with each config, which arrive over
 //! this verified channel: that is how a trust-anchor rotation reaches a running proxy.
+//!
+//! Once the proxy has a certificate, every new connection presents it as the TLS client
+//! certificate: the discovery stream is served only to a proxy that does (`Certify` works
+//! without one, which is how the first is obtained). A renewed certificate is presented from the
+//! next connection on; a connection already open stays as it was authenticated at its handshake
+//! and is not re-established for a renewal (the stream reports the new certificate instead).
+//! The proxy asks for its certificate in the trust domain the control plane's own certificate
+//! names ([`ControlPlane::trust_domain`]): before its first certificate it has no config to learn
+//! it from, and a proxy that was away while MeshConfig changed the trust domain holds a stale
+//! config and a certificate the stream refuses. Every handshake notes the control plane's trust
+//! domain ([`ControlPlane::trust_domains`]), so such a proxy renews on its next attempt.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{ServerName, TrustAnchor};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::tls::{self, SpiffeVerifier};
 
 /// The path part of the control plane's SPIFFE ID.
 pub const CONTROL_PLANE_ID_SUFFIX: &str = "/ns/weft-system/sa/weft-control-plane";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ControlPlane {
     url: String,
     anchors_pem: ArcSwap<String>,
     anchors: ArcSwap<Vec<TrustAnchor<'static>>>,
+    /// The certificate new connections present, once the proxy has one.
+    client_cert: ArcSwapOption<ClientCert>,
+    /// The trust domain of the control plane's certificate at the last handshake.
+    trust_domain: watch::Sender<Option<String>>,
+}
+
+/// A certificate chain and its key, as a TLS client presents them.
+struct ClientCert {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
 }
 
 impl ControlPlane {
@@ -35,7 +58,77 @@ impl ControlPlane {
             url,
             anchors_pem: ArcSwap::from_pointee(anchors_pem),
             anchors: ArcSwap::from_pointee(anchors),
+            client_cert: ArcSwapOption::empty(),
+            trust_domain: watch::channel(None).0,
         })
+    }
+
+    /// Changes whenever a handshake finds the control plane in another trust domain than the
+    /// last one did.
+    pub fn trust_domains(&self) -> watch::Receiver<Option<String>> {
+        self.trust_domain.subscribe()
+    }
+
+    /// Notes the trust domain of the control plane `tls` is connected to.
+    fn note_trust_domain(
+        &self,
+        tls: &tokio_rustls::client::TlsStream<TcpStream>,
+    ) -> Result<String, String> {
+        let id = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(tls::spiffe_id)
+            .ok_or("the control plane's certificate has no SPIFFE ID")?;
+        let td = id
+            .strip_prefix("spiffe://")
+            .and_then(|rest| rest.strip_suffix(CONTROL_PLANE_ID_SUFFIX))
+            .filter(|td| !td.is_empty() && !td.contains('/'))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!("the control plane presented {id}, not a control-plane identity")
+            })?;
+        self.trust_domain.send_if_modified(|seen| {
+            let new = seen.as_deref() != Some(td.as_str());
+            if new {
+                *seen = Some(td.clone());
+            }
+            new
+        });
+        Ok(td)
+    }
+
+    /// Presents `chain_pem` (leaf first) with `key_pem` on every connection made from now on.
+    pub fn set_client_cert(&self, chain_pem: &str, key_pem: &str) -> Result<(), String> {
+        let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("certificate chain: {e}"))?;
+        if chain.is_empty() {
+            return Err("certificate chain: no certificate in the PEM".into());
+        }
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .map_err(|e| format!("private key: {e}"))?
+            .ok_or("private key: none in PEM")?;
+        self.client_cert
+            .store(Some(Arc::new(ClientCert { chain, key })));
+        Ok(())
+    }
+
+    /// The trust domain of the control plane's SPIFFE ID, from a TLS handshake with it (verified
+    /// like every connection): what a proxy without config asks its first certificate in.
+    pub async fn trust_domain(&self) -> Result<String, String> {
+        let uri: Uri = self
+            .url
+            .parse()
+            .map_err(|e| format!("control-plane URL {}: {e}", self.url))?;
+        let mut config = verifying(self.anchors.load_full())?.with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect_tls(&uri, Arc::new(config)))
+            .await
+            .map_err(|_| format!("no TLS handshake with {uri} within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("connect to {uri}: {e}"))?;
+        self.note_trust_domain(&tls)
     }
 
     pub fn url(&self) -> &str {
@@ -64,7 +157,7 @@ impl ControlPlane {
     pub fn channel(self: &Arc<Self>, keepalive: bool) -> Result<Channel, String> {
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| format!("control-plane URL {}: {e}", self.url))?
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if keepalive {
             endpoint = endpoint
@@ -85,11 +178,19 @@ impl ControlPlane {
         &self,
         uri: Uri,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
-        let mut config = verifying(self.anchors.load_full())
-            .map_err(std::io::Error::other)?
-            .with_no_client_auth();
+        let verifying = verifying(self.anchors.load_full()).map_err(std::io::Error::other)?;
+        let mut config = match self.client_cert.load_full() {
+            Some(c) => verifying
+                .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+                .map_err(std::io::Error::other)?,
+            None => verifying.with_no_client_auth(),
+        };
         config.alpn_protocols = vec![b"h2".to_vec()];
-        connect_tls(&uri, Arc::new(config)).await.map(TokioIo::new)
+        let tls = connect_tls(&uri, Arc::new(config)).await?;
+        if let Err(e) = self.note_trust_domain(&tls) {
+            tracing::debug!(error = %e, "cannot tell the control plane's trust domain");
+        }
+        Ok(TokioIo::new(tls))
     }
 }
 

@@ -5,6 +5,12 @@
 //! configs once mTLS lands) load the current ones. Renewal starts at about 70% of the
 //! certificate's lifetime; a failed attempt is retried with jittered exponential backoff while
 //! the current certificate keeps serving.
+//!
+//! The certificate comes first: the control plane serves the discovery stream only to a proxy
+//! that presents one (see [`crate::control`]). The proxy asks for an identity in the trust domain
+//! the control plane's own certificate names (its config names the same one, but a proxy has
+//! none at first, and a stale one after being away during a change), and renews when a config or
+//! a handshake shows the trust domain moved.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -129,25 +135,25 @@ impl Identity {
         discovery: Arc<Discovery>,
         shutdown: CancellationToken,
     ) {
-        // The trust domain comes with the first config.
-        tokio::select! {
-            () = discovery.ready() => {}
-            () = shutdown.cancelled() => return,
-        }
         let mut changes = discovery.changes();
+        let mut trust_domains = control.trust_domains();
         let mut failures = 0u32;
         loop {
-            let snapshot = discovery.snapshot();
-            let trust_domain = snapshot.mesh.trust_domain.clone();
-            let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
-            let obtained = self.certify(&control, &proof, &id).await.and_then(|creds| {
+            let obtained = async {
+                let trust_domain = control.trust_domain().await?;
+                let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+                let creds = self.certify(&control, &proof, &id).await?;
                 // Roots that came back with the certificate, over the verified channel.
                 let _ = control.set_anchors(&creds.trust_anchors_pem);
                 self.tls
                     .refresh(&creds, &control.anchors_pem())
                     .map_err(|e| format!("unusable certificate: {e}"))?;
-                Ok(creds)
-            });
+                control
+                    .set_client_cert(&creds.chain_pem, &creds.key_pem)
+                    .map_err(|e| format!("unusable certificate: {e}"))?;
+                Ok::<_, String>(creds)
+            }
+            .await;
             let wait = match obtained {
                 Ok(creds) => {
                     failures = 0;
@@ -168,6 +174,11 @@ impl Identity {
                         serial: creds.serial.clone(),
                         expires_at: creds.not_after,
                         issuer: creds.issuer.clone(),
+                        // What the control plane believes: it verifies the chain itself.
+                        chain: rustls_pemfile::certs(&mut creds.chain_pem.as_bytes())
+                            .flatten()
+                            .map(|der| der.to_vec())
+                            .collect(),
                     });
                     self.current.store(Some(Arc::new(creds)));
                     self.updates.send_modify(|n| *n += 1);
@@ -199,6 +210,12 @@ impl Identity {
                             renew_at = renew_at.min(tokio::time::Instant::now() + soon);
                         }
                     }
+                    Ok(()) = trust_domains.changed() => {
+                        let seen = trust_domains.borrow_and_update().clone();
+                        if let Some(soon) = seen.and_then(|td| self.moved(&td)) {
+                            renew_at = renew_at.min(tokio::time::Instant::now() + soon);
+                        }
+                    }
                     () = shutdown.cancelled() => return,
                 }
             }
@@ -224,12 +241,22 @@ impl Identity {
         }
         let creds = self.current()?;
         let stale_issuer = !mesh.issuer.is_empty() && creds.issuer != mesh.issuer;
+        if stale_issuer {
+            tracing::info!(identity = %creds.identity, "the CA changed; renewing the certificate");
+            return Some(renew_spread());
+        }
+        self.moved(&mesh.trust_domain)
+    }
+
+    /// How soon to renew when the certificate in hand is not of `trust_domain`.
+    fn moved(&self, trust_domain: &str) -> Option<Duration> {
+        let creds = self.current()?;
         let moved = !creds
             .identity
-            .starts_with(&format!("spiffe://{}/", mesh.trust_domain));
-        (stale_issuer || moved).then(|| {
-            tracing::info!(identity = %creds.identity, "the CA changed; renewing the certificate");
-            Duration::from_millis(rand::rng().random_range(0..=RENEW_SPREAD_MS))
+            .starts_with(&format!("spiffe://{trust_domain}/"));
+        moved.then(|| {
+            tracing::info!(identity = %creds.identity, %trust_domain, "the trust domain changed; renewing the certificate");
+            renew_spread()
         })
     }
 
@@ -270,6 +297,11 @@ impl Identity {
             issued_at,
         })
     }
+}
+
+/// A delay spread over [`RENEW_SPREAD_MS`], so that a whole mesh does not renew at one instant.
+fn renew_spread() -> Duration {
+    Duration::from_millis(rand::rng().random_range(0..=RENEW_SPREAD_MS))
 }
 
 /// The fingerprint (hex SHA-256) of the certificate that issued the leaf: the second of the

@@ -89,6 +89,8 @@ pub struct Running {
     /// The TLS configs made from this proxy's credentials.
     pub tls: Arc<tls::Tls>,
     pub metrics: Arc<Metrics>,
+    /// Follows MeshConfig `tracing` a moment after each config.
+    pub tracer: Arc<trace::Tracer>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -164,14 +166,21 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         )
         .map_err(std::io::Error::other)?,
     );
-    tasks.spawn(
-        discovery
-            .clone()
-            .run(control.clone(), node, shutdown.clone()),
-    );
-
     let tls = Arc::new(tls::Tls::default());
     let identity = Arc::new(identity::Identity::new(metrics.clone(), tls.clone()));
+    // The control plane serves the config stream only to a proxy that presents its
+    // certificate: the stream opens once the first one is in hand.
+    tasks.spawn({
+        let (discovery, identity, control) = (discovery.clone(), identity.clone(), control.clone());
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                () = identity.ready() => {}
+                () = shutdown.cancelled() => return,
+            }
+            discovery.run(control, node, shutdown).await;
+        }
+    });
     tasks.spawn(identity.clone().run(
         control,
         config.proof.clone(),
@@ -249,7 +258,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         metrics.clone(),
         tls.clone(),
         discovery.clone(),
-        tracer,
+        tracer.clone(),
         access_log,
     ));
     tasks.spawn(server::accept_loop(
@@ -293,6 +302,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         identity,
         tls,
         metrics,
+        tracer,
         shutdown,
         tasks,
     })

@@ -349,6 +349,11 @@ impl Tracer {
         }
     }
 
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        Settings::clone(&self.settings.load())
+    }
+
     /// Starts a span of `kind` for a request with these headers, or `None` when tracing is
     /// off. Parent-based sampling: a caller's decision stands; a new trace is sampled at the
     /// configured ratio.

@@ -239,6 +239,57 @@ impl Mesh {
             .expect("channel")
     }
 
+    /// A gRPC channel to the control plane that presents a fresh certificate for workload
+    /// `namespace/service_account` (signed by the mesh's CA, as `Certify` would), as a proxy does
+    /// once it has one. Returns the channel and the certificate.
+    pub fn channel_as(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> (tonic::transport::Channel, weft::ca::Issued) {
+        let id = self.state().mesh().identity(namespace, service_account);
+        let (key, csr) = weft_proxy::identity::key_and_csr(&id).expect("key and CSR");
+        let issued = self
+            .running()
+            .ca
+            .sign(csr.der(), &id, Duration::from_secs(3600))
+            .expect("signed");
+        (
+            self.channel_presenting(&issued.chain_pem, &key.serialize_pem()),
+            issued,
+        )
+    }
+
+    /// A gRPC channel to the control plane that presents `chain_pem` with `key_pem`.
+    pub fn channel_presenting(&self, chain_pem: &str, key_pem: &str) -> tonic::transport::Channel {
+        let anchors = std::fs::read_to_string(self.anchors()).expect("trust anchors");
+        let anchors = Arc::new(weft_proxy::tls::parse_anchors(&anchors).expect("anchors"));
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("chain");
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .expect("key")
+            .expect("a key in the PEM");
+        let mut config = weft_proxy::control::verifying(anchors)
+            .expect("TLS config")
+            .with_client_auth_cert(chain, key)
+            .expect("client certificate");
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = Arc::new(config);
+        let connector = tower::service_fn(move |uri: tonic::transport::Uri| {
+            let config = config.clone();
+            async move {
+                weft_proxy::control::connect_tls(&uri, config)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        });
+        tonic::transport::Endpoint::from_shared(self.url())
+            .expect("URL")
+            .connect_with_connector_lazy(connector)
+    }
+
     /// Like [`Mesh::access`], with a given token.
     pub fn access_with_token(&self, token: &str) -> Access {
         Access {
@@ -410,14 +461,34 @@ impl Sidecar {
         self.running.as_ref().expect("sidecar running")
     }
 
-    /// Waits for the first config and the first certificate.
+    /// Waits for the first certificate and the first config, and for the tracer to follow the
+    /// config's tracing settings (a task applies them a moment after the config: a request sent
+    /// in between would not be traced).
     pub async fn ready(&self) {
         tokio::time::timeout(Duration::from_secs(10), async {
-            self.running().discovery.ready().await;
             self.running().identity.ready().await;
+            self.running().discovery.ready().await;
         })
         .await
-        .expect("proxy got its first config and certificate within 10s");
+        .expect("proxy got its first certificate and config within 10s");
+        let wants = self
+            .running()
+            .discovery
+            .snapshot()
+            .mesh
+            .otlp_endpoint
+            .clone();
+        if !wants.is_empty() {
+            eventually(
+                "the tracer to follow the config",
+                Duration::from_secs(5),
+                || async {
+                    let has = self.running().tracer.settings().endpoint;
+                    (has.as_deref() == Some(wants.as_str())).then_some(())
+                },
+            )
+            .await;
+        }
     }
 
     /// The generation of the config in force.

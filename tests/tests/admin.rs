@@ -33,6 +33,7 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
         .await
         .unwrap();
     assert_eq!(live.status, 200);
+    // The certificate comes first: the config stream needs it.
     let ready = get(&http, client.admin, "localhost", "/ready")
         .await
         .unwrap();
@@ -40,7 +41,7 @@ async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     assert!(
         ready
             .body
-            .contains("waiting for config from the control plane at https://"),
+            .contains("waiting for a certificate from the control plane at https://"),
         "{}",
         ready.body
     );

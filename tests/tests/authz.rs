@@ -122,6 +122,8 @@ async fn removing_the_policy_opens_the_service_again() {
     tokio::time::timeout(Duration::from_secs(10), server.running().identity.ready())
         .await
         .unwrap();
+    // The server's config (with the policy) follows its certificate.
+    server.ready().await;
     frontend.ready().await;
     let http = http1_client();
     assert_eq!(

@@ -33,13 +33,14 @@ async fn a_proxy_that_stops_reading_is_cut_off_without_holding_up_others() {
     client.ready().await;
 
     // The stalled proxy subscribes, then never reads (so never ACKs) a response.
-    let mut raw = DiscoveryClient::new(mesh.channel());
+    let mut raw = DiscoveryClient::new(mesh.channel_as("shop", "stalled").0);
     let (tx, rx) = mpsc::channel(4);
     let node = pb::Node {
         id: "stalled".into(),
         namespace: "shop".into(),
         service_account: "stalled".into(),
         service: "stalled".into(),
+        inbound_addr: "127.0.0.1:1".into(),
         ..Default::default()
     };
     let hello = pb::DiscoveryRequest {

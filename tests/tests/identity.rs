@@ -213,13 +213,14 @@ async fn a_proxy_gets_its_certificate_and_renews_it() {
     })
     .await;
     assert_eq!(first["identity"], ORDERS);
-    assert_eq!(
-        get(&http1_client(), proxy.admin, "localhost", "/ready")
+    // The config stream opens with the certificate, so readiness follows it.
+    eventually("readiness", Duration::from_secs(10), || async {
+        let r = get(&http1_client(), proxy.admin, "localhost", "/ready")
             .await
-            .unwrap()
-            .status,
-        200
-    );
+            .ok()?;
+        (r.status == 200).then_some(())
+    })
+    .await;
 
     // Renewal at about 70% of a 2 s lifetime: three renewals, each a new serial, within seconds.
     let mut serials = vec![first["serial"].as_str().unwrap().to_string()];
@@ -246,7 +247,8 @@ async fn a_proxy_gets_its_certificate_and_renews_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
     let mut mesh = Mesh::start(&short_ttl("1h")).await;
-    // A bad token: config arrives, the certificate never does, so the proxy is not ready.
+    // A bad token: the certificate never comes, so neither does config (the stream needs the
+    // certificate), and the proxy is not ready.
     let mut refused = Sidecar::bind(&[]).await;
     refused.start_with(
         &mesh.access_with_token("weft.00.00"),
@@ -254,9 +256,6 @@ async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
         "orders",
         NO_APP.parse().unwrap(),
     );
-    tokio::time::timeout(Duration::from_secs(10), refused.running().discovery.ready())
-        .await
-        .unwrap();
     eventually(
         "a refused certificate request",
         Duration::from_secs(10),
@@ -272,10 +271,13 @@ async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
         .unwrap();
     assert_eq!(ready.status, 503);
     assert!(
-        ready.body.contains("waiting for a certificate"),
+        ready.body.contains("waiting for a certificate")
+            && ready.body.contains("unknown join token"),
         "{}",
         ready.body
     );
+    assert!(!refused.running().discovery.has_config());
+    assert!(mesh.proxies().is_empty(), "no stream without a certificate");
 
     // A good one, then the control plane goes away: the certificate stays, and so does readiness.
     let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
@@ -331,7 +333,7 @@ async fn a_proxy_verifies_the_control_plane_against_its_trust_anchors() {
     )
     .await;
     assert!(
-        body.contains("waiting for config") && body.contains("UnknownIssuer"),
+        body.contains("waiting for a certificate") && body.contains("UnknownIssuer"),
         "{body}"
     );
     assert!(mesh.proxies().is_empty(), "it never got a stream open");

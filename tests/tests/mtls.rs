@@ -45,12 +45,13 @@ async fn pair(
         "frontend",
         NO_APP.parse().unwrap(),
     );
+    // Certificate first, then config (the stream opens with the certificate): both, on both.
     for s in [&client, &server] {
         tokio::time::timeout(Duration::from_secs(10), s.running().identity.ready())
             .await
             .expect("certificate within 10s");
+        s.ready().await;
     }
-    client.ready().await;
     (mesh, client, server)
 }
 

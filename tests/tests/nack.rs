@@ -133,7 +133,7 @@ async fn scripted(
     let serving = weft::grpc_tls::ServingIdentity::new(&running.ca, "weft.local").unwrap();
     let incoming = weft::grpc_tls::incoming(
         listener,
-        serving.acceptor(),
+        serving.grpc_acceptor(running.ca.clone()),
         tokio_util::sync::CancellationToken::new(),
     );
     tokio::spawn(
@@ -249,13 +249,14 @@ async fn the_control_plane_backs_off_a_proxy_that_keeps_nacking() {
         )
     };
     let mesh = Mesh::start(&svc(0)).await;
-    let mut client = DiscoveryClient::new(mesh.channel());
+    let mut client = DiscoveryClient::new(mesh.channel_as("shop", "rejecter").0);
     let (tx, rx) = mpsc::channel(16);
     let node = pb::Node {
         id: "rejecter".into(),
         namespace: "shop".into(),
         service_account: "rejecter".into(),
         service: "rejecter".into(),
+        inbound_addr: "127.0.0.1:1".into(),
         ..Default::default()
     };
     tx.send(pb::DiscoveryRequest {
