@@ -433,10 +433,9 @@ fn leaf_params(
     }
     params.distinguished_name = DistinguishedName::new();
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    // Signing only: the keys are ECDSA, which cannot encipher keys, and TLS 1.3 (the only
+    // version the mesh speaks) authenticates by signature whatever the key.
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -828,6 +827,11 @@ mod tests {
             format!("{:?}", [GeneralName::URI(ID)])
         );
         assert!(!leaf.is_ca());
+        // An ECDSA key signs; it cannot encipher keys, so the leaf does not claim it can.
+        let usage = leaf.key_usage().unwrap().unwrap().value;
+        assert!(usage.digital_signature());
+        assert!(!usage.key_encipherment(), "{usage:?}");
+        assert_eq!(usage.flags, 1, "digitalSignature only: {usage:?}");
         let lifetime =
             leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
         assert_eq!(lifetime, 3600 + 60);
