@@ -24,6 +24,10 @@ pub struct Args {
     /// PEM file of trust anchors (the mesh CA).
     #[arg(long, env = "WEFT_PROXY_TRUST_ANCHORS")]
     pub trust_anchors: Option<PathBuf>,
+    /// The mesh's SPIFFE trust domain, in which the control plane's identity is expected until
+    /// the control plane publishes the mesh's [default: weft.local].
+    #[arg(long, env = "WEFT_PROXY_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
     /// The workload's namespace.
     #[arg(long, env = "WEFT_PROXY_NAMESPACE")]
     pub namespace: Option<String>,
@@ -127,6 +131,17 @@ impl std::str::FromStr for Upstream {
     }
 }
 
+/// The trust domain `weft serve` uses unless told otherwise.
+pub const DEFAULT_TRUST_DOMAIN: &str = "weft.local";
+
+/// A SPIFFE trust domain: lowercase letters, digits, `.`, `-`, `_` (as the SPIFFE spec allows).
+fn is_trust_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
 /// How the proxy proves its identity to the control plane.
 #[derive(Clone, Debug, Serialize)]
 pub enum Proof {
@@ -143,6 +158,7 @@ pub struct Config {
     /// The content of `trust_anchors`, read and checked at start-up.
     #[serde(skip)]
     pub trust_anchors_pem: String,
+    pub trust_domain: String,
     pub namespace: String,
     pub service_account: String,
     pub service: String,
@@ -243,6 +259,15 @@ impl Config {
             },
         };
 
+        let trust_domain = a
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
+        if !is_trust_domain(&trust_domain) {
+            errors.push(format!(
+                "trust-domain={trust_domain:?}: expected a DNS-style name (lowercase letters, digits, '.', '-')"
+            ));
+        }
+
         let proof = match (a.join_token, a.token_file) {
             (Some(t), None) => Proof::JoinToken(t),
             (None, Some(f)) => Proof::TokenFile(f),
@@ -279,6 +304,7 @@ impl Config {
                 control_plane,
                 trust_anchors: a.trust_anchors,
                 trust_anchors_pem,
+                trust_domain,
                 namespace,
                 service_account,
                 service,
@@ -371,7 +397,12 @@ mod tests {
     use super::*;
 
     fn args() -> Args {
-        let anchors = std::env::temp_dir().join(format!("weft-anchors-{}.pem", std::process::id()));
+        // One file per call: tests run in parallel, and one must not read another's half-written.
+        let anchors = std::env::temp_dir().join(format!(
+            "weft-anchors-{}-{:x}.pem",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let ca = rcgen::CertificateParams::default()
             .self_signed(&rcgen::KeyPair::generate().unwrap())
             .unwrap();
@@ -396,6 +427,24 @@ mod tests {
     fn service_defaults_to_service_account() {
         let c = Config::from_args(args()).unwrap();
         assert_eq!(c.service, "orders");
+    }
+
+    #[test]
+    fn the_trust_domain_defaults_to_weft_local_and_must_be_a_name() {
+        assert_eq!(
+            Config::from_args(args()).unwrap().trust_domain,
+            "weft.local"
+        );
+        let mut a = args();
+        a.trust_domain = Some("corp.example".into());
+        assert_eq!(Config::from_args(a).unwrap().trust_domain, "corp.example");
+        let mut a = args();
+        a.trust_domain = Some("evil/ns/x".into());
+        let errs = Config::from_args(a).unwrap_err();
+        assert!(
+            errs[0].starts_with("trust-domain=\"evil/ns/x\""),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The channel to the control plane: gRPC over TLS, verified against the trust anchors.
 //!
-//! The control plane presents a certificate from the mesh CA whose SPIFFE ID is
+//! The control plane presents a certificate from the mesh CA whose SPIFFE ID is exactly
 //! `spiffe://TRUST_DOMAIN/ns/weft-system/sa/weft-control-plane` (no workload can obtain an
-//! identity in `weft-system`). The proxy starts with the anchors of its `trust-anchors` file and
-//! from then on trusts the roots the control plane publishes with each config, which arrive over
-//! this verified channel: that is how a trust-anchor rotation reaches a running proxy.
+//! identity in `weft-system`), TRUST_DOMAIN being the mesh's: a certificate for the same path in
+//! any other trust domain is refused. The proxy starts with the anchors of its `trust-anchors`
+//! file and its `trust-domain` setting, and from then on follows the roots and the trust domain
+//! the control plane publishes with each config, which arrive over this verified channel: that
+//! is how a trust-anchor rotation (or a MeshConfig `trustDomain` change) reaches a running proxy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,24 +20,44 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::tls::{self, SpiffeVerifier};
 
-/// The path part of the control plane's SPIFFE ID.
-pub const CONTROL_PLANE_ID_SUFFIX: &str = "/ns/weft-system/sa/weft-control-plane";
+/// The control plane's SPIFFE ID in `trust_domain`.
+pub fn control_plane_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/weft-system/sa/weft-control-plane")
+}
 
 pub struct ControlPlane {
     url: String,
     anchors_pem: ArcSwap<String>,
     anchors: ArcSwap<Vec<TrustAnchor<'static>>>,
+    trust_domain: ArcSwap<String>,
 }
 
 impl ControlPlane {
     /// `anchors_pem`: the `trust-anchors` file; it must hold at least one certificate.
-    pub fn new(url: String, anchors_pem: String) -> Result<Self, String> {
+    /// `trust_domain`: the mesh's, until the control plane says otherwise.
+    pub fn new(url: String, anchors_pem: String, trust_domain: String) -> Result<Self, String> {
         let anchors = tls::parse_anchors(&anchors_pem)?;
         Ok(Self {
             url,
             anchors_pem: ArcSwap::from_pointee(anchors_pem),
             anchors: ArcSwap::from_pointee(anchors),
+            trust_domain: ArcSwap::from_pointee(trust_domain),
         })
+    }
+
+    /// The trust domain the control plane's identity is expected in now.
+    pub fn trust_domain(&self) -> Arc<String> {
+        self.trust_domain.load_full()
+    }
+
+    /// Expects the control plane in `trust_domain` from the next connection on (the mesh's, as
+    /// published over the verified channel). An empty one changes nothing.
+    pub fn set_trust_domain(&self, trust_domain: &str) -> bool {
+        if trust_domain.is_empty() || **self.trust_domain.load() == trust_domain {
+            return false;
+        }
+        self.trust_domain.store(Arc::new(trust_domain.to_string()));
+        true
     }
 
     pub fn url(&self) -> &str {
@@ -85,7 +107,7 @@ impl ControlPlane {
         &self,
         uri: Uri,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
-        let mut config = verifying(self.anchors.load_full())
+        let mut config = verifying(self.anchors.load_full(), &self.trust_domain.load())
             .map_err(std::io::Error::other)?
             .with_no_client_auth();
         config.alpn_protocols = vec![b"h2".to_vec()];
@@ -94,16 +116,21 @@ impl ControlPlane {
 }
 
 /// TLS 1.3 client settings that verify the control plane: its chain against `anchors`, then its
-/// SPIFFE ID. The caller chooses whether to present a client certificate.
+/// SPIFFE ID, exactly [`control_plane_id`] of `trust_domain`. The caller chooses whether to
+/// present a client certificate.
 pub fn verifying(
     anchors: Arc<Vec<TrustAnchor<'static>>>,
+    trust_domain: &str,
 ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier::control_plane(anchors))))
+        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier::control_plane(
+            anchors,
+            trust_domain,
+        ))))
 }
 
 /// A TLS connection to the host and port of `uri` (443 by default).

@@ -139,6 +139,8 @@ impl Identity {
         loop {
             let snapshot = discovery.snapshot();
             let trust_domain = snapshot.mesh.trust_domain.clone();
+            // The config came over a channel verified for the trust domain expected so far.
+            control.set_trust_domain(&trust_domain);
             let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
             let obtained = self.certify(&control, &proof, &id).await.and_then(|creds| {
                 // Roots that came back with the certificate, over the verified channel.
@@ -210,6 +212,9 @@ impl Identity {
     fn follow_ca(&self, control: &ControlPlane, discovery: &Discovery) -> Option<Duration> {
         let snapshot = discovery.snapshot();
         let mesh = &snapshot.mesh;
+        if control.set_trust_domain(&mesh.trust_domain) {
+            tracing::info!(trust_domain = %mesh.trust_domain, "the control plane is expected in the mesh's trust domain");
+        }
         match control.set_anchors(&mesh.trust_anchors) {
             Ok(true) => {
                 tracing::info!("trust anchors updated by the control plane");

@@ -195,9 +195,10 @@ impl Mesh {
     /// A gRPC channel to the control plane, over TLS verified as a proxy verifies it.
     pub fn channel(&self) -> tonic::transport::Channel {
         let anchors = std::fs::read_to_string(self.anchors()).expect("trust anchors");
-        Arc::new(weft_proxy::control::ControlPlane::new(self.url(), anchors).expect("anchors"))
-            .channel(true)
-            .expect("channel")
+        let control =
+            weft_proxy::control::ControlPlane::new(self.url(), anchors, "weft.local".into())
+                .expect("anchors");
+        Arc::new(control).channel(true).expect("channel")
     }
 
     /// Like [`Mesh::access`], with a given token.
