@@ -37,9 +37,17 @@ pub struct Args {
     /// The Service this instance serves [default: the service account].
     #[arg(long, env = "WEFT_PROXY_SERVICE")]
     pub service: Option<String>,
-    /// Join token proving the workload's identity.
+    /// Join token proving the workload's identity. On the command line it is visible to other
+    /// local users (`ps`, /proc/PID/cmdline): prefer the environment variable or
+    /// --join-token-file.
     #[arg(long, env = "WEFT_PROXY_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// A file holding the join token (its first line).
+    #[arg(long, env = "WEFT_PROXY_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// Whether `join_token` came from the command line (set by the CLI, which can tell).
+    #[arg(skip)]
+    pub join_token_on_command_line: bool,
     /// Kubernetes service-account token file proving the workload's identity.
     #[arg(long, env = "WEFT_PROXY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -174,6 +182,9 @@ pub struct Config {
     pub workers: usize,
     /// `None`: standard output.
     pub access_log: Option<PathBuf>,
+    /// Settings that work but should change, one line each; logged at start-up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -268,18 +279,43 @@ impl Config {
             ));
         }
 
-        let proof = match (a.join_token, a.token_file) {
-            (Some(t), None) => Proof::JoinToken(t),
-            (None, Some(f)) => Proof::TokenFile(f),
-            (None, None) => {
+        let mut warnings = Vec::new();
+        if a.join_token.is_some() && a.join_token_on_command_line {
+            warnings.push(
+                "join-token was given on the command line, where other local users can read it (ps, /proc/PID/cmdline): prefer WEFT_PROXY_JOIN_TOKEN or --join-token-file"
+                    .to_string(),
+            );
+        }
+        let join_token_file = a
+            .join_token_file
+            .map(|path| match std::fs::read_to_string(&path) {
+                Ok(text) => match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+                    Some(token) => token.to_string(),
+                    None => {
+                        errors.push(format!("join-token-file={}: empty", path.display()));
+                        String::new()
+                    }
+                },
+                Err(e) => {
+                    errors.push(format!("join-token-file={}: {e}", path.display()));
+                    String::new()
+                }
+            });
+        let proof = match (a.join_token, join_token_file, a.token_file) {
+            (Some(t), None, None) | (None, Some(t), None) => Proof::JoinToken(t),
+            (None, None, Some(f)) => Proof::TokenFile(f),
+            (None, None, None) => {
                 errors.push(
-                    "join-token or token-file: required (proof of the workload's identity; `weft token create NS/SA` makes a join token)"
+                    "join-token or token-file: required (proof of the workload's identity: a join token from `weft token create NS/SA`, in WEFT_PROXY_JOIN_TOKEN or --join-token-file; or a service-account token file)"
                         .into(),
                 );
                 Proof::JoinToken(String::new())
             }
-            (Some(_), Some(_)) => {
-                errors.push("join-token and token-file: give one, not both".into());
+            _ => {
+                errors.push(
+                    "join-token, join-token-file and token-file: give one of them, not several"
+                        .into(),
+                );
                 Proof::JoinToken(String::new())
             }
         };
@@ -321,6 +357,7 @@ impl Config {
                     "" | "-" => None,
                     p => Some(PathBuf::from(p)),
                 },
+                warnings,
             })
         } else {
             Err(errors)
@@ -445,6 +482,36 @@ mod tests {
             errs[0].starts_with("trust-domain=\"evil/ns/x\""),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn a_join_token_is_read_from_a_file_and_one_on_the_command_line_is_warned_about() {
+        let file = std::env::temp_dir().join(format!("weft-join-{:x}", rand::random::<u64>()));
+        std::fs::write(&file, "weft1.from.file\n").unwrap();
+        let mut a = args();
+        a.join_token = None;
+        a.join_token_file = Some(file.clone());
+        let c = Config::from_args(a).unwrap();
+        assert!(matches!(&c.proof, Proof::JoinToken(t) if t == "weft1.from.file"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // From the environment (what `args()` stands for): no warning.
+        assert!(Config::from_args(args()).unwrap().warnings.is_empty());
+        let mut a = args();
+        a.join_token_on_command_line = true;
+        let warnings = Config::from_args(a).unwrap().warnings;
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("--join-token-file"), "{warnings:?}");
+        // Two proofs, or an empty file, are refused.
+        let mut a = args();
+        a.join_token_file = Some(file.clone());
+        let errs = Config::from_args(a).unwrap_err();
+        assert!(errs[0].contains("not several"), "{errs:?}");
+        std::fs::write(&file, "\n").unwrap();
+        let mut a = args();
+        a.join_token = None;
+        a.join_token_file = Some(file.clone());
+        assert!(Config::from_args(a).unwrap_err()[0].ends_with("empty"));
+        std::fs::remove_file(file).unwrap();
     }
 
     #[test]
