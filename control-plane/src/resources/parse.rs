@@ -134,6 +134,11 @@ fn read(text: &str, max_nodes: usize) -> Vec<Result<serde_json::Value, String>> 
         },
         // `<<` is a key like any other, as YAML 1.2 has it: resources reject it by name.
         merge_keys: serde_saphyr::options::MergeKeyPolicy::AsOrdinary,
+        // YAML 1.2's core schema, as before: `off`, `yes`, `0755` and `1_000` are words, so that
+        // `accessLog: off` is the mode `off`, not `false`, and label values stay what was typed.
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
     };
     let mut bytes = text.as_bytes();
     serde_saphyr::read_with_options::<_, serde_json::Value>(&mut bytes, options)
@@ -430,6 +435,18 @@ spec:
             let again = parse("get", &yaml).unwrap();
             assert_eq!(again[0].resource, r.resource, "{yaml}");
         }
+    }
+
+    #[test]
+    fn yaml_1_1_words_stay_words() {
+        let text = "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default, labels: {a: yes, b: no, c: on, d: 0755, e: 1_000, f: y}}\nspec: {accessLog: off, mtls: strict}\n";
+        let r = parse("f.yaml", text).unwrap();
+        let Resource::MeshConfig(m) = &r[0].resource else {
+            panic!()
+        };
+        assert_eq!(m.spec.access_log, Some(super::super::AccessLogMode::Off));
+        let labels: Vec<&str> = m.metadata.labels.values().map(String::as_str).collect();
+        assert_eq!(labels, ["yes", "no", "on", "0755", "1_000", "y"]);
     }
 
     #[test]
