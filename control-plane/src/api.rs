@@ -413,18 +413,21 @@ async fn read_text<B: RequestBody>(req: Request<B>) -> Result<String, Response<B
     String::from_utf8(body.to_vec()).map_err(|_| bad("the request is not UTF-8 text"))
 }
 
-/// `text` with `metadata.namespace: ns` added when it is one document that has none.
+/// `text` with `metadata.namespace: ns` added when it is one document that has none, as JSON
+/// (which is YAML). It is read under the parser's budgets: a text they refuse is left as it is,
+/// for `parse` to say what is wrong with it.
 fn with_namespace(text: &str, ns: &str) -> Option<String> {
-    if resources::too_deep(text).is_some() {
-        return None; // `parse` says what is wrong with it
+    let mut docs = resources::documents(text);
+    if docs.len() != 1 {
+        return None;
     }
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
-    let meta = doc.get_mut("metadata")?.as_mapping_mut()?;
+    let mut doc = docs.pop()?.ok()?;
+    let meta = doc.get_mut("metadata")?.as_object_mut()?;
     if meta.contains_key("namespace") {
         return None;
     }
     meta.insert("namespace".into(), ns.into());
-    serde_yaml::to_string(&doc).ok()
+    serde_json::to_string(&doc).ok()
 }
 
 fn error_json(

@@ -17,9 +17,7 @@
 //! signing. Each accepted change is published to proxies (roots and issuer fingerprint, in
 //! every config snapshot) and `DATA_DIR/trust-anchors.pem` is rewritten.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -435,10 +433,9 @@ fn leaf_params(
     }
     params.distinguished_name = DistinguishedName::new();
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    // Signing only: the keys are ECDSA, which cannot encipher keys, and TLS 1.3 (the only
+    // version the mesh speaks) authenticates by signature whatever the key.
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
@@ -674,7 +671,7 @@ fn ca_params(
 
 /// Generates a root and an issuing intermediate and writes them (keys readable by owner only).
 fn create(dir: &Path, trust_domain: &str) -> Result<(), CaError> {
-    fs::create_dir_all(dir).map_err(|source| CaError::Io {
+    crate::atomic::create_dir(dir, 0o700).map_err(|source| CaError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -729,24 +726,14 @@ fn rename(from: &Path, to: &Path) -> Result<(), CaError> {
     })
 }
 
-/// Writes a file atomically (temp file, then rename) with the given mode.
+/// Writes a file atomically with the given mode (a new temporary file, then rename).
 pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
-    let io = |source| CaError::Io {
+    crate::atomic::write(path, data, mode).map_err(|source| CaError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    })
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -791,6 +778,33 @@ mod tests {
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
             0o600
         );
+        // The folder the CA creates for its keys is its owner's only.
+        let mode = fs::metadata(dir.join("ca")).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_leftover_world_readable_temp_file_does_not_make_a_key_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir();
+        fs::create_dir_all(dir.join("ca")).unwrap();
+        // Where an earlier write (of any version) may have left its temporary file.
+        for leftover in ["root.tmp", "issuer.tmp", "root.key.tmp", "issuer.key.tmp"] {
+            let path = dir.join("ca").join(leftover);
+            fs::write(&path, "").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        }
+        Ca::load_or_create(&dir, "weft.local").unwrap();
+        for key in ["root.key", "issuer.key"] {
+            let mode = fs::metadata(dir.join("ca").join(key))
+                .unwrap()
+                .permissions();
+            assert_eq!(mode.mode() & 0o777, 0o600, "{key}");
+        }
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -813,6 +827,11 @@ mod tests {
             format!("{:?}", [GeneralName::URI(ID)])
         );
         assert!(!leaf.is_ca());
+        // An ECDSA key signs; it cannot encipher keys, so the leaf does not claim it can.
+        let usage = leaf.key_usage().unwrap().unwrap().value;
+        assert!(usage.digital_signature());
+        assert!(!usage.key_encipherment(), "{usage:?}");
+        assert_eq!(usage.flags, 1, "digitalSignature only: {usage:?}");
         let lifetime =
             leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
         assert_eq!(lifetime, 3600 + 60);

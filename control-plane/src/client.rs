@@ -24,6 +24,8 @@ pub struct ApiClient {
 #[derive(Clone, Debug, Default)]
 pub struct TlsFiles {
     pub certificate_authority: Option<PathBuf>,
+    /// The trust domain the control plane's identity must be in.
+    pub trust_domain: String,
     pub client_certificate: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
 }
@@ -62,7 +64,7 @@ impl ApiClient {
         let anchors = String::from_utf8_lossy(&read("certificate-authority", ca)?).into_owned();
         let anchors = weft_proxy::tls::parse_anchors(&anchors)
             .map_err(|e| format!("--certificate-authority {}: {e}", ca.display()))?;
-        let builder = weft_proxy::control::verifying(Arc::new(anchors))?;
+        let builder = weft_proxy::control::verifying(Arc::new(anchors), &files.trust_domain)?;
         let mut config = match (&files.client_certificate, &files.client_key) {
             (Some(cert), Some(key)) => {
                 let chain =

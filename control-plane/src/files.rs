@@ -130,3 +130,40 @@ pub async fn watch(paths: Vec<PathBuf>, state: Arc<State>, shutdown: Cancellatio
         state.reload(&paths);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_with_an_alias_bomb_is_refused_with_its_name() {
+        let dir = std::env::temp_dir().join(format!("weft-files-test-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mesh.yaml");
+        let bomb = format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata:\n  name: orders\n  annotations: {{a: &a [{}], b: [{}]}}\nspec: {{ports: [{{port: 80}}]}}\n",
+            vec!["x"; 1000].join(","),
+            vec!["*a"; 3000].join(",")
+        );
+        std::fs::write(&file, bomb).unwrap();
+        let started = std::time::Instant::now();
+        let errors = load(std::slice::from_ref(&file)).unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(&file.display().to_string()),
+            "{}",
+            errors[0]
+        );
+        assert!(
+            errors[0].contains("anchors and aliases are not supported"),
+            "{}",
+            errors[0]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

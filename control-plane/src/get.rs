@@ -81,7 +81,7 @@ pub async fn get(
     }
     match output {
         Some(Output::Json) => serde_json::to_string_pretty(&doc).map_err(|e| e.to_string()),
-        Some(Output::Yaml) => serde_yaml::to_string(&doc).map_err(|e| e.to_string()),
+        Some(Output::Yaml) => serde_saphyr::to_string(&doc).map_err(|e| e.to_string()),
         None => {
             let items = match doc.get("items").and_then(Value::as_array) {
                 Some(items) => items.clone(),

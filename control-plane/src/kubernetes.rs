@@ -3,10 +3,11 @@
 //!
 //! A proxy in a pod sends the projected service-account token the injector mounts for it
 //! (audience [`TOKEN_AUDIENCE`]). The control plane asks the API server to review it for that
-//! audience; an authenticated `system:serviceaccount:NS:SA` entitles the caller to
-//! `spiffe://TRUST_DOMAIN/ns/NS/sa/SA`, and nothing else does. The API server is found the way
-//! kubectl finds it: `--kubeconfig`, else the in-cluster service account, else `$KUBECONFIG` or
-//! `~/.kube/config`. The client is made on first use and kept.
+//! audience; an authenticated `system:serviceaccount:NS:SA` whose review names that audience in
+//! `status.audiences` entitles the caller to `spiffe://TRUST_DOMAIN/ns/NS/sa/SA`, and nothing
+//! else does. The API server is found the way kubectl finds it: `--kubeconfig`, else the
+//! in-cluster service account, else `$KUBECONFIG` or `~/.kube/config`. The client is made on
+//! first use and kept.
 
 use std::path::PathBuf;
 
@@ -99,12 +100,13 @@ fn workload_of(review: &TokenReview) -> Result<Workload, ReviewError> {
                 .unwrap_or_else(|| "not authenticated".into()),
         );
     }
-    if let Some(audiences) = &status.audiences {
-        if !audiences.iter().any(|a| a == TOKEN_AUDIENCE) {
-            return refused(format!(
-                "the token is for {audiences:?}, not {TOKEN_AUDIENCE:?}"
-            ));
-        }
+    // An answer without audiences may come from an API server (or authenticator webhook) that
+    // ignored the audiences asked for: the token could be one minted for any other audience.
+    let audiences = status.audiences.as_deref().unwrap_or_default();
+    if !audiences.iter().any(|a| a == TOKEN_AUDIENCE) {
+        return refused(format!(
+            "the token is for {audiences:?}, not {TOKEN_AUDIENCE:?} (the review must name it in status.audiences)"
+        ));
     }
     let username = status
         .user
@@ -124,5 +126,38 @@ fn workload_of(review: &TokenReview) -> Result<Workload, ReviewError> {
         None => refused(format!(
             "{username:?} is not a service account; only service-account tokens are accepted"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn review(audiences: Option<&[&str]>) -> TokenReview {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {},
+            "status": {
+                "authenticated": true,
+                "user": {"username": "system:serviceaccount:shop:orders"},
+                "audiences": audiences,
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_answer_must_name_weft_among_its_audiences() {
+        let ok = workload_of(&review(Some(&["other", TOKEN_AUDIENCE]))).unwrap();
+        assert_eq!(ok.to_string(), "shop/orders");
+        for audiences in [None, Some(&[][..]), Some(&["kubernetes"][..])] {
+            let err = workload_of(&review(audiences)).unwrap_err();
+            assert!(
+                matches!(&err, ReviewError::Unauthenticated(m) if m.contains("\"weft\"")),
+                "{audiences:?}: {err}"
+            );
+        }
     }
 }

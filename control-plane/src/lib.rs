@@ -6,6 +6,7 @@
 pub mod admin_cert;
 pub mod api;
 pub mod apply;
+pub mod atomic;
 pub mod ca;
 pub mod client;
 pub mod demo;
@@ -101,9 +102,8 @@ pub fn start(
     api: TcpListener,
 ) -> Result<Running, Vec<String>> {
     let resources = files::load(&cfg.config)?;
-    // The data dir holds the CA's keys and the admin token: the control plane's user's alone.
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(&cfg.data_dir)
+    // Keys, tokens and the store live there: a data dir made here is for the owner only.
+    atomic::create_dir(&cfg.data_dir, 0o700)
         .map_err(|e| vec![format!("data-dir {}: {e}", cfg.data_dir.display())])?;
     // The CA is created on first start; `trust-anchors.pem` is written beside it every start.
     let tokens = Arc::new(tokens::Tokens::open(&cfg.data_dir).map_err(|e| vec![e.to_string()])?);

@@ -24,6 +24,15 @@ struct Cli {
     /// For an https:// --server: the mesh's trust anchors, to verify the control plane.
     #[arg(long, env = "WEFT_CERTIFICATE_AUTHORITY", global = true)]
     certificate_authority: Option<PathBuf>,
+    /// For an https:// --server: the mesh's trust domain; the server must present
+    /// spiffe://THIS/ns/weft-system/sa/weft-control-plane.
+    #[arg(
+        long,
+        env = "WEFT_SERVER_TRUST_DOMAIN",
+        global = true,
+        default_value = "weft.local"
+    )]
+    server_trust_domain: String,
     /// An admin client certificate (from `weft admin-cert`) for an https:// --server.
     #[arg(
         long,
@@ -253,6 +262,7 @@ fn main() -> ExitCode {
                 token_file: cli.token_file,
                 tls: weft::client::TlsFiles {
                     certificate_authority: cli.certificate_authority,
+                    trust_domain: cli.server_trust_domain,
                     client_certificate: cli.client_certificate,
                     client_key: cli.client_key,
                 },

@@ -1,19 +1,23 @@
 //! The mesh's resources as users write them (YAML, Kubernetes-style), and their parsing.
 //!
-//! Parsing rejects unknown fields and malformed values with the field's path
-//! (`spec.rules[0].backendRefs[1].weight: ...`); [`validate`] then checks what types cannot
-//! (ranges, references, duplicates), again naming each field. Nothing here knows about proxies:
+//! Parsing ([`parse`], in `parse.rs`, under hard budgets) rejects unknown fields and malformed
+//! values with the field's path (`spec.rules[0].backendRefs[1].weight: ...`); [`validate`] then
+//! checks what types cannot (ranges, references, duplicates), again naming each field. Nothing here knows about proxies:
 //! `mesh` compiles accepted resources into what proxies receive.
 
+mod parse;
 mod validate;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use parse::{
+    documents, parse, parse_each, Problem, Sourced, MAX_DEPTH, MAX_NODES, MAX_TEXT_BYTES,
+    NO_ANCHORS,
+};
 pub use validate::{is_dns_label, validate};
 
 pub const WEFT_API: &str = "weft.dev/v1alpha1";
@@ -550,252 +554,9 @@ pub struct AuthorizationTo {
     pub methods: Vec<String>,
 }
 
-// ---- parsing ----
-
-/// A problem with a resource, placed as exactly as we can: source, document, field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// File name, or `request` for the API.
-    pub source: String,
-    /// 1-based document number within the source.
-    pub document: usize,
-    /// The resource, `Kind/namespace/name`, when known.
-    pub resource: Option<String>,
-    /// Dotted field path, e.g. `spec.rules[0].backendRefs[0].weight`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {}", self.source, self.document)?;
-        if let Some(r) = &self.resource {
-            write!(f, " ({r})")?;
-        }
-        if self.field.is_empty() {
-            write!(f, ": {}", self.message)
-        } else {
-            write!(f, ": {}: {}", self.field, self.message)
-        }
-    }
-}
-
-/// A parsed resource and where it came from.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sourced {
-    pub resource: Resource,
-    pub source: String,
-    pub document: usize,
-}
-
-/// Parses every document of a multi-document YAML (or JSON) text. Returns every problem found.
-pub fn parse(source: &str, text: &str) -> Result<Vec<Sourced>, Vec<Problem>> {
-    let (out, problems) = parse_each(source, text);
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems)
-    }
-}
-
-/// Parses every document it can: the resources that parsed, and the problems of those that did
-/// not (so that they can still be checked, and every problem reported at once).
-pub fn parse_each(source: &str, text: &str) -> (Vec<Sourced>, Vec<Problem>) {
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    if let Some(line) = too_deep(text) {
-        problems.push(Problem {
-            source: source.to_string(),
-            document: 1,
-            resource: None,
-            field: String::new(),
-            message: format!(
-                "line {line}: flow collections ([...], {{...}}) nested deeper than {MAX_FLOW_DEPTH}"
-            ),
-        });
-        return (out, problems);
-    }
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let document = i + 1;
-        let problem = |resource: Option<String>, field: String, message: String| Problem {
-            source: source.to_string(),
-            document,
-            resource,
-            field,
-            message,
-        };
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => continue, // an empty document, e.g. after a trailing ---
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(problem(None, String::new(), format!("not valid YAML: {e}")));
-                // A syntax error ends the stream: nothing after it can be read reliably.
-                break;
-            }
-        };
-        match parse_value(value) {
-            Ok(resource) => out.push(Sourced {
-                resource,
-                source: source.to_string(),
-                document,
-            }),
-            Err((resource, field, message)) => problems.push(problem(resource, field, message)),
-        }
-    }
-    (out, problems)
-}
-
-/// How deep `[` and `{` may nest. Resources need a handful of levels; the YAML scanner takes time
-/// quadratic in the depth of nested flow keys (`{a: {a: {a: ...`), so deeper input is refused
-/// before it is scanned: a 1 MiB request would otherwise hold a thread for minutes.
-pub const MAX_FLOW_DEPTH: usize = 64;
-
-/// The line where flow collections nest deeper than [`MAX_FLOW_DEPTH`], if they do. Every `[` and
-/// `{` counts, even in quotes (so nothing can hide one); a `]` or `}` counts only outside quoted
-/// scalars and comments (so none can be faked). A plain scalar with an apostrophe may make this
-/// count more than the parser would: the error is on the safe side.
-pub fn too_deep(text: &str) -> Option<usize> {
-    let (mut depth, mut line) = (0usize, 1usize);
-    let mut quote: Option<u8> = None;
-    let (mut comment, mut escaped) = (false, false);
-    let mut prev = b'\n';
-    for &b in text.as_bytes() {
-        if b == b'\n' {
-            line += 1;
-            comment = false;
-            if quote == Some(b'\'') {
-                quote = None;
-            }
-        }
-        match b {
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_FLOW_DEPTH {
-                    return Some(line);
-                }
-            }
-            _ if comment => {}
-            _ if escaped => escaped = false,
-            b'\\' if quote == Some(b'"') => escaped = true,
-            b'"' | b'\'' if quote == Some(b) => quote = None,
-            _ if quote.is_some() => {}
-            b'"' | b'\'' => quote = Some(b),
-            b'#' if prev.is_ascii_whitespace() => comment = true,
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        prev = b;
-    }
-    None
-}
-
-type ParseError = (Option<String>, String, String);
-
-fn parse_value(value: serde_yaml::Value) -> Result<Resource, ParseError> {
-    let get = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let kind = get("kind").ok_or_else(|| {
-        (
-            None,
-            "kind".into(),
-            format!("missing; expected one of {}", known_kinds()),
-        )
-    })?;
-    let api_version = get("apiVersion").ok_or((None, "apiVersion".into(), "missing".into()))?;
-    let name = value
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(|n| n.as_str())
-        .unwrap_or("?");
-    let ns = value
-        .get("metadata")
-        .and_then(|m| m.get("namespace"))
-        .and_then(|n| n.as_str())
-        .unwrap_or("default");
-    let id = Some(format!("{kind}/{ns}/{name}"));
-    let Some((_, want_api)) = KINDS.iter().find(|(k, _)| *k == kind) else {
-        return Err((
-            None,
-            "kind".into(),
-            format!("unknown kind {kind:?}; expected one of {}", known_kinds()),
-        ));
-    };
-    if api_version != *want_api {
-        return Err((
-            id,
-            "apiVersion".into(),
-            format!("{kind} is {want_api}, not {api_version:?}"),
-        ));
-    }
-    fn typed<S: serde::de::DeserializeOwned>(
-        value: serde_yaml::Value,
-        id: &Option<String>,
-    ) -> Result<Object<S>, ParseError> {
-        serde_path_to_error::deserialize(value).map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            (id.clone(), field, e.into_inner().to_string())
-        })
-    }
-    Ok(match kind.as_str() {
-        "MeshConfig" => Resource::MeshConfig(typed(value, &id)?),
-        "Service" => Resource::Service(typed(value, &id)?),
-        "HTTPRoute" => Resource::HttpRoute(typed(value, &id)?),
-        "TrafficPolicy" => Resource::TrafficPolicy(typed(value, &id)?),
-        _ => Resource::AuthorizationPolicy(typed(value, &id)?),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ROUTE: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: orders, namespace: shop}
-spec:
-  parentRefs: [{name: orders, kind: Service}]
-  rules:
-  - backendRefs:
-    - {name: orders-v1, weight: 90}
-    - {name: orders-v2, weight: ninety}
-"#;
-
-    fn one_problem(text: &str) -> Problem {
-        let mut p = parse("f.yaml", text).unwrap_err();
-        assert_eq!(p.len(), 1, "{p:?}");
-        p.remove(0)
-    }
-
-    #[test]
-    fn weight_that_does_not_parse_names_the_field() {
-        let p = one_problem(ROUTE);
-        assert_eq!(p.field, "spec.rules[0].backendRefs[1].weight");
-        assert_eq!(p.resource.as_deref(), Some("HTTPRoute/shop/orders"));
-        assert!(
-            p.to_string()
-                .starts_with("f.yaml: document 1 (HTTPRoute/shop/orders): spec.rules"),
-            "{p}"
-        );
-    }
-
-    #[test]
-    fn unknown_field_names_the_field() {
-        let p = one_problem("apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{port: 80}]\n  endpoint: []\n");
-        assert_eq!(p.field, "spec.endpoint");
-        assert!(
-            p.message.contains("unknown field `endpoint`"),
-            "{}",
-            p.message
-        );
-    }
-
-    #[test]
-    fn bad_duration_names_the_field() {
-        let p = one_problem("apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: a}\nspec:\n  targetRef: {name: a}\n  timeouts: {request: 5 parsecs}\n");
-        assert_eq!(p.field, "spec.timeouts.request");
-        assert!(p.message.contains("unknown unit"), "{}", p.message);
-    }
 
     #[test]
     fn kinds_are_named_as_users_write_them() {
@@ -805,54 +566,5 @@ spec:
         assert_eq!(kind_named("trafficpolicies"), Some("TrafficPolicy"));
         assert_eq!(kind_named("meshconfig"), Some("MeshConfig"));
         assert_eq!(kind_named("pods"), None);
-    }
-
-    #[test]
-    fn unknown_kind_lists_the_known_ones() {
-        let p = one_problem(
-            "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {name: a}\nspec: {}\n",
-        );
-        assert!(
-            p.message.contains("MeshConfig, Service, HTTPRoute"),
-            "{}",
-            p.message
-        );
-    }
-
-    #[test]
-    fn multi_document_reports_each_bad_document() {
-        let text = format!("{ROUTE}---\napiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: ok}}\nspec: {{ports: [{{port: 80}}]}}\n---\nkind: Nope\napiVersion: x\n");
-        let problems = parse("f.yaml", &text).unwrap_err();
-        assert_eq!(
-            problems.iter().map(|p| p.document).collect::<Vec<_>>(),
-            [1, 3]
-        );
-    }
-
-    #[test]
-    fn deep_flow_nesting_is_refused_before_it_is_scanned() {
-        let deep = "{a: ".repeat(100_000);
-        let started = std::time::Instant::now();
-        let p = one_problem(&deep);
-        assert!(p.message.contains("nested deeper than 64"), "{p}");
-        assert!(started.elapsed() < std::time::Duration::from_millis(500));
-        // Closing brackets in quotes or comments cannot hide the depth.
-        let hidden = "{a: \"]]\", b: # ]]\n".repeat(70);
-        assert!(one_problem(&hidden).message.contains("deeper than"));
-        // Shallow flow collections, brackets in strings and comments are fine.
-        let text = "apiVersion: weft.dev/v1alpha1 # [[[[\nkind: Service\nmetadata: {name: a, annotations: {note: \"[{[{\", other: 'it''s [x]'}}\nspec: {ports: [{port: 80}]}\n";
-        assert_eq!(parse("f.yaml", text).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn valid_documents_parse_with_defaults() {
-        let text = "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n---\n";
-        let r = parse("f.yaml", text).unwrap();
-        assert_eq!(r.len(), 1);
-        let Resource::Service(s) = &r[0].resource else {
-            panic!()
-        };
-        assert_eq!(s.metadata.namespace, "default");
-        assert_eq!(s.spec.ports[0].protocol, Protocol::Http);
     }
 }

@@ -92,6 +92,10 @@ impl Store {
             path: path.clone(),
             message,
         };
+        // The store holds every applied resource and who wrote it: for the owner only. redb
+        // would create it with the umask's mode, so it is created (empty, which redb takes as
+        // new) here; a store from before is tightened.
+        restrict(&file).map_err(|e| fail(e.to_string()))?;
         let db = Database::create(&file).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => {
                 fail("already in use: another `weft serve` runs with this --data-dir".into())
@@ -240,6 +244,18 @@ pub fn changed_fields(before: &serde_json::Value, after: &serde_json::Value) -> 
     out
 }
 
+/// Makes `file` exist with mode 0600.
+fn restrict(file: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(file)?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +268,26 @@ mod tests {
         let d = std::env::temp_dir().join(format!("weft-store-{:x}", rand::random::<u64>()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn the_store_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |d: &Path| {
+            std::fs::metadata(d.join(FILE))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        let d = dir();
+        drop(Store::open(&d).unwrap());
+        assert_eq!(mode(&d), 0o600);
+        // A store left world-readable by an earlier version is tightened, and still opens.
+        std::fs::set_permissions(d.join(FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&d).unwrap());
+        assert_eq!(mode(&d), 0o600);
+        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

@@ -6,8 +6,6 @@
 //! proxy that restarts can prove itself again.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -229,17 +227,7 @@ impl Tokens {
         let fail = |e: std::io::Error| TokenError::Store(format!("{}: {e}", self.path.display()));
         let json =
             serde_json::to_vec_pretty(records).map_err(|e| TokenError::Store(e.to_string()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(fail)?;
-        f.write_all(&json).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        std::fs::rename(&tmp, &self.path).map_err(fail)
+        crate::atomic::write(&self.path, &json, 0o600).map_err(fail)
     }
 }
 
@@ -276,6 +264,23 @@ mod tests {
             Tokens::open(&dir).unwrap().verify(&token),
             Err(TokenError::Revoked(record.id))
         );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_leftover_world_readable_temp_file_does_not_make_the_store_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let (tokens, dir) = store();
+        let leftover = dir.join("tokens.json.tmp");
+        std::fs::write(&leftover, "").unwrap();
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o666)).unwrap();
+        tokens
+            .create("shop/orders".parse().unwrap(), Duration::from_secs(3600))
+            .unwrap();
+        let mode = std::fs::metadata(dir.join("tokens.json"))
+            .unwrap()
+            .permissions();
+        assert_eq!(mode.mode() & 0o777, 0o600);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

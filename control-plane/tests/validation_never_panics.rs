@@ -793,7 +793,7 @@ fn stream() -> impl Strategy<Value = Vec<String>> {
                 if as_json {
                     serde_json::to_string(&doc).unwrap()
                 } else {
-                    serde_yaml::to_string(&doc).unwrap()
+                    serde_saphyr::to_string(&doc).unwrap()
                 }
             })
             .collect()
@@ -834,7 +834,7 @@ fn check_accepted(items: &[Sourced], documents: usize) {
     }
     // What was accepted can be written back out.
     for r in items {
-        serde_yaml::to_string(&r.resource).unwrap();
+        serde_saphyr::to_string(&r.resource).unwrap();
     }
 }
 
@@ -1048,7 +1048,7 @@ proptest! {
             "metadata": {"name": "default"},
             "spec": spec(Value::from(text.as_str())),
         });
-        let yaml = serde_yaml::to_string(&doc).unwrap();
+        let yaml = serde_saphyr::to_string(&doc).unwrap();
         match parse("d.yaml", &yaml) {
             Ok(items) => {
                 prop_assert!(direct.is_ok(), "{text:?} accepted in a resource, refused alone");

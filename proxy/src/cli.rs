@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use crate::config::{Args, Config};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -29,19 +30,29 @@ enum Command {
 /// Exit status for invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
+/// The settings these command-line arguments give (the first is the program name), noting
+/// whether the join token was on the command line itself.
+fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, clap::Error> {
+    let matches = Cli::command().try_get_matches_from(argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let (mut args, matches) = match cli.command {
+        Some(Command::Run(args)) => (args, matches.subcommand_matches("run").unwrap_or(&matches)),
+        None => (cli.run, &matches),
+    };
+    args.join_token_on_command_line =
+        matches.value_source("join_token") == Some(ValueSource::CommandLine);
+    Ok(args)
+}
+
 /// Runs the proxy with these command-line arguments (the first is the program name).
 pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
-    let cli = match Cli::try_parse_from(argv) {
-        Ok(cli) => cli,
+    let args = match parse(argv) {
+        Ok(args) => args,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }
-    };
-    let args = match cli.command {
-        Some(Command::Run(args)) => args,
-        None => cli.run,
     };
     let config = match Config::from_args(args) {
         Ok(c) => c,
@@ -54,6 +65,9 @@ pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
     };
     crate::logging::init();
     crate::server::raise_fd_limit();
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .thread_name("weft-proxy")
@@ -93,4 +107,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     running.stop().await;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn argv(extra: &[&str]) -> Vec<String> {
+        std::iter::once("weft-proxy")
+            .chain(extra.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn a_join_token_on_the_command_line_is_noticed() {
+        let args = parse(argv(&["--join-token", "weft1.a.b"])).unwrap();
+        assert!(args.join_token_on_command_line);
+        let args = parse(argv(&["run", "--join-token", "weft1.a.b"])).unwrap();
+        assert!(args.join_token_on_command_line);
+        let args = parse(argv(&["--join-token-file", "/dev/null"])).unwrap();
+        assert!(!args.join_token_on_command_line);
+    }
 }

@@ -24,6 +24,10 @@ pub struct Args {
     /// PEM file of trust anchors (the mesh CA).
     #[arg(long, env = "WEFT_PROXY_TRUST_ANCHORS")]
     pub trust_anchors: Option<PathBuf>,
+    /// The mesh's SPIFFE trust domain, in which the control plane's identity is expected until
+    /// the control plane publishes the mesh's [default: weft.local].
+    #[arg(long, env = "WEFT_PROXY_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
     /// The workload's namespace.
     #[arg(long, env = "WEFT_PROXY_NAMESPACE")]
     pub namespace: Option<String>,
@@ -33,9 +37,17 @@ pub struct Args {
     /// The Service this instance serves [default: the service account].
     #[arg(long, env = "WEFT_PROXY_SERVICE")]
     pub service: Option<String>,
-    /// Join token proving the workload's identity.
+    /// Join token proving the workload's identity. On the command line it is visible to other
+    /// local users (`ps`, /proc/PID/cmdline): prefer the environment variable or
+    /// --join-token-file.
     #[arg(long, env = "WEFT_PROXY_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
+    /// A file holding the join token (its first line).
+    #[arg(long, env = "WEFT_PROXY_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
+    /// Whether `join_token` came from the command line (set by the CLI, which can tell).
+    #[arg(skip)]
+    pub join_token_on_command_line: bool,
     /// Kubernetes service-account token file proving the workload's identity.
     #[arg(long, env = "WEFT_PROXY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -153,6 +165,17 @@ impl std::str::FromStr for Upstream {
     }
 }
 
+/// The trust domain `weft serve` uses unless told otherwise.
+pub const DEFAULT_TRUST_DOMAIN: &str = "weft.local";
+
+/// A SPIFFE trust domain: lowercase letters, digits, `.`, `-`, `_` (as the SPIFFE spec allows).
+fn is_trust_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+        })
+}
+
 /// How the proxy proves its identity to the control plane.
 #[derive(Clone, Debug, Serialize)]
 pub enum Proof {
@@ -169,6 +192,7 @@ pub struct Config {
     /// The content of `trust_anchors`, read and checked at start-up.
     #[serde(skip)]
     pub trust_anchors_pem: String,
+    pub trust_domain: String,
     pub namespace: String,
     pub service_account: String,
     pub service: String,
@@ -189,6 +213,9 @@ pub struct Config {
     pub allowed_upgrades: crate::upgrade::Upgrades,
     /// Every listener's connection limits.
     pub limits: crate::server::Limits,
+    /// Settings that work but should change, one line each; logged at start-up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -274,18 +301,52 @@ impl Config {
             },
         };
 
-        let proof = match (a.join_token, a.token_file) {
-            (Some(t), None) => Proof::JoinToken(t),
-            (None, Some(f)) => Proof::TokenFile(f),
-            (None, None) => {
+        let trust_domain = a
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.into());
+        if !is_trust_domain(&trust_domain) {
+            errors.push(format!(
+                "trust-domain={trust_domain:?}: expected a DNS-style name (lowercase letters, digits, '.', '-')"
+            ));
+        }
+
+        let mut warnings = Vec::new();
+        if a.join_token.is_some() && a.join_token_on_command_line {
+            warnings.push(
+                "join-token was given on the command line, where other local users can read it (ps, /proc/PID/cmdline): prefer WEFT_PROXY_JOIN_TOKEN or --join-token-file"
+                    .to_string(),
+            );
+        }
+        let join_token_file = a
+            .join_token_file
+            .map(|path| match std::fs::read_to_string(&path) {
+                Ok(text) => match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+                    Some(token) => token.to_string(),
+                    None => {
+                        errors.push(format!("join-token-file={}: empty", path.display()));
+                        String::new()
+                    }
+                },
+                Err(e) => {
+                    errors.push(format!("join-token-file={}: {e}", path.display()));
+                    String::new()
+                }
+            });
+        let proof = match (a.join_token, join_token_file, a.token_file) {
+            (Some(t), None, None) | (None, Some(t), None) => Proof::JoinToken(t),
+            (None, None, Some(f)) => Proof::TokenFile(f),
+            (None, None, None) => {
                 errors.push(
-                    "join-token or token-file: required (proof of the workload's identity; `weft token create NS/SA` makes a join token)"
+                    "join-token or token-file: required (proof of the workload's identity: a join token from `weft token create NS/SA`, in WEFT_PROXY_JOIN_TOKEN or --join-token-file; or a service-account token file)"
                         .into(),
                 );
                 Proof::JoinToken(String::new())
             }
-            (Some(_), Some(_)) => {
-                errors.push("join-token and token-file: give one, not both".into());
+            _ => {
+                errors.push(
+                    "join-token, join-token-file and token-file: give one of them, not several"
+                        .into(),
+                );
                 Proof::JoinToken(String::new())
             }
         };
@@ -375,6 +436,7 @@ impl Config {
                 control_plane,
                 trust_anchors: a.trust_anchors,
                 trust_anchors_pem,
+                trust_domain,
                 namespace,
                 service_account,
                 service,
@@ -398,6 +460,7 @@ impl Config {
                     idle,
                     max_connections,
                 },
+                warnings,
             })
         } else {
             Err(errors)
@@ -474,12 +537,12 @@ mod tests {
     use super::*;
 
     fn args() -> Args {
-        // One file per call: tests run in parallel, and a file another test is rewriting reads
-        // as empty.
-        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let anchors =
-            std::env::temp_dir().join(format!("weft-anchors-{}-{n}.pem", std::process::id()));
+        // One file per call: tests run in parallel, and one must not read another's half-written.
+        let anchors = std::env::temp_dir().join(format!(
+            "weft-anchors-{}-{:x}.pem",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let ca = rcgen::CertificateParams::default()
             .self_signed(&rcgen::KeyPair::generate().unwrap())
             .unwrap();
@@ -529,6 +592,54 @@ mod tests {
     fn service_defaults_to_service_account() {
         let c = Config::from_args(args()).unwrap();
         assert_eq!(c.service, "orders");
+    }
+
+    #[test]
+    fn the_trust_domain_defaults_to_weft_local_and_must_be_a_name() {
+        assert_eq!(
+            Config::from_args(args()).unwrap().trust_domain,
+            "weft.local"
+        );
+        let mut a = args();
+        a.trust_domain = Some("corp.example".into());
+        assert_eq!(Config::from_args(a).unwrap().trust_domain, "corp.example");
+        let mut a = args();
+        a.trust_domain = Some("evil/ns/x".into());
+        let errs = Config::from_args(a).unwrap_err();
+        assert!(
+            errs[0].starts_with("trust-domain=\"evil/ns/x\""),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_join_token_is_read_from_a_file_and_one_on_the_command_line_is_warned_about() {
+        let file = std::env::temp_dir().join(format!("weft-join-{:x}", rand::random::<u64>()));
+        std::fs::write(&file, "weft1.from.file\n").unwrap();
+        let mut a = args();
+        a.join_token = None;
+        a.join_token_file = Some(file.clone());
+        let c = Config::from_args(a).unwrap();
+        assert!(matches!(&c.proof, Proof::JoinToken(t) if t == "weft1.from.file"));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        // From the environment (what `args()` stands for): no warning.
+        assert!(Config::from_args(args()).unwrap().warnings.is_empty());
+        let mut a = args();
+        a.join_token_on_command_line = true;
+        let warnings = Config::from_args(a).unwrap().warnings;
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("--join-token-file"), "{warnings:?}");
+        // Two proofs, or an empty file, are refused.
+        let mut a = args();
+        a.join_token_file = Some(file.clone());
+        let errs = Config::from_args(a).unwrap_err();
+        assert!(errs[0].contains("not several"), "{errs:?}");
+        std::fs::write(&file, "\n").unwrap();
+        let mut a = args();
+        a.join_token = None;
+        a.join_token_file = Some(file.clone());
+        assert!(Config::from_args(a).unwrap_err()[0].ends_with("empty"));
+        std::fs::remove_file(file).unwrap();
     }
 
     #[test]

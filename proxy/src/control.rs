@@ -1,21 +1,22 @@
 //! The channel to the control plane: gRPC over TLS, verified against the trust anchors.
 //!
-//! The control plane presents a certificate from the mesh CA whose SPIFFE ID is
+//! The control plane presents a certificate from the mesh CA whose SPIFFE ID is exactly
 //! `spiffe://TRUST_DOMAIN/ns/weft-system/sa/weft-control-plane` (no workload can obtain an
-//! identity in `weft-system`). The proxy starts with the anchors of its `trust-anchors` file and
-//! from then on trusts the roots the control plane publishes with each config, which arrive over
-//! this verified channel: that is how a trust-anchor rotation reaches a running proxy.
+//! identity in `weft-system`), TRUST_DOMAIN being the mesh's: a certificate for the same path in
+//! any other trust domain is refused. The proxy starts with the anchors of its `trust-anchors`
+//! file and its `trust-domain` setting, and from then on follows the roots and the trust domain
+//! the control plane publishes with each config, which arrive over this verified channel: that
+//! is how a trust-anchor rotation (or a MeshConfig `trustDomain` change) reaches a running proxy.
 //!
 //! Once the proxy has a certificate, every new connection presents it as the TLS client
 //! certificate: the discovery stream is served only to a proxy that does (`Certify` works
 //! without one, which is how the first is obtained). A renewed certificate is presented from the
 //! next connection on; a connection already open stays as it was authenticated at its handshake
 //! and is not re-established for a renewal (the stream reports the new certificate instead).
-//! The proxy asks for its certificate in the trust domain the control plane's own certificate
-//! names ([`ControlPlane::trust_domain`]): before its first certificate it has no config to learn
-//! it from, and a proxy that was away while MeshConfig changed the trust domain holds a stale
-//! config and a certificate the stream refuses. Every handshake notes the control plane's trust
-//! domain ([`ControlPlane::trust_domains`]), so such a proxy renews on its next attempt.
+//! The proxy asks for its certificate in the trust domain it expects the control plane in
+//! ([`ControlPlane::trust_domain`]). A proxy that was away while MeshConfig changed the trust
+//! domain no longer recognises the control plane and must be restarted with the new
+//! `trust-domain`: an identity in another trust domain is never taken on trust.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,13 +26,15 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::tls::{self, SpiffeVerifier};
 
-/// The path part of the control plane's SPIFFE ID.
-pub const CONTROL_PLANE_ID_SUFFIX: &str = "/ns/weft-system/sa/weft-control-plane";
+/// The control plane's SPIFFE ID in `trust_domain`.
+pub fn control_plane_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/weft-system/sa/weft-control-plane")
+}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ControlPlane {
@@ -40,8 +43,8 @@ pub struct ControlPlane {
     anchors: ArcSwap<Vec<TrustAnchor<'static>>>,
     /// The certificate new connections present, once the proxy has one.
     client_cert: ArcSwapOption<ClientCert>,
-    /// The trust domain of the control plane's certificate at the last handshake.
-    trust_domain: watch::Sender<Option<String>>,
+    /// The trust domain the control plane is expected in.
+    trust_domain: ArcSwap<String>,
 }
 
 /// A certificate chain and its key, as a TLS client presents them.
@@ -52,51 +55,31 @@ struct ClientCert {
 
 impl ControlPlane {
     /// `anchors_pem`: the `trust-anchors` file; it must hold at least one certificate.
-    pub fn new(url: String, anchors_pem: String) -> Result<Self, String> {
+    /// `trust_domain`: the mesh's, until the control plane says otherwise.
+    pub fn new(url: String, anchors_pem: String, trust_domain: String) -> Result<Self, String> {
         let anchors = tls::parse_anchors(&anchors_pem)?;
         Ok(Self {
             url,
             anchors_pem: ArcSwap::from_pointee(anchors_pem),
             anchors: ArcSwap::from_pointee(anchors),
             client_cert: ArcSwapOption::empty(),
-            trust_domain: watch::channel(None).0,
+            trust_domain: ArcSwap::from_pointee(trust_domain),
         })
     }
 
-    /// Changes whenever a handshake finds the control plane in another trust domain than the
-    /// last one did.
-    pub fn trust_domains(&self) -> watch::Receiver<Option<String>> {
-        self.trust_domain.subscribe()
+    /// The trust domain the control plane's identity is expected in now.
+    pub fn trust_domain(&self) -> Arc<String> {
+        self.trust_domain.load_full()
     }
 
-    /// Notes the trust domain of the control plane `tls` is connected to.
-    fn note_trust_domain(
-        &self,
-        tls: &tokio_rustls::client::TlsStream<TcpStream>,
-    ) -> Result<String, String> {
-        let id = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(tls::spiffe_id)
-            .ok_or("the control plane's certificate has no SPIFFE ID")?;
-        let td = id
-            .strip_prefix("spiffe://")
-            .and_then(|rest| rest.strip_suffix(CONTROL_PLANE_ID_SUFFIX))
-            .filter(|td| !td.is_empty() && !td.contains('/'))
-            .map(str::to_string)
-            .ok_or_else(|| {
-                format!("the control plane presented {id}, not a control-plane identity")
-            })?;
-        self.trust_domain.send_if_modified(|seen| {
-            let new = seen.as_deref() != Some(td.as_str());
-            if new {
-                *seen = Some(td.clone());
-            }
-            new
-        });
-        Ok(td)
+    /// Expects the control plane in `trust_domain` from the next connection on (the mesh's, as
+    /// published over the verified channel). An empty one changes nothing.
+    pub fn set_trust_domain(&self, trust_domain: &str) -> bool {
+        if trust_domain.is_empty() || **self.trust_domain.load() == trust_domain {
+            return false;
+        }
+        self.trust_domain.store(Arc::new(trust_domain.to_string()));
+        true
     }
 
     /// Presents `chain_pem` (leaf first) with `key_pem` on every connection made from now on.
@@ -113,22 +96,6 @@ impl ControlPlane {
         self.client_cert
             .store(Some(Arc::new(ClientCert { chain, key })));
         Ok(())
-    }
-
-    /// The trust domain of the control plane's SPIFFE ID, from a TLS handshake with it (verified
-    /// like every connection): what a proxy without config asks its first certificate in.
-    pub async fn trust_domain(&self) -> Result<String, String> {
-        let uri: Uri = self
-            .url
-            .parse()
-            .map_err(|e| format!("control-plane URL {}: {e}", self.url))?;
-        let mut config = verifying(self.anchors.load_full())?.with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect_tls(&uri, Arc::new(config)))
-            .await
-            .map_err(|_| format!("no TLS handshake with {uri} within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("connect to {uri}: {e}"))?;
-        self.note_trust_domain(&tls)
     }
 
     pub fn url(&self) -> &str {
@@ -178,7 +145,8 @@ impl ControlPlane {
         &self,
         uri: Uri,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
-        let verifying = verifying(self.anchors.load_full()).map_err(std::io::Error::other)?;
+        let verifying = verifying(self.anchors.load_full(), &self.trust_domain.load())
+            .map_err(std::io::Error::other)?;
         let mut config = match self.client_cert.load_full() {
             Some(c) => verifying
                 .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
@@ -187,24 +155,26 @@ impl ControlPlane {
         };
         config.alpn_protocols = vec![b"h2".to_vec()];
         let tls = connect_tls(&uri, Arc::new(config)).await?;
-        if let Err(e) = self.note_trust_domain(&tls) {
-            tracing::debug!(error = %e, "cannot tell the control plane's trust domain");
-        }
         Ok(TokioIo::new(tls))
     }
 }
 
 /// TLS 1.3 client settings that verify the control plane: its chain against `anchors`, then its
-/// SPIFFE ID. The caller chooses whether to present a client certificate.
+/// SPIFFE ID, exactly [`control_plane_id`] of `trust_domain`. The caller chooses whether to
+/// present a client certificate.
 pub fn verifying(
     anchors: Arc<Vec<TrustAnchor<'static>>>,
+    trust_domain: &str,
 ) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier::control_plane(anchors))))
+        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier::control_plane(
+            anchors,
+            trust_domain,
+        ))))
 }
 
 /// A TLS connection to the host and port of `uri` (443 by default).

@@ -136,11 +136,12 @@ impl Identity {
         shutdown: CancellationToken,
     ) {
         let mut changes = discovery.changes();
-        let mut trust_domains = control.trust_domains();
         let mut failures = 0u32;
         loop {
             let obtained = async {
-                let trust_domain = control.trust_domain().await?;
+                // The trust domain the control plane is expected in: the `trust-domain`
+                // setting, then the mesh's as each config says.
+                let trust_domain = control.trust_domain();
                 let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
                 let creds = self.certify(&control, &proof, &id).await?;
                 // Roots that came back with the certificate, over the verified channel.
@@ -210,12 +211,6 @@ impl Identity {
                             renew_at = renew_at.min(tokio::time::Instant::now() + soon);
                         }
                     }
-                    Ok(()) = trust_domains.changed() => {
-                        let seen = trust_domains.borrow_and_update().clone();
-                        if let Some(soon) = seen.and_then(|td| self.moved(&td)) {
-                            renew_at = renew_at.min(tokio::time::Instant::now() + soon);
-                        }
-                    }
                     () = shutdown.cancelled() => return,
                 }
             }
@@ -227,6 +222,9 @@ impl Identity {
     fn follow_ca(&self, control: &ControlPlane, discovery: &Discovery) -> Option<Duration> {
         let snapshot = discovery.snapshot();
         let mesh = &snapshot.mesh;
+        if control.set_trust_domain(&mesh.trust_domain) {
+            tracing::info!(trust_domain = %mesh.trust_domain, "the control plane is expected in the mesh's trust domain");
+        }
         match control.set_anchors(&mesh.trust_anchors) {
             Ok(true) => {
                 tracing::info!("trust anchors updated by the control plane");

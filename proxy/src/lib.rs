@@ -163,6 +163,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         control::ControlPlane::new(
             config.control_plane.clone(),
             config.trust_anchors_pem.clone(),
+            config.trust_domain.clone(),
         )
         .map_err(std::io::Error::other)?,
     );

@@ -111,7 +111,7 @@ impl Tls {
         }
         let verifier = SpiffeVerifier {
             anchors: configs.anchors.clone(),
-            expected: Expected::Exactly(identity.to_string()),
+            expected: identity.to_string(),
             algorithms: provider().signature_verification_algorithms,
         };
         let config = ClientConfig::builder_with_provider(provider())
@@ -157,28 +157,24 @@ pub fn parse_anchors(pem: &str) -> Result<Vec<TrustAnchor<'static>>, String> {
 }
 
 /// The SPIFFE ID a server must present.
-#[derive(Debug)]
-enum Expected {
-    /// The identity the control plane gave the endpoint's Service.
-    Exactly(String),
-    /// The control plane's own identity, in whatever trust domain the anchors vouch for.
-    ControlPlane,
-}
-
-/// Verifies a server's chain against the trust anchors, then its SPIFFE ID.
+/// Verifies a server's chain against the trust anchors, then that its SPIFFE ID is exactly the
+/// one expected.
 #[derive(Debug)]
 pub struct SpiffeVerifier {
     anchors: Arc<Vec<TrustAnchor<'static>>>,
-    expected: Expected,
+    /// A peer proxy: the identity the control plane gave the endpoint's Service; the control
+    /// plane: its own identity in the mesh's trust domain (see [`crate::control`]).
+    expected: String,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl SpiffeVerifier {
-    /// Verifies the control plane's certificate: see [`crate::control`].
-    pub fn control_plane(anchors: Arc<Vec<TrustAnchor<'static>>>) -> Self {
+    /// Verifies the control plane's certificate: its chain, then its identity in `trust_domain`
+    /// ([`crate::control::control_plane_id`]), exactly.
+    pub fn control_plane(anchors: Arc<Vec<TrustAnchor<'static>>>, trust_domain: &str) -> Self {
         Self {
             anchors,
-            expected: Expected::ControlPlane,
+            expected: crate::control::control_plane_id(trust_domain),
             algorithms: provider().signature_verification_algorithms,
         }
     }
@@ -205,26 +201,13 @@ impl ServerCertVerifier for SpiffeVerifier {
         )
         .map_err(pki_error)?;
         let found = spiffe_id(end_entity);
-        let ok = match (&self.expected, &found) {
-            (Expected::Exactly(want), Some(id)) => id == want,
-            (Expected::ControlPlane, Some(id)) => {
-                id.ends_with(crate::control::CONTROL_PLANE_ID_SUFFIX)
-            }
-            (_, None) => false,
-        };
-        if ok {
+        if found.as_deref() == Some(self.expected.as_str()) {
             return Ok(ServerCertVerified::assertion());
         }
-        let expected = match &self.expected {
-            Expected::Exactly(want) => want.clone(),
-            Expected::ControlPlane => format!(
-                "the control plane (spiffe://*{})",
-                crate::control::CONTROL_PLANE_ID_SUFFIX
-            ),
-        };
         Err(rustls::Error::General(format!(
-            "peer presented {}, expected {expected}",
+            "peer presented {}, expected {}",
             found.as_deref().unwrap_or("no SPIFFE ID"),
+            self.expected,
         )))
     }
 
@@ -253,4 +236,51 @@ impl ServerCertVerifier for SpiffeVerifier {
 
 fn pki_error(e: webpki::Error) -> rustls::Error {
     rustls::Error::General(format!("certificate: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    /// A root, and a leaf it signed for each SPIFFE ID.
+    fn chain(ids: &[&str]) -> (String, Vec<CertificateDer<'static>>) {
+        let root_key = KeyPair::generate().unwrap();
+        let mut root = CertificateParams::default();
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root_cert = root.self_signed(&root_key).unwrap();
+        let issuer = Issuer::new(root, &root_key);
+        let leaves = ids
+            .iter()
+            .map(|id| {
+                let mut params = CertificateParams::default();
+                params.subject_alt_names = vec![SanType::URI((*id).try_into().unwrap())];
+                let key = KeyPair::generate().unwrap();
+                params.signed_by(&key, &issuer).unwrap().der().clone()
+            })
+            .collect();
+        (root_cert.pem(), leaves)
+    }
+
+    #[test]
+    fn the_control_plane_is_its_exact_identity_in_the_trust_domain() {
+        let good = "spiffe://weft.local/ns/weft-system/sa/weft-control-plane";
+        let (root, leaves) = chain(&[
+            good,
+            "spiffe://evil.example/ns/weft-system/sa/weft-control-plane",
+            "spiffe://weft.local/x/ns/weft-system/sa/weft-control-plane",
+        ]);
+        let anchors = Arc::new(parse_anchors(&root).unwrap());
+        let verifier = SpiffeVerifier::control_plane(anchors, "weft.local");
+        let name = ServerName::try_from("localhost").unwrap();
+        let verify = |leaf: &CertificateDer<'_>| {
+            verifier.verify_server_cert(leaf, &[], &name, &[], UnixTime::now())
+        };
+        assert!(verify(&leaves[0]).is_ok(), "{:?}", verify(&leaves[0]));
+        for leaf in &leaves[1..] {
+            let err = verify(leaf).unwrap_err().to_string();
+            assert!(err.contains(&format!("expected {good}")), "{err}");
+        }
+    }
 }

@@ -234,9 +234,10 @@ impl Mesh {
     /// A gRPC channel to the control plane, over TLS verified as a proxy verifies it.
     pub fn channel(&self) -> tonic::transport::Channel {
         let anchors = std::fs::read_to_string(self.anchors()).expect("trust anchors");
-        Arc::new(weft_proxy::control::ControlPlane::new(self.url(), anchors).expect("anchors"))
-            .channel(true)
-            .expect("channel")
+        let control =
+            weft_proxy::control::ControlPlane::new(self.url(), anchors, "weft.local".into())
+                .expect("anchors");
+        Arc::new(control).channel(true).expect("channel")
     }
 
     /// A gRPC channel to the control plane that presents a fresh certificate for workload
@@ -271,10 +272,11 @@ impl Mesh {
         let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
             .expect("key")
             .expect("a key in the PEM");
-        let mut config = weft_proxy::control::verifying(anchors)
-            .expect("TLS config")
-            .with_client_auth_cert(chain, key)
-            .expect("client certificate");
+        let mut config =
+            weft_proxy::control::verifying(anchors, &self.running().state.mesh().trust_domain)
+                .expect("TLS config")
+                .with_client_auth_cert(chain, key)
+                .expect("client certificate");
         config.alpn_protocols = vec![b"h2".to_vec()];
         let config = Arc::new(config);
         let connector = tower::service_fn(move |uri: tonic::transport::Uri| {
@@ -385,6 +387,8 @@ pub struct Sidecar {
     pub limits: Option<weft_proxy::server::Limits>,
     /// The `admin-shutdown` setting: whether `POST /shutdown` may drain the proxy.
     pub admin_shutdown: bool,
+    /// The `trust-domain` setting (the proxy's default when `None`).
+    pub trust_domain: Option<String>,
 }
 
 impl Sidecar {
@@ -419,6 +423,7 @@ impl Sidecar {
             access_log: None,
             limits: None,
             admin_shutdown: false,
+            trust_domain: None,
         }
     }
 
@@ -444,6 +449,7 @@ impl Sidecar {
             app_addr: app.to_string(),
             drain_timeout: "2s".into(),
             workers: "1".into(),
+            trust_domain: self.trust_domain.clone(),
             ..Default::default()
         };
         let mut config = weft_proxy::config::Config::from_args(args).expect("valid proxy config");

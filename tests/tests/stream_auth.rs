@@ -452,11 +452,11 @@ async fn a_stream_ends_when_its_service_moves_to_another_service_account() {
     mesh.stop().await;
 }
 
-/// A proxy away while MeshConfig changes the trust domain comes back with a certificate of the
-/// old one, which the stream refuses: it notices the control plane's new trust domain at the
-/// handshake, renews, and is served again.
+/// A proxy away while MeshConfig changes the trust domain does not take the control plane's
+/// identity in the new one on trust: it keeps serving its last config and certificate and says
+/// why it cannot connect; a proxy started with the new `trust-domain` is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_proxy_away_during_a_trust_domain_change_renews_and_reconnects() {
+async fn a_proxy_away_during_a_trust_domain_change_needs_the_new_trust_domain() {
     let app = weft_tests::apps::HttpApp::start("orders").await;
     let mut server = Sidecar::bind(&[]).await;
     let orders = service_yaml("shop", "orders", "HTTP", &[server.inbound]);
@@ -471,15 +471,26 @@ async fn a_proxy_away_during_a_trust_domain_change_renews_and_reconnects() {
         "{orders}---\napiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec: {{trustDomain: other.local}}\n"
     ));
     mesh.restart().await;
-    let listed = eventually(
-        "the proxy to be served in the new trust domain",
+    let why = eventually(
+        "the proxy to refuse the control plane in another trust domain",
         Duration::from_secs(20),
         || async {
-            let p = mesh.proxies().into_iter().next()?;
-            p.identity.starts_with("spiffe://other.local/").then_some(p)
+            let e = server.running().discovery.last_error()?;
+            e.contains("expected spiffe://weft.local/ns/weft-system/sa/weft-control-plane")
+                .then_some(e)
         },
     )
     .await;
-    assert_eq!(listed.identity, "spiffe://other.local/ns/shop/sa/orders");
-    assert_eq!(identity(&server), "spiffe://other.local/ns/shop/sa/orders");
+    assert!(why.contains("spiffe://other.local/"), "{why}");
+    assert!(mesh.proxies().is_empty(), "{:?}", mesh.proxies());
+    assert_eq!(identity(&server), "spiffe://weft.local/ns/shop/sa/orders");
+
+    let mut again = Sidecar::bind(&[]).await;
+    again.trust_domain = Some("other.local".into());
+    again.start(&mesh, "shop", "orders", app.addr);
+    again.ready().await;
+    assert_eq!(identity(&again), "spiffe://other.local/ns/shop/sa/orders");
+    let listed = mesh.proxies();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].identity, "spiffe://other.local/ns/shop/sa/orders");
 }

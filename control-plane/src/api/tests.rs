@@ -349,6 +349,39 @@ async fn only_allowed_hosts_json_or_yaml_and_no_browsers() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[tokio::test]
+async fn alias_bombs_are_refused_on_every_write_path() {
+    let dir = temp_dir();
+    let api = api(&dir);
+    // One anchor of 1000 scalars aliased 3000 times: 9 KB that used to expand to 3 million
+    // nodes before any field was looked at.
+    let bomb = format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata:\n  name: orders\n  annotations: {{a: &a [{}], b: [{}]}}\nspec: {{ports: [{{port: 80}}]}}\n",
+        vec!["x"; 1000].join(","),
+        vec!["*a"; 3000].join(",")
+    );
+    for (method, path) in [
+        (Method::POST, "/api/v1/apply?dryRun=true"),
+        (Method::POST, "/api/v1/apply"),
+        (Method::PUT, "/api/v1/services/shop/orders"),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, text) = call(&api, method.clone(), path, &bomb).await;
+        assert_eq!(status, 422, "{method} {path}: {text}");
+        assert!(
+            text.contains("anchors and aliases are not supported"),
+            "{method} {path}: {text}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(500),
+            "{method} {path}: {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(api.state.mesh().resources.is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn the_admin_token_is_made_once_private_and_kept() {
     use std::os::unix::fs::PermissionsExt;
