@@ -269,7 +269,63 @@ impl AsyncWrite for GrpcConn {
     }
 }
 
-/// Accepted TLS connections from `listener`, until `shutdown`. A failed handshake is logged
+/// Serves one connection accepted by the gRPC listener's accept loop: the TLS handshake by the
+/// connection's first-request deadline, then `routes` over HTTP/2 with the listener's limits
+/// (`weft_proxy::server`), each request carrying the connection's [`PeerInfo`].
+pub async fn serve(
+    acceptor: Arc<GrpcAcceptor>,
+    routes: tonic::service::Routes,
+    conn: weft_proxy::server::Accepted,
+) {
+    let weft_proxy::server::Accepted { stream, peer, http } = conn;
+    let acceptor = match acceptor.current() {
+        Ok(a) => a,
+        Err(e) => return tracing::error!(error = %e, "gRPC listener TLS settings"),
+    };
+    let tls = match tokio::time::timeout_at(http.deadline(), acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => GrpcConn(tls),
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => {
+            http.first_request_timed_out();
+            return tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    };
+    let svc = WithPeer {
+        info: tonic::transport::server::Connected::connect_info(&tls),
+        routes,
+    };
+    http.serve(tls, svc).await;
+}
+
+/// The gRPC services, handed each request with its connection's [`PeerInfo`].
+struct WithPeer {
+    info: PeerInfo,
+    routes: tonic::service::Routes,
+}
+
+type GrpcResponse = http::Response<weft_proxy::body::Body>;
+
+impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithPeer {
+    type Response = GrpcResponse;
+    type Error = std::convert::Infallible;
+    type Future = Pin<
+        Box<
+            dyn std::future::Future<Output = Result<GrpcResponse, std::convert::Infallible>> + Send,
+        >,
+    >;
+
+    fn call(&self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.info.clone());
+        let mut routes = self.routes.clone();
+        Box::pin(async move {
+            let rsp = tonic::codegen::Service::call(&mut routes, req).await?;
+            Ok(rsp.map(weft_proxy::body::boxed))
+        })
+    }
+}
+
+/// Accepted TLS connections from `listener`, until `shutdown`, for a tonic server (the
+/// control plane serves with [`serve`]; scripted control planes in tests use this). A failed handshake is logged
 /// and costs only that connection.
 pub fn incoming(
     listener: TcpListener,

@@ -179,23 +179,22 @@ pub fn start(
         kubernetes: Arc::new(kubernetes::TokenReviewer::new(cfg.kubeconfig.clone())),
     }
     .into_server();
-    let stop = shutdown.clone();
+    // The gRPC listener has a cap of its own, apart from the API's: a flood of API
+    // connections cannot take the descriptors proxies need for their config streams.
     let grpc_acceptor = serving.grpc_acceptor(ca.clone());
-    tasks.spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
-            .add_service(discovery)
-            .add_service(identity)
-            .serve_with_incoming_shutdown(
-                grpc_tls::incoming(grpc, grpc_acceptor, stop.clone()),
-                stop.cancelled(),
-            )
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "gRPC server failed");
-        }
-    });
+    let routes = tonic::service::Routes::new(discovery).add_service(identity);
+    let grpc_listener = weft_proxy::server::Listener {
+        name: "grpc",
+        limits: weft_proxy::server::Limits::default(),
+        grace: Duration::from_secs(5),
+        metrics: metrics.listeners.clone(),
+    };
+    tasks.spawn(weft_proxy::server::accept_loop(
+        grpc_listener,
+        grpc,
+        shutdown.clone(),
+        move |conn| grpc_tls::serve(grpc_acceptor.clone(), routes.clone(), conn),
+    ));
 
     let api_svc = Arc::new(api::Api {
         state: state.clone(),

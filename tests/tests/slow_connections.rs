@@ -233,24 +233,60 @@ async fn a_listener_at_its_connection_cap_closes_new_connections_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_control_planes_api_closes_connections_that_bring_no_request_in_time() {
+async fn the_control_planes_listeners_close_connections_that_bring_no_request_in_time() {
     let mesh = Mesh::start("").await;
     let limit = Limits::operator().first_request;
+    assert_eq!(limit, Limits::default().first_request, "API and gRPC alike");
     let mut checks = Vec::new();
-    for bytes in [
-        &b""[..],
-        b"PRI * HT",
-        H2_HELLO,
-        b"GET / HTTP/1.1\r\n",
-        b"\x16",
-    ] {
-        let addr = mesh.api_addr;
+    // The API serves plain HTTP and TLS on one port; the gRPC listener TLS only, so plaintext
+    // there fails its handshake at once and only silence or a partial handshake waits.
+    let api: [&[u8]; 5] = [b"", b"PRI * HT", H2_HELLO, b"GET / HTTP/1.1\r\n", b"\x16"];
+    let grpc: [&[u8]; 2] = [b"", b"\x16"];
+    for (addr, bytes) in api
+        .map(|b| (mesh.api_addr, b))
+        .into_iter()
+        .chain(grpc.map(|b| (mesh.grpc_addr, b)))
+    {
         checks.push(tokio::spawn(async move {
             closed_after(addr, bytes, limit + Duration::from_secs(3)).await
         }));
     }
+    // A TLS handshake with the gRPC listener, then nothing: no HTTP/2 preface, no request.
+    let anchors = std::fs::read_to_string(mesh.anchors()).unwrap();
+    let anchors = std::sync::Arc::new(weft_proxy::tls::parse_anchors(&anchors).unwrap());
+    let mut config = weft_proxy::control::verifying(anchors, "weft.local")
+        .unwrap()
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let start = Instant::now();
+    let uri: tonic::transport::Uri = format!("https://{}", mesh.grpc_addr).parse().unwrap();
+    let mut tls = weft_proxy::control::connect_tls(&uri, std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    let mut sink = [0u8; 1024];
+    let silent = tokio::time::timeout(limit + Duration::from_secs(3), async {
+        while tls.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(
+        silent.is_ok(),
+        "a silent TLS connection to the gRPC listener stayed open"
+    );
+    assert!(start.elapsed() >= limit - Duration::from_millis(100));
     for check in checks {
         let took = check.await.unwrap();
         assert!(took >= limit - Duration::from_millis(100), "{took:?}");
+    }
+    let m = mesh.state().metrics.encode();
+    for listener in ["api", "grpc"] {
+        let timeouts = metric(
+            &m,
+            "weft_listener_timeouts_total",
+            &[
+                &format!(r#"listener="{listener}""#),
+                r#"timeout="first-request""#,
+            ],
+        );
+        assert!(timeouts >= 2.0, "{listener}: {timeouts}\n{m}");
     }
 }
