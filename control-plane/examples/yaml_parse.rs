@@ -19,6 +19,10 @@
 
 use std::time::Instant;
 
+#[path = "../src/resources/parse/bombs.rs"]
+mod bombs;
+use bombs::{laughs_block, laughs_flow};
+
 const CASES: [&str; 6] = [
     "realistic",
     "laughs-block",
@@ -147,34 +151,10 @@ spec:
     out
 }
 
-/// The classic billion laughs in block style: level 0 holds `width` scalars, each next level
-/// `width` aliases of the one before.
-fn laughs_block(levels: usize, width: usize) -> String {
-    let mut out = "a0: &a0\n".to_string() + &"  - lol\n".repeat(width);
-    for l in 1..levels {
-        out += &format!("a{l}: &a{l}\n");
-        out += &format!("  - *a{}\n", l - 1).repeat(width);
-    }
-    out
-}
-
-/// The same in flow style, on one line.
-fn laughs_flow(levels: usize, width: usize) -> String {
-    let mut parts = vec![format!("a0: &a0 [{}]", vec!["lol"; width].join(", "))];
-    for l in 1..levels {
-        let alias = format!("*a{}", l - 1);
-        parts.push(format!("a{l}: &a{l} [{}]", vec![alias; width].join(", ")));
-    }
-    format!("{{{}}}\n", parts.join(", "))
-}
-
 /// One anchor of `scalars` scalars, aliased `aliases` times: few alias jumps, many nodes.
 fn wide(scalars: usize, aliases: usize) -> String {
-    format!(
-        "a: &a [{}]\nb: [{}]\n",
-        vec!["x"; scalars].join(","),
-        vec!["*a"; aliases].join(",")
-    )
+    let (anchored, aliasing) = bombs::wide(scalars, aliases);
+    format!("a: {anchored}\nb: {aliasing}\n")
 }
 
 /// Flow mappings nested 60 deep, one per line, to `bytes` in all.

@@ -298,6 +298,9 @@ fn parse_value(value: serde_json::Value) -> Result<Resource, ParseError> {
 }
 
 #[cfg(test)]
+mod bombs;
+
+#[cfg(test)]
 mod tests {
     use super::super::Protocol;
     use super::*;
@@ -396,34 +399,13 @@ spec:
         assert_eq!(parse("f.yaml", text).unwrap().len(), 1);
     }
 
-    /// The classic billion laughs, block style: level 0 holds `width` scalars, each next level
-    /// `width` aliases of the one before.
-    fn laughs_block(levels: usize, width: usize) -> String {
-        let mut out = "a0: &a0\n".to_string() + &"  - lol\n".repeat(width);
-        for l in 1..levels {
-            out += &format!("a{l}: &a{l}\n");
-            out += &format!("  - *a{}\n", l - 1).repeat(width);
-        }
-        out
-    }
+    use bombs::{laughs_block, laughs_flow};
 
-    /// The same in flow style, on one line.
-    fn laughs_flow(levels: usize, width: usize) -> String {
-        let mut parts = vec![format!("a0: &a0 [{}]", vec!["lol"; width].join(", "))];
-        for l in 1..levels {
-            let alias = format!("*a{}", l - 1);
-            parts.push(format!("a{l}: &a{l} [{}]", vec![alias; width].join(", ")));
-        }
-        format!("{{{}}}\n", parts.join(", "))
-    }
-
-    /// One anchor of many scalars aliased many times (few alias jumps, many nodes), inside a
-    /// real resource: the shape of the finding's 11 KB body.
+    /// [`bombs::wide`] inside a real resource: the shape of the finding's 11 KB body.
     fn wide(scalars: usize, aliases: usize) -> String {
+        let (anchored, aliasing) = bombs::wide(scalars, aliases);
         format!(
-            "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata:\n  name: a\n  annotations: {{a: &a [{}], b: [{}]}}\nspec: {{ports: [{{port: 80}}]}}\n",
-            vec!["x"; scalars].join(","),
-            vec!["*a"; aliases].join(",")
+            "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata:\n  name: a\n  annotations: {{a: {anchored}, b: {aliasing}}}\nspec: {{ports: [{{port: 80}}]}}\n"
         )
     }
 
