@@ -73,13 +73,13 @@ impl Outbound {
         }
         let log = self.discovery.access_log_on().then_some(&*self.access_log);
         let line = (span.is_some() || log.is_some()).then(|| RequestLine::of(&req, OUTBOUND, span));
-        let mut info = Info {
-            service: UNKNOWN_SERVICE.into(),
-            ..Info::default()
-        };
+        let mut info = Info::default();
         let rsp = match self.proxy(&target, req, &mut info).await {
             Ok(rsp) => rsp,
             Err(e) => {
+                if info.service.is_empty() {
+                    info.service = UNKNOWN_SERVICE.into();
+                }
                 tracing::debug!(service = %info.service, error = %e, "outbound request failed");
                 errors::rescue(&e, grpc)
             }

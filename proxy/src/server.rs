@@ -18,8 +18,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,7 +36,6 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -218,8 +217,11 @@ impl Http {
         let mut closing = false;
         // After an idle close has begun: when to stop waiting for the peer to take it.
         let mut hard_stop = None;
+        // The watchdog wakes only at deadlines, never per request: a request in flight then
+        // puts the next look one idle period later, so a connection is closed between `idle`
+        // and twice that after its last request ended.
+        let mut due = self.deadline;
         loop {
-            let due = activity.idle_deadline(self.deadline, self.idle);
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
@@ -231,18 +233,22 @@ impl Http {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                () = activity.changed.notified() => {}
-                () = sleep_until(due), if !closing => {
-                    if activity.idle_deadline(self.deadline, self.idle).is_some_and(|d| d <= Instant::now()) {
-                        if !activity.requested() {
+                () = tokio::time::sleep_until(due), if !closing => {
+                    let now = Instant::now();
+                    match activity.idle_deadline(self.deadline, self.idle) {
+                        None => due = now + self.idle,
+                        Some(at) if at > now => due = at,
+                        Some(_) if !activity.requested() => {
                             // Nothing to finish: a first request not in by now is refused.
                             return self.first_request_timed_out();
                         }
-                        self.timed_out("idle");
-                        tracing::debug!(listener = self.name, "idle connection closed");
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                        hard_stop = Some(Instant::now() + IDLE_CLOSE_GRACE);
+                        Some(_) => {
+                            self.timed_out("idle");
+                            tracing::debug!(listener = self.name, "idle connection closed");
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                            hard_stop = Some(now + IDLE_CLOSE_GRACE);
+                        }
                     }
                 }
                 () = sleep_until(hard_stop) => return,
@@ -276,13 +282,25 @@ async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Bytes
 }
 
 /// Requests in flight on one connection, and when the last one ended.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
     requested: AtomicBool,
-    last_end: Mutex<Option<Instant>>,
-    /// Woken when a request starts or the last one in flight ends.
-    changed: Notify,
+    /// When the connection was accepted (near enough): `last_end` counts from it.
+    base: Instant,
+    /// Nanoseconds after `base` when the last request in flight ended.
+    last_end: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            requested: AtomicBool::new(false),
+            base: Instant::now(),
+            last_end: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Activity {
@@ -299,7 +317,7 @@ impl Activity {
         if !self.requested() {
             return Some(first);
         }
-        let last = self.last_end.lock().ok().and_then(|l| *l)?;
+        let last = self.base + Duration::from_nanos(self.last_end.load(Ordering::Relaxed));
         Some(last + idle)
     }
 }
@@ -309,12 +327,9 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Ok(mut last) = self.0.last_end.lock() {
-            *last = Some(Instant::now());
-        }
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_one();
-        }
+        let since = u64::try_from(self.0.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.last_end.store(since, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -334,9 +349,7 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        if !self.activity.requested.swap(true, Ordering::Relaxed) {
-            self.activity.changed.notify_one();
-        }
+        self.activity.requested.store(true, Ordering::Relaxed);
         TrackedFuture {
             inner: self.inner.call(req),
             guard: Some(InFlight(self.activity.clone())),
