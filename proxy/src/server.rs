@@ -6,7 +6,8 @@
 //! cannot take the file descriptors another needs. Each HTTP connection must bring its first
 //! request within [`Limits::first_request`] of being accepted (its TLS handshake, its first
 //! bytes, the HTTP/2 preface and the request's headers included), and is closed — GOAWAY for
-//! HTTP/2 — once it has had no request in flight for [`Limits::idle`]. HTTP/1 also keeps hyper's
+//! HTTP/2 — once it has had no request in flight for [`Limits::idle`] (looked at only at its
+//! deadlines, never per request: so between one and two idle periods after its last request). HTTP/1 also keeps hyper's
 //! header read timeout ([`HTTP1_HEADER_TIMEOUT`]) for each later request's headers, which is
 //! what closes an idle HTTP/1 keep-alive connection.
 //!
