@@ -338,7 +338,10 @@ fn spawn_proxy(
         .stderr(Stdio::from(std::fs::File::create(
             dir.join(format!("{}.log", w.name)),
         )?))
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // A process group of its own: Ctrl-C in a terminal goes to the demo alone, which takes
+        // the last scrape for its summary and then stops the sidecars in order.
+        .process_group(0);
     if let Some((addr, callee)) = w.upstream {
         cmd.args(["--upstream", &format!("{addr}={callee}.{NS}:8080")]);
     }

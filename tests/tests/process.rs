@@ -211,3 +211,77 @@ async fn demo_runs_a_whole_mesh_and_leaves_nothing_behind() {
         .collect();
     assert!(leftover.is_empty(), "processes left behind: {leftover:?}");
 }
+
+/// Ctrl-C in a terminal signals the whole foreground process group. The demo must still print
+/// a summary of the whole run with the sidecars' numbers in it, then stop everything it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_demo_with_the_whole_runs_summary_and_nothing_left() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mark = format!("weft-test-ctrl-c-{}", std::process::id());
+    // In a process group of its own, as a shell runs a foreground job.
+    let mut demo = Command::new(binary("weft"))
+        .args(["demo", "--duration", "60s", "--rps", "40"])
+        .env("WEFT_TEST_MARK", &mark)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pgid = demo.id().unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
+    // The first block of figures (a log prints one every 5 s): the mesh is up and measuring.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stdout.push_str(&line);
+            stdout.push('\n');
+            if line.starts_with("inventory") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the demo printed its first figures");
+    // What a terminal's Ctrl-C does: SIGINT to every process of the group.
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", "--", &format!("-{pgid}")])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        demo.wait().await.unwrap()
+    })
+    .await
+    .expect("the demo stopped after Ctrl-C");
+    assert!(status.success(), "{status}\n{stdout}");
+    assert!(
+        stdout.contains("interrupted; stopping the mesh"),
+        "{stdout}"
+    );
+    let summary = stdout.rsplit("summary of the whole run:").next().unwrap();
+    for service in ["frontend", "orders-v1", "inventory"] {
+        let row = summary
+            .lines()
+            .find(|l| l.starts_with(service))
+            .unwrap_or_else(|| panic!("no {service} row in\n{stdout}"));
+        let rps: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(
+            rps > 0.0,
+            "{service} counted nothing in the summary: {row}\n{stdout}"
+        );
+    }
+    let leftover: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|env| env.windows(mark.len()).any(|w| w == mark.as_bytes()))
+        })
+        .collect();
+    assert!(leftover.is_empty(), "processes left behind: {leftover:?}");
+}
