@@ -324,6 +324,12 @@ async fn run(command: Command, auth: Credentials) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if rps == 0 {
+                eprintln!(
+                    "weft demo: --rps 0: the load generator needs at least 1 request a second"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
             match weft::demo::run(weft::demo::DemoOptions {
                 duration,
                 rps,

@@ -1,4 +1,4 @@
-//! The proxy's settings: flags and `WEFT_PROXY_*` environment variables (CONTRACT.md).
+//! The proxy's settings: flags and `WEFT_PROXY_*` environment variables (docs/configuration.md, "Proxy settings").
 //!
 //! Every setting is read as text first, then all are checked together, so that one run reports
 //! every bad value (name and value) before the process exits with status 64.

@@ -1,7 +1,7 @@
 //! Errors the proxy raises on the request path, and the one place that turns them into responses.
 //!
 //! Leaf code returns a [`ProxyError`] where it detects the failure; [`rescue`] alone maps it to a
-//! status, an `x-weft-error` reason (CONTRACT.md) and, for gRPC callers, a `grpc-status`.
+//! status, an `x-weft-error` reason (docs/configuration.md) and, for gRPC callers, a `grpc-status`.
 
 use std::net::SocketAddr;
 
@@ -59,7 +59,7 @@ impl ProxyError {
         matches!(self, Self::ConnectTimeout { .. })
     }
 
-    /// The `x-weft-error` reason (CONTRACT.md, "Errors the proxy itself produces").
+    /// The `x-weft-error` reason (docs/configuration.md, "Errors the proxy makes up").
     pub fn reason(&self) -> &'static str {
         match self {
             Self::NoRoute(_) => "no-route",

@@ -2,7 +2,7 @@
 //! certificate for it from the control plane, and renewal before it expires.
 //!
 //! One writer, [`Identity::run`], swaps in new [`Credentials`]; readers (admin, and the TLS
-//! configs once mTLS lands) load the current ones. Renewal starts at about 70% of the
+//! configs) load the current ones. Renewal starts at about 70% of the
 //! certificate's lifetime; a failed attempt is retried with jittered exponential backoff while
 //! the current certificate keeps serving.
 //!
@@ -195,9 +195,15 @@ impl Identity {
                         .saturating_mul(1 << failures.min(16))
                         .min(RETRY_MAX);
                     let wait = rand::rng().random_range(cap / 2..=cap);
-                    let serving = self.current().map(|c| c.serial.clone());
                     self.set_last_error(Some(e.clone()));
-                    tracing::warn!(error = %e, retry_in = ?wait, ?serving, "certificate request failed; the current certificate keeps serving");
+                    match self.current() {
+                        Some(c) => {
+                            tracing::warn!(error = %e, retry_in = ?wait, serving = %c.serial, "certificate request failed; the current certificate keeps serving")
+                        }
+                        None => {
+                            tracing::warn!(error = %e, retry_in = ?wait, "certificate request failed; no certificate yet, so nothing is served until one is issued")
+                        }
+                    }
                     wait
                 }
             };

@@ -1,5 +1,5 @@
 //! Process logging for both binaries: `tracing` to stderr, filtered by `WEFT_LOG`, as JSON lines
-//! when `WEFT_LOG_FORMAT=json` (CONTRACT.md).
+//! when `WEFT_LOG_FORMAT=json` (README, docs/configuration.md).
 
 use tracing_subscriber::EnvFilter;
 

@@ -51,6 +51,13 @@ async fn weft_serve_refuses_invalid_config_with_exit_64_naming_file_and_field() 
 }
 
 #[tokio::test]
+async fn weft_demo_refuses_a_load_of_nothing_with_exit_64() {
+    let (code, stderr) = run("weft", &["demo", "--rps", "0"]).await;
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--rps 0"), "{stderr}");
+}
+
+#[tokio::test]
 async fn weft_proxy_reports_every_bad_setting_then_exits_64() {
     let (code, stderr) = run(
         "weft-proxy",
