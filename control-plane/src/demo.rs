@@ -179,10 +179,14 @@ async fn drive(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut ticks = 0u64;
+    // One listener for the whole run: a Ctrl-C that comes while the figures are scraped is
+    // seen at the next turn (a listener made per turn would miss it).
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let interrupted = loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => break true,
+            _ = &mut ctrl_c => break true,
         }
         ticks += 1;
         let now = scrape_all().await;
