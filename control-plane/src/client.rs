@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -67,13 +68,15 @@ impl ApiClient {
         let builder = weft_proxy::control::verifying(Arc::new(anchors), &files.trust_domain)?;
         let mut config = match (&files.client_certificate, &files.client_key) {
             (Some(cert), Some(key)) => {
-                let chain =
-                    rustls_pemfile::certs(&mut read("client-certificate", cert)?.as_slice())
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| format!("--client-certificate {}: {e}", cert.display()))?;
-                let key_der = rustls_pemfile::private_key(&mut read("client-key", key)?.as_slice())
-                    .map_err(|e| format!("--client-key {}: {e}", key.display()))?
-                    .ok_or_else(|| format!("--client-key {}: no private key", key.display()))?;
+                let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&read(
+                    "client-certificate",
+                    cert,
+                )?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("--client-certificate {}: {e}", cert.display()))?;
+                let key_der =
+                    rustls::pki_types::PrivateKeyDer::from_pem_slice(&read("client-key", key)?)
+                        .map_err(|e| format!("--client-key {}: {e}", key.display()))?;
                 builder
                     .with_client_auth_cert(chain, key_der)
                     .map_err(|e| format!("--client-certificate/--client-key: {e}"))?

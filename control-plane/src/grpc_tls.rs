@@ -13,6 +13,7 @@
 //! anchors as they are at that handshake ([`GrpcAcceptor`] follows a rotation), and the
 //! discovery stream refuses a connection that presented none (`discovery::peer`).
 
+use rustls::pki_types::pem::PemObject;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -100,7 +101,7 @@ impl ServingIdentity {
     ) -> Result<TlsAcceptor, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
-        for der in rustls_pemfile::certs(&mut anchors_pem.as_bytes()) {
+        for der in rustls::pki_types::CertificateDer::pem_slice_iter(anchors_pem.as_bytes()) {
             let der = der.map_err(|e| format!("trust anchors: {e}"))?;
             roots.add(der).map_err(|e| format!("trust anchor: {e}"))?;
         }

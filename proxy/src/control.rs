@@ -18,6 +18,7 @@
 //! domain no longer recognises the control plane and must be restarted with the new
 //! `trust-domain`: an identity in another trust domain is never taken on trust.
 
+use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,15 +85,14 @@ impl ControlPlane {
 
     /// Presents `chain_pem` (leaf first) with `key_pem` on every connection made from now on.
     pub fn set_client_cert(&self, chain_pem: &str, key_pem: &str) -> Result<(), String> {
-        let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("certificate chain: {e}"))?;
         if chain.is_empty() {
             return Err("certificate chain: no certificate in the PEM".into());
         }
-        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-            .map_err(|e| format!("private key: {e}"))?
-            .ok_or("private key: none in PEM")?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("private key: {e}"))?;
         self.client_cert
             .store(Some(Arc::new(ClientCert { chain, key })));
         Ok(())

@@ -12,6 +12,7 @@
 //! none at first, and a stale one after being away during a change), and renews when a config or
 //! a handshake shows the trust domain moved.
 
+use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -110,7 +111,7 @@ impl Identity {
     /// Fingerprints (hex SHA-256) of the roots peers are verified against now.
     pub fn trust_anchors(&self) -> Vec<String> {
         self.tls.anchors_pem().map_or_else(Vec::new, |pem| {
-            rustls_pemfile::certs(&mut pem.as_bytes())
+            rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
                 .flatten()
                 .map(|der| fingerprint(&der))
                 .collect()
@@ -176,10 +177,12 @@ impl Identity {
                         expires_at: creds.not_after,
                         issuer: creds.issuer.clone(),
                         // What the control plane believes: it verifies the chain itself.
-                        chain: rustls_pemfile::certs(&mut creds.chain_pem.as_bytes())
-                            .flatten()
-                            .map(|der| der.to_vec())
-                            .collect(),
+                        chain: rustls::pki_types::CertificateDer::pem_slice_iter(
+                            creds.chain_pem.as_bytes(),
+                        )
+                        .flatten()
+                        .map(|der| der.to_vec())
+                        .collect(),
                     });
                     self.current.store(Some(Arc::new(creds)));
                     self.updates.send_modify(|n| *n += 1);
@@ -311,7 +314,7 @@ fn renew_spread() -> Duration {
 /// The fingerprint (hex SHA-256) of the certificate that issued the leaf: the second of the
 /// chain.
 fn issuer_of(chain_pem: &str) -> Result<String, String> {
-    let der = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .nth(1)
         .ok_or("the certificate chain has no issuer")?
         .map_err(|e| format!("certificate chain: {e}"))?;

@@ -8,6 +8,7 @@
 //! Configs are rebuilt when the credentials change ([`Tls::refresh`]): new handshakes use the new
 //! certificate, connections already open keep theirs.
 
+use rustls::pki_types::pem::PemObject;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -55,12 +56,11 @@ impl Tls {
             return Ok(());
         }
         let chain: Vec<CertificateDer<'static>> =
-            rustls_pemfile::certs(&mut creds.chain_pem.as_bytes())
+            rustls::pki_types::CertificateDer::pem_slice_iter(creds.chain_pem.as_bytes())
                 .collect::<Result<_, _>>()
                 .map_err(|e| format!("certificate chain: {e}"))?;
-        let key = rustls_pemfile::private_key(&mut creds.key_pem.as_bytes())
-            .map_err(|e| format!("private key: {e}"))?
-            .ok_or("private key: none in PEM")?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(creds.key_pem.as_bytes())
+            .map_err(|e| format!("private key: {e}"))?;
         let anchors = parse_anchors(anchors_pem)?;
         let mut roots = RootCertStore::empty();
         roots.extend(anchors.iter().cloned());
@@ -142,7 +142,7 @@ pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
 /// Reads PEM trust anchors; at least one is required.
 pub fn parse_anchors(pem: &str) -> Result<Vec<TrustAnchor<'static>>, String> {
     let mut anchors = Vec::new();
-    for der in rustls_pemfile::certs(&mut pem.as_bytes()) {
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let der = der.map_err(|e| format!("trust anchors: {e}"))?;
         anchors.push(
             webpki::anchor_from_trusted_cert(&der)

@@ -17,6 +17,7 @@ pub mod grpc {
     tonic::include_proto!("weft.test.v1");
 }
 
+use rustls::pki_types::pem::PemObject;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -266,11 +267,10 @@ impl Mesh {
         let anchors = std::fs::read_to_string(self.anchors()).expect("trust anchors");
         let anchors = Arc::new(weft_proxy::tls::parse_anchors(&anchors).expect("anchors"));
         let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
-            rustls_pemfile::certs(&mut chain_pem.as_bytes())
+            rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
                 .collect::<Result<_, _>>()
                 .expect("chain");
-        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-            .expect("key")
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .expect("a key in the PEM");
         let mut config =
             weft_proxy::control::verifying(anchors, &self.running().state.mesh().trust_domain)

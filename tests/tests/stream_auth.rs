@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use rustls::pki_types::pem::PemObject;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -235,7 +236,7 @@ async fn the_certificate_shown_is_the_one_presented_not_the_one_claimed() {
     .await
     .unwrap();
     let issuer = mesh.running().ca.signer().issuer_id.clone();
-    let leaf = rustls_pemfile::certs(&mut issued.chain_pem.as_bytes())
+    let leaf = rustls::pki_types::CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
         .next()
         .unwrap()
         .unwrap();
@@ -256,7 +257,7 @@ async fn the_certificate_shown_is_the_one_presented_not_the_one_claimed() {
     // A renewed certificate is reported with its chain, verified, and shown; one of another
     // workload is not.
     let chain = |pem: &str| -> Vec<Vec<u8>> {
-        rustls_pemfile::certs(&mut pem.as_bytes())
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
             .map(|c| c.unwrap().to_vec())
             .collect()
     };
