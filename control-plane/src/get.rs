@@ -110,6 +110,7 @@ fn proxies_table(items: &[Value]) -> String {
                 .as_i64()
                 .map_or("-".to_string(), |at| remaining(at - now));
             vec![
+                format!("{}.{}", s("service"), s("namespace")),
                 s("identity"),
                 s("address"),
                 s("ackedVersion"),
@@ -120,6 +121,7 @@ fn proxies_table(items: &[Value]) -> String {
         .collect();
     table(
         &[
+            "SERVICE",
             "IDENTITY",
             "ADDRESS",
             "ACKED VERSION",

@@ -66,6 +66,11 @@ async fn weft_get_shows_resources_and_proxies() {
         out.contains("spiffe://weft.local/ns/shop/sa/frontend"),
         "{out}"
     );
+    assert!(out.starts_with("SERVICE "), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("orders.shop ")),
+        "each proxy's Service: {out}"
+    );
     // MeshConfig's default certificate lifetime, 24h, as hours and minutes left.
     assert!(
         out.lines()
