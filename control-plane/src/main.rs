@@ -462,15 +462,22 @@ async fn serve(cfg: weft::ServeConfig, grpc_addr: String, api_addr: String) -> E
     let (Some(grpc), Some(api)) = (grpc, api) else {
         return ExitCode::from(EXIT_CONFIG);
     };
-    let bind = |a: SocketAddr| async move {
-        tokio::net::TcpListener::bind(a)
-            .await
-            .map_err(|e| format!("cannot listen on {a}: {e}"))
+    let bind = |name: &'static str, a: SocketAddr| async move {
+        tokio::net::TcpListener::bind(a).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(" (is another `weft serve` running? choose another --{name})")
+            } else {
+                String::new()
+            };
+            format!("{name}={a}: cannot listen: {e}{hint}")
+        })
     };
-    let (grpc, api) = match (bind(grpc).await, bind(api).await) {
+    let (grpc, api) = match (bind("grpc-addr", grpc).await, bind("api-addr", api).await) {
         (Ok(g), Ok(a)) => (g, a),
         (Err(e), _) | (_, Err(e)) => {
-            tracing::error!("{e}");
+            // The same shape as a bad setting's line; exit 1: the setting is valid, the
+            // address is taken.
+            eprintln!("weft: {e}");
             return ExitCode::FAILURE;
         }
     };

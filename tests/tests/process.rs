@@ -51,6 +51,31 @@ async fn weft_serve_refuses_invalid_config_with_exit_64_naming_file_and_field() 
 }
 
 #[tokio::test]
+async fn weft_serve_on_a_taken_address_says_which_and_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = TempDir::new();
+    let data = dir.0.join("data");
+    let (code, stderr) = run(
+        "weft",
+        &[
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            &addr,
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    let line = format!("weft: api-addr={addr}: cannot listen: ");
+    assert!(stderr.lines().any(|l| l.starts_with(&line)), "{stderr}");
+    assert!(stderr.contains("choose another --api-addr"), "{stderr}");
+}
+
+#[tokio::test]
 async fn weft_demo_refuses_a_load_of_nothing_with_exit_64() {
     let (code, stderr) = run("weft", &["demo", "--rps", "0"]).await;
     assert_eq!(code, 64, "{stderr}");
