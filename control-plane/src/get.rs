@@ -167,7 +167,8 @@ fn audit_table(items: &[Value]) -> String {
 }
 
 /// `2h5m`, `45s`, or `expired`.
-fn remaining(secs: i64) -> String {
+/// A time left (`secs` from now) as `weft get` tables show it: `23h59m`, `4m10s`, `expired`.
+pub fn remaining(secs: i64) -> String {
     if secs <= 0 {
         return "expired".into();
     }

@@ -543,13 +543,23 @@ async fn token(command: TokenCommand, server: &str, auth: &Credentials) -> ExitC
         TokenCommand::Create { .. } => println!("{}", doc["token"].as_str().unwrap_or_default()),
         TokenCommand::Revoke { id } => println!("token {id} revoked"),
         TokenCommand::List => {
-            println!("{:<18} {:<32} {:<12} REVOKED", "ID", "WORKLOAD", "EXPIRES");
+            // Time left, as `weft get proxies` shows a certificate's, not epoch seconds.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            println!(
+                "{:<18} {:<32} {:<12} REVOKED",
+                "ID", "WORKLOAD", "EXPIRES IN"
+            );
             for t in doc["items"].as_array().into_iter().flatten() {
+                let expires = t["expiresAt"]
+                    .as_i64()
+                    .map_or_else(|| "-".to_string(), |at| weft::get::remaining(at - now));
                 println!(
                     "{:<18} {:<32} {:<12} {}",
                     t["id"].as_str().unwrap_or_default(),
                     t["workload"].as_str().unwrap_or_default(),
-                    t["expiresAt"],
+                    expires,
                     t["revoked"]
                 );
             }

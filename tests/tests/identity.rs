@@ -169,6 +169,12 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
             && !list.contains(token.rsplit('.').next().unwrap()),
         "{list}"
     );
+    // Time left, not epoch seconds: a 10m token shows 10m0s or a few seconds less.
+    assert!(
+        list.lines()
+            .any(|l| l.contains("shop/orders") && (l.contains(" 10m0s ") || l.contains(" 9m5"))),
+        "{list}"
+    );
 
     let (code, _, err) = weft(&["token", "revoke", id]);
     assert_eq!(code, Some(0), "{err}");
