@@ -211,17 +211,25 @@ fn resources_table(items: &[Value]) -> String {
                     format!("parents {}; rules: {rules}", parents.join(","))
                 }
                 "TrafficPolicy" | "AuthorizationPolicy" => {
-                    let keys: Vec<&str> = spec
+                    // Each part the policy sets, with its value when it is one word
+                    // (`loadBalancer round-robin`), its count when a list (`rules 2`).
+                    let parts: Vec<String> = spec
                         .as_object()
                         .into_iter()
                         .flatten()
-                        .map(|(k, _)| k.as_str())
-                        .filter(|k| *k != "targetRef")
+                        .filter(|(k, _)| *k != "targetRef")
+                        .map(|(k, v)| match v {
+                            Value::String(s) => format!("{k} {s}"),
+                            Value::Number(n) => format!("{k} {n}"),
+                            Value::Bool(b) => format!("{k} {b}"),
+                            Value::Array(a) => format!("{k} {}", a.len()),
+                            _ => k.clone(),
+                        })
                         .collect();
                     format!(
                         "target {}: {}",
                         name(&spec["targetRef"]["name"]),
-                        keys.join(", ")
+                        parts.join(", ")
                     )
                 }
                 "MeshConfig" => format!(
@@ -293,5 +301,23 @@ mod tests {
         assert_eq!(remaining(7500), "2h5m");
         assert_eq!(remaining(45), "45s");
         assert_eq!(remaining(-1), "expired");
+    }
+
+    #[test]
+    fn a_policy_summary_shows_what_it_sets_with_its_values() {
+        let items = vec![serde_json::json!({
+            "kind": "TrafficPolicy",
+            "metadata": {"namespace": "shop", "name": "orders"},
+            "spec": {
+                "targetRef": {"kind": "Service", "name": "orders"},
+                "loadBalancer": "round-robin",
+                "retries": {"attempts": 3},
+            }
+        })];
+        let t = resources_table(&items);
+        assert!(
+            t.contains("target orders: loadBalancer round-robin, retries"),
+            "{t}"
+        );
     }
 }

@@ -193,13 +193,20 @@ enum Command {
 enum TokenCommand {
     /// Print a new join token for NAMESPACE/SERVICEACCOUNT.
     Create {
+        /// The workload the token proves, NAMESPACE/SERVICEACCOUNT (e.g. shop/orders): a proxy
+        /// that presents it gets the certificate spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICEACCOUNT.
+        #[arg(value_name = "NAMESPACE/SERVICEACCOUNT")]
         workload: String,
         /// How long the token may be used.
         #[arg(long, default_value = "24h")]
         ttl: String,
     },
     /// Revoke a token (by id, or the whole token).
-    Revoke { id: String },
+    Revoke {
+        /// The token's id (as `weft token list` shows it), or the whole token.
+        #[arg(value_name = "ID|TOKEN")]
+        id: String,
+    },
     /// List tokens (never their secrets).
     List,
 }
