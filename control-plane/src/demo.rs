@@ -333,6 +333,8 @@ fn spawn_proxy(
         .args(["--drain-timeout", "2s"])
         // In the environment, not argv: a token is a secret, and argv is visible to `ps`.
         .env("WEFT_PROXY_JOIN_TOKEN", token)
+        // Not in the demo's process group (below), so bound to the demo's life another way.
+        .env("WEFT_PROXY_EXIT_WITH_PARENT", "true")
         .env(
             "WEFT_LOG",
             std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into()),

@@ -54,6 +54,7 @@ pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let exit_with_parent = args.exit_with_parent;
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(errors) => {
@@ -65,6 +66,9 @@ pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
     };
     crate::logging::init();
     crate::server::raise_fd_limit();
+    if exit_with_parent {
+        follow_parent();
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -129,5 +133,19 @@ mod tests {
         assert!(args.join_token_on_command_line);
         let args = parse(argv(&["--join-token-file", "/dev/null"])).unwrap();
         assert!(!args.join_token_on_command_line);
+    }
+}
+
+/// Asks the kernel for SIGTERM (a drain) when the parent process exits, so that a sidecar
+/// outlives neither a `weft demo` that was killed nor one that crashed.
+fn follow_parent() {
+    use rustix::process::{getppid, set_parent_process_death_signal, Signal};
+    if let Err(e) = set_parent_process_death_signal(Some(Signal::TERM)) {
+        return tracing::warn!(error = %e, "cannot follow the parent process");
+    }
+    // The parent may have gone before the request: then this process was handed to init.
+    if getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+        tracing::warn!("the parent process is gone; exiting");
+        std::process::exit(0);
     }
 }

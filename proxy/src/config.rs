@@ -110,6 +110,10 @@ pub struct Args {
     /// An HTTP connection with no request in flight this long is closed [default: 1h].
     #[arg(long, env = "WEFT_PROXY_CONNECTION_IDLE_TIMEOUT")]
     pub connection_idle_timeout: Option<String>,
+    /// Drain and exit when the process that started this one exits (for `weft demo`, whose
+    /// sidecars run in process groups of their own).
+    #[arg(long, env = "WEFT_PROXY_EXIT_WITH_PARENT", hide = true)]
+    pub exit_with_parent: bool,
 }
 
 /// A local listener bound to one service (the `upstream` setting).

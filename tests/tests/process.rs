@@ -317,3 +317,103 @@ async fn ctrl_c_stops_the_demo_with_the_whole_runs_summary_and_nothing_left() {
         .collect();
     assert!(leftover.is_empty(), "processes left behind: {leftover:?}");
 }
+
+/// The README's standalone walk-through, run as the script it points to: a control plane, two
+/// versions of `orders` behind their proxies, a `frontend` proxy, a canary applied through the
+/// API and changed while it runs, and a call through the outbound listener as `http_proxy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_standalone_walk_through_works_as_written() {
+    let bin_dir = binary("weft").parent().unwrap().to_path_buf();
+    let script = bin_dir.join("../../examples/standalone/run.sh");
+    // A block of ports below the ephemeral range, different for each run.
+    let base = 20_000 + (std::process::id() % 90) * 100;
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("bash")
+            .arg(&script)
+            .env("WEFT_BIN_DIR", &bin_dir)
+            .env("PORT_BASE", base.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the walk-through finished within 120 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // `uniq -c` lines, per phase: "     90 orders-v1".
+    let count = |phase: &str, version: &str| -> u32 {
+        let section = stdout.split(phase).nth(1).unwrap_or_default();
+        section
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with(' '))
+            .find(|l| l.trim_end().ends_with(version))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (v1, v2) = (
+        count("90/10 canary", "orders-v1"),
+        count("90/10 canary", "orders-v2"),
+    );
+    assert_eq!(v1 + v2, 100, "{stdout}");
+    assert!((1..=20).contains(&v2), "about 10% to the canary: {stdout}");
+    let v2 = count("50/50", "orders-v2");
+    assert!(
+        (30..=70).contains(&v2),
+        "about half to v2 after the change: {stdout}"
+    );
+    assert!(stdout.contains("through http_proxy:\norders-v"), "{stdout}");
+    for service in ["orders-v1.shop", "orders-v2.shop", "frontend.shop"] {
+        assert!(
+            stdout.contains(service),
+            "{service} in weft get proxies: {stdout}"
+        );
+    }
+}
+
+/// A demo killed outright (no chance to stop its sidecars) still leaves none behind: each
+/// sidecar drains and exits when its parent is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_demo_leaves_no_sidecar_behind() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mark = format!("weft-test-kill-9-{}", std::process::id());
+    let mut demo = Command::new(binary("weft"))
+        .args(["demo", "--duration", "60s", "--rps", "10"])
+        .env("WEFT_TEST_MARK", &mark)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("inventory") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the demo printed its first figures");
+    let marked = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                // Zombies (already exited, not yet reaped) have an empty environ.
+                std::fs::read(e.path().join("environ"))
+                    .is_ok_and(|env| env.windows(mark.len()).any(|w| w == mark.as_bytes()))
+            })
+            .count()
+    };
+    assert!(marked() >= 6, "the demo and its five sidecars run");
+    demo.start_kill().unwrap();
+    demo.wait().await.unwrap();
+    eventually("every sidecar to exit", Duration::from_secs(15), || async {
+        (marked() == 0).then_some(())
+    })
+    .await;
+}
