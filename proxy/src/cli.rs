@@ -113,6 +113,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks the kernel for SIGTERM (a drain) when the parent process exits, so that a sidecar
+/// outlives neither a `weft demo` that was killed nor one that crashed.
+fn follow_parent() {
+    use rustix::process::{getppid, set_parent_process_death_signal, Signal};
+    if let Err(e) = set_parent_process_death_signal(Some(Signal::TERM)) {
+        return tracing::warn!(error = %e, "cannot follow the parent process");
+    }
+    // The parent may have gone before the request: then this process was handed to init.
+    if getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
+        tracing::warn!("the parent process is gone; exiting");
+        std::process::exit(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -133,19 +147,5 @@ mod tests {
         assert!(args.join_token_on_command_line);
         let args = parse(argv(&["--join-token-file", "/dev/null"])).unwrap();
         assert!(!args.join_token_on_command_line);
-    }
-}
-
-/// Asks the kernel for SIGTERM (a drain) when the parent process exits, so that a sidecar
-/// outlives neither a `weft demo` that was killed nor one that crashed.
-fn follow_parent() {
-    use rustix::process::{getppid, set_parent_process_death_signal, Signal};
-    if let Err(e) = set_parent_process_death_signal(Some(Signal::TERM)) {
-        return tracing::warn!(error = %e, "cannot follow the parent process");
-    }
-    // The parent may have gone before the request: then this process was handed to init.
-    if getppid().is_none_or(|p| p.as_raw_nonzero().get() == 1) {
-        tracing::warn!("the parent process is gone; exiting");
-        std::process::exit(0);
     }
 }
