@@ -70,6 +70,8 @@ for v in v1 v2; do
 done
 python3 -m http.server --bind 127.0.0.1 --directory app-v1 "$(port 3)" > /dev/null 2>&1 & pids+=($!)
 python3 -m http.server --bind 127.0.0.1 --directory app-v2 "$(port 4)" > /dev/null 2>&1 & pids+=($!)
+wait_ready "http://127.0.0.1:$(port 3)/"
+wait_ready "http://127.0.0.1:$(port 4)/"
 
 # 4. A proxy beside each instance. Proxies on one host each need their own inbound, outbound
 #    and admin addresses. The join token goes in the environment, not on the command line.
@@ -105,12 +107,22 @@ spec:
     - {name: orders-v2, port: 8080, weight: $2}
 YAML
 }
+pushed() { # WEIGHT: until the frontend's proxy has the route with that weight (milliseconds)
+  for _ in $(seq 1 200); do
+    curl -fsS "http://127.0.0.1:$(port 25)/config" | grep -q "\"weight\": *$1\b" && return 0
+    sleep 0.05
+  done
+  echo "the route did not reach the frontend's proxy" >&2
+  return 1
+}
 route 90 10 | "$bin/weft" apply -f -
+pushed 90
 echo "90/10 canary, 100 calls:"
 calls 100
 
 # 6. Change it while it runs: 50/50.
 route 50 50 | "$bin/weft" apply -f -
+pushed 50
 echo "50/50, 100 calls:"
 calls 100
 
