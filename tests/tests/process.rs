@@ -5,8 +5,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::{ChildStdout, Command};
 use weft_tests::apps::HttpApp;
 use weft_tests::*;
 
@@ -21,6 +21,45 @@ async fn run(bin: &str, args: &[&str]) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The processes whose environment carries `mark` (the demo and every sidecar it started
+/// inherit it). Zombies, exited but not yet reaped, have an empty environment.
+fn marked(mark: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|env| env.windows(mark.len()).any(|w| w == mark.as_bytes()))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Reads the demo's output into `stdout` up to its first block of figures (a log prints one
+/// every 5 s): the mesh is up and measuring.
+async fn first_figures(lines: &mut Lines<BufReader<ChildStdout>>, stdout: &mut String) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            stdout.push_str(&line);
+            stdout.push('\n');
+            if line.starts_with("inventory") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the demo printed its first figures");
+}
+
+/// The RPS column of `service`'s row in a demo table.
+fn rps(table: &str, service: &str) -> f64 {
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(service))
+        .unwrap_or_else(|| panic!("no {service} row in\n{table}"));
+    row.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[tokio::test]
@@ -225,22 +264,13 @@ async fn demo_runs_a_whole_mesh_and_leaves_nothing_behind() {
     );
     let last = stdout.rsplit("weft demo —").next().unwrap();
     for service in ["frontend", "orders-v1", "orders-v2", "inventory"] {
-        let row = last
-            .lines()
-            .find(|l| l.starts_with(service))
-            .unwrap_or_else(|| panic!("no {service} row in\n{stdout}"));
-        let rps: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
-        assert!(rps > 0.0, "{service} saw no traffic: {row}");
+        assert!(
+            rps(last, service) > 0.0,
+            "{service} saw no traffic:\n{stdout}"
+        );
     }
     // Every sidecar inherited the mark; none may outlive the demo.
-    let leftover: Vec<_> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            std::fs::read(e.path().join("environ"))
-                .is_ok_and(|env| env.windows(mark.len()).any(|w| w == mark.as_bytes()))
-        })
-        .collect();
+    let leftover = marked(&mark);
     assert!(leftover.is_empty(), "processes left behind: {leftover:?}");
 }
 
@@ -248,7 +278,6 @@ async fn demo_runs_a_whole_mesh_and_leaves_nothing_behind() {
 /// a summary of the whole run with the sidecars' numbers in it, then stop everything it started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_the_demo_with_the_whole_runs_summary_and_nothing_left() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let mark = format!("weft-test-ctrl-c-{}", std::process::id());
     // In a process group of its own, as a shell runs a foreground job.
     let mut demo = Command::new(binary("weft"))
@@ -263,18 +292,7 @@ async fn ctrl_c_stops_the_demo_with_the_whole_runs_summary_and_nothing_left() {
     let pgid = demo.id().unwrap();
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut stdout = String::new();
-    // The first block of figures (a log prints one every 5 s): the mesh is up and measuring.
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            stdout.push_str(&line);
-            stdout.push('\n');
-            if line.starts_with("inventory") {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the demo printed its first figures");
+    first_figures(&mut lines, &mut stdout).await;
     // What a terminal's Ctrl-C does: SIGINT to every process of the group.
     let sent = std::process::Command::new("kill")
         .args(["-INT", "--", &format!("-{pgid}")])
@@ -297,24 +315,13 @@ async fn ctrl_c_stops_the_demo_with_the_whole_runs_summary_and_nothing_left() {
     );
     let summary = stdout.rsplit("summary of the whole run:").next().unwrap();
     for service in ["frontend", "orders-v1", "inventory"] {
-        let row = summary
-            .lines()
-            .find(|l| l.starts_with(service))
-            .unwrap_or_else(|| panic!("no {service} row in\n{stdout}"));
-        let rps: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(
-            rps > 0.0,
-            "{service} counted nothing in the summary: {row}\n{stdout}"
+            rps(summary, service) > 0.0,
+            "{service} counted nothing in the summary:\n{stdout}"
         );
     }
-    let leftover: Vec<_> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            std::fs::read(e.path().join("environ"))
-                .is_ok_and(|env| env.windows(mark.len()).any(|w| w == mark.as_bytes()))
-        })
-        .collect();
+    // Every sidecar inherited the mark; none may outlive the demo.
+    let leftover = marked(&mark);
     assert!(leftover.is_empty(), "processes left behind: {leftover:?}");
 }
 
@@ -378,7 +385,6 @@ async fn the_readmes_standalone_walk_through_works_as_written() {
 /// sidecar drains and exits when its parent is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_demo_leaves_no_sidecar_behind() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let mark = format!("weft-test-kill-9-{}", std::process::id());
     let mut demo = Command::new(binary("weft"))
         .args(["demo", "--duration", "60s", "--rps", "10"])
@@ -389,31 +395,15 @@ async fn a_killed_demo_leaves_no_sidecar_behind() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.starts_with("inventory") {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("the demo printed its first figures");
-    let marked = || {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                // Zombies (already exited, not yet reaped) have an empty environ.
-                std::fs::read(e.path().join("environ"))
-                    .is_ok_and(|env| env.windows(mark.len()).any(|w| w == mark.as_bytes()))
-            })
-            .count()
-    };
-    assert!(marked() >= 6, "the demo and its five sidecars run");
+    first_figures(&mut lines, &mut String::new()).await;
+    assert!(
+        marked(&mark).len() >= 6,
+        "the demo and its five sidecars run"
+    );
     demo.start_kill().unwrap();
     demo.wait().await.unwrap();
     eventually("every sidecar to exit", Duration::from_secs(15), || async {
-        (marked() == 0).then_some(())
+        marked(&mark).is_empty().then_some(())
     })
     .await;
 }
