@@ -35,7 +35,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -268,17 +268,7 @@ async fn sleep_until(due: Option<Instant>) {
 /// Reads a connection's first bytes: the HTTP/2 preface, or as soon as they cannot be one.
 async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Bytes> {
     let mut buf = [0u8; 24];
-    let mut n = 0;
-    while n < buf.len() {
-        let read = io.read(&mut buf[n..]).await?;
-        if read == 0 {
-            break;
-        }
-        n += read;
-        if !H2_PREFACE.starts_with(&buf[..n]) {
-            break;
-        }
-    }
+    let n = crate::transport::read_prefix(io, &mut buf, &[H2_PREFACE]).await?;
     Ok(Bytes::copy_from_slice(&buf[..n]))
 }
 

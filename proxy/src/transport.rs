@@ -318,19 +318,8 @@ pub enum Detected {
 /// replayed with [`Prefixed`] (except the opaque magic, which is consumed).
 pub async fn detect<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<(Detected, Bytes)> {
     let mut buf = [0u8; 8];
-    let mut n = 0;
-    while n < buf.len() {
-        let read = io.read(&mut buf[n..]).await?;
-        if read == 0 {
-            break;
-        }
-        n += read;
-        // An HTTP/1 request line can be shorter than 8 bytes only if malformed; stop early if
-        // what we have already cannot be one of the binary prefixes.
-        if !H2_PREFACE_START.starts_with(&buf[..n]) && !OPAQUE_MAGIC.starts_with(&buf[..n]) {
-            break;
-        }
-    }
+    // An HTTP/1 request line can be shorter than 8 bytes only if malformed.
+    let n = read_prefix(io, &mut buf, &[H2_PREFACE_START, OPAQUE_MAGIC]).await?;
     let seen = &buf[..n];
     Ok(if seen == H2_PREFACE_START {
         (Detected::Http2, Bytes::copy_from_slice(seen))
@@ -339,6 +328,27 @@ pub async fn detect<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<(Detect
     } else {
         (Detected::Http1, Bytes::copy_from_slice(seen))
     })
+}
+
+/// Reads into `buf` until it is full, the connection ends, or what has come can no longer be
+/// the start of any of `prefixes`; returns how many bytes it read.
+pub async fn read_prefix<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut [u8],
+    prefixes: &[&[u8]],
+) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let read = io.read(&mut buf[n..]).await?;
+        if read == 0 {
+            break;
+        }
+        n += read;
+        if !prefixes.iter().any(|p| p.starts_with(&buf[..n])) {
+            break;
+        }
+    }
+    Ok(n)
 }
 
 /// An IO that first replays bytes already read from it.
