@@ -4,13 +4,17 @@
 //! This file is the router and the resource endpoints. Every request but the probes,
 //! `/admin/metrics` and the OpenAPI document first passes `weft_proxy::admin_guard` (allowed
 //! Hosts, no browser requests, JSON or YAML bodies), then [`auth`] (who calls, and whether they
-//! may); join tokens are in [`tokens`], the CA in [`ca`].
+//! may); join tokens are in [`tokens`], the CA in [`ca`]; each connection is accepted (plain or
+//! TLS) in [`listener`].
 
 mod auth;
 mod ca;
+mod listener;
 #[cfg(test)]
 mod tests;
 mod tokens;
+
+pub use listener::serve;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

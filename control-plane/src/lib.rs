@@ -220,58 +220,7 @@ pub fn start(
         api_listener,
         api,
         shutdown.clone(),
-        move |conn| {
-            let (api_svc, serving, ca) = (api_svc.clone(), api_serving.clone(), api_ca.clone());
-            async move {
-                let weft_proxy::server::Accepted { stream, peer, http } = conn;
-                // TLS (a client certificate may say who calls) or plain HTTP, told apart by the
-                // first byte: a TLS handshake record is 0x16, no HTTP method starts with it.
-                let mut first = [0u8; 1];
-                let peeked =
-                    tokio::time::timeout_at(http.deadline(), stream.peek(&mut first)).await;
-                match peeked {
-                    Ok(Ok(1)) => {}
-                    Ok(_) => return,
-                    Err(_) => return http.first_request_timed_out(),
-                }
-                if first[0] != 0x16 {
-                    let info = api::Conn::plain(peer);
-                    let svc = hyper::service::service_fn(move |req| {
-                        api_svc.clone().handle(info.clone(), req)
-                    });
-                    return http.serve(stream, svc).await;
-                }
-                let acceptor = match serving.api_acceptor(&ca.trust_anchors_pem()) {
-                    Ok(a) => a,
-                    Err(e) => return tracing::error!(error = %e, "API TLS"),
-                };
-                let tls =
-                    match tokio::time::timeout_at(http.deadline(), acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            return tracing::debug!(%peer, error = %e, "API TLS handshake failed")
-                        }
-                        Err(_) => {
-                            http.first_request_timed_out();
-                            return tracing::debug!(%peer, "API TLS handshake timed out");
-                        }
-                    };
-                let client_identity = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(weft_proxy::tls::spiffe_id);
-                let info = api::Conn {
-                    peer,
-                    client_identity,
-                };
-                let svc = hyper::service::service_fn(move |req| {
-                    api_svc.clone().handle(info.clone(), req)
-                });
-                http.serve(tls, svc).await;
-            }
-        },
+        move |conn| api::serve(api_svc.clone(), api_serving.clone(), api_ca.clone(), conn),
     ));
 
     Ok(Running {
