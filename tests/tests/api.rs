@@ -73,7 +73,7 @@ const FILE_SERVICE: &str = "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetada
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_read_update_delete_every_kind() {
-    let mesh = Mesh::start(FILE_SERVICE).await;
+    let mesh = Mesh::builder().config(FILE_SERVICE).start().await;
     let api = mesh.api_addr;
     for (plural, ns, name, created, updated) in samples() {
         let path = format!("/api/v1/{plural}/{ns}/{name}");
@@ -187,7 +187,7 @@ async fn create_read_update_delete_every_kind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_write_answers_422_with_every_problem_and_changes_nothing() {
-    let mesh = Mesh::start(FILE_SERVICE).await;
+    let mesh = Mesh::builder().config(FILE_SERVICE).start().await;
     let api = mesh.api_addr;
     let (_, first) = api_call(
         api,
@@ -318,7 +318,7 @@ metadata: {name: x}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_concurrent_writers_with_one_version_exactly_one_gets_409() {
-    let mesh = Mesh::start("").await;
+    let mesh = Mesh::builder().start().await;
     let api = mesh.api_addr;
     let path = "/api/v1/services/shop/pay";
     let svc = samples()[0].3.clone();
@@ -354,7 +354,10 @@ async fn acknowledged_writes_survive_a_restart_and_kill_9() {
     let dir = TempDir::new();
     let data = dir.0.join("data");
     let data = data.to_str().unwrap();
-    let serve = ServeProcess::start(&["--data-dir", data]).await;
+    let serve = ServeProcess::builder()
+        .args(&["--data-dir", data])
+        .start()
+        .await;
     let api = serve.api_addr;
     let token = admin_token(api).unwrap();
 
@@ -404,7 +407,10 @@ async fn acknowledged_writes_survive_a_restart_and_kill_9() {
             .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
             .collect::<HashSet<String>>()
     };
-    let serve = ServeProcess::start(&["--data-dir", data]).await;
+    let serve = ServeProcess::builder()
+        .args(&["--data-dir", data])
+        .start()
+        .await;
     let after_kill = stored(serve.api_addr).await;
     let lost: Vec<_> = acked.difference(&after_kill).collect();
     assert!(
@@ -420,7 +426,10 @@ async fn acknowledged_writes_survive_a_restart_and_kill_9() {
     let (_, audit) = api_call(serve.api_addr, "GET", "/api/v1/audit?limit=1", "").await;
     let last_seq = audit["items"][0]["seq"].as_u64().unwrap();
     serve.terminate().await;
-    let serve = ServeProcess::start(&["--data-dir", data]).await;
+    let serve = ServeProcess::builder()
+        .args(&["--data-dir", data])
+        .start()
+        .await;
     assert_eq!(stored(serve.api_addr).await, after_kill);
     let (status, body) = api_call(
         serve.api_addr,
@@ -443,14 +452,17 @@ async fn acknowledged_writes_survive_a_restart_and_kill_9() {
 /// between `orders-v1` and `orders-v2`, and a client sidecar calling it.
 async fn canary() -> (Mesh, Sidecar, [Sidecar; 2], [HttpApp; 2]) {
     let (v1, v2) = (HttpApp::start("v1").await, HttpApp::start("v2").await);
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let (mut s1, mut s2) = (Sidecar::bind(&[]).await, Sidecar::bind(&[]).await);
+    let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
+    let (mut s1, mut s2) = (
+        Sidecar::builder().bind().await,
+        Sidecar::builder().bind().await,
+    );
     let yaml = format!(
         "{}{}---\n{FILE_SERVICE}",
         service_yaml("shop", "orders-v1", "HTTP", &[s1.inbound]),
         service_yaml("shop", "orders-v2", "HTTP", &[s2.inbound]),
     );
-    let mesh = Mesh::start(&yaml).await;
+    let mesh = Mesh::builder().config(&yaml).start().await;
     let (status, body) = api_call(mesh.api_addr, "POST", "/api/v1/apply", &route(100, 0)).await;
     assert_eq!(status, 200, "{body}");
     s1.start(&mesh, "shop", "orders-v1", v1.addr);
@@ -630,18 +642,18 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
     std::fs::write(path("wrong-token"), "guess\n").unwrap();
     std::fs::write(path("good-token"), "ci-s3cret\n").unwrap();
     std::fs::write(path("svc.yaml"), FILE_SERVICE).unwrap();
-    let serve = ServeProcess::start_in(
-        Some(&netns.name),
-        &[
+    let serve = ServeProcess::builder()
+        .netns(&netns.name)
+        .args(&[
             "--data-dir",
             &path("data"),
             "--api-addr",
             "0.0.0.0:0",
             "--api-token-file",
             &path("api-tokens"),
-        ],
-    )
-    .await;
+        ])
+        .start()
+        .await;
     let port = serve.api_addr.port();
     let remote = format!("{}:{port}", netns.inside);
     let args = |auth: &[&str], command: &[&str], scheme: &str| -> Vec<String> {
@@ -787,7 +799,7 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_shadows_a_stored_resource_while_it_defines_it() {
-    let mesh = Mesh::start(FILE_SERVICE).await;
+    let mesh = Mesh::builder().config(FILE_SERVICE).start().await;
     let api = mesh.api_addr;
     let path = "/api/v1/services/shop/pay";
     let (status, _) = api_call(api, "PUT", path, &samples()[0].3.to_string()).await;
@@ -840,7 +852,7 @@ async fn a_file_shadows_a_stored_resource_while_it_defines_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_checks_everything_and_changes_nothing() {
-    let mesh = Mesh::start(FILE_SERVICE).await;
+    let mesh = Mesh::builder().config(FILE_SERVICE).start().await;
     let api = mesh.api_addr;
     let server = format!("http://{api}");
     let svc = samples()[0].3.to_string();
