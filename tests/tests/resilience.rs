@@ -27,16 +27,16 @@ impl Setup {
         let mut servers = Vec::new();
         let mut apps = Vec::new();
         for i in 0..n {
-            servers.push(Sidecar::bind(&[]).await);
+            servers.push(Sidecar::builder().bind().await);
             apps.push(FaultyApp::start(&format!("orders-{i}")).await);
         }
-        let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+        let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
         let inbound: Vec<SocketAddr> = servers.iter().map(|s| s.inbound).collect();
         let yaml = format!(
             "{}{policy}",
             service_yaml("shop", "orders", "HTTP", &inbound)
         );
-        let mesh = Mesh::start(&yaml).await;
+        let mesh = Mesh::builder().config(&yaml).start().await;
         for (s, a) in servers.iter_mut().zip(&apps) {
             s.start(&mesh, "shop", "orders", a.addr);
         }
@@ -265,16 +265,16 @@ async fn without_a_policy_only_requests_that_never_left_are_retried() {
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    let mut server = Sidecar::bind(&[]).await;
+    let mut server = Sidecar::builder().bind().await;
     let app = FaultyApp::start("orders-0").await;
-    let mut client = Sidecar::bind(&[]).await;
+    let mut client = Sidecar::builder().bind().await;
     // Round-robin, so the dead endpoint keeps being chosen (EWMA would learn to avoid it).
     let yaml = format!(
         "{}{}",
         service_yaml("shop", "orders", "HTTP", &[server.inbound, dead_addr]),
         policy("  loadBalancer: round-robin\n")
     );
-    let mesh = Mesh::start(&yaml).await;
+    let mesh = Mesh::builder().config(&yaml).start().await;
     server.start(&mesh, "shop", "orders", app.addr);
     server.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
@@ -525,16 +525,16 @@ async fn connect_timeout_and_stream_idle_timeout() {
         assert!(fillers.len() < 64, "the accept queue never filled");
     }
 
-    let mut server = Sidecar::bind(&[]).await;
+    let mut server = Sidecar::builder().bind().await;
     let app = FaultyApp::start("orders-0").await;
-    let mut client = Sidecar::bind(&[]).await;
+    let mut client = Sidecar::builder().bind().await;
     let yaml = format!(
         "{}{}{}---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: hole, namespace: shop}}\nspec:\n  targetRef: {{name: hole}}\n  timeouts: {{connect: 200ms}}\n",
         service_yaml("shop", "orders", "HTTP", &[server.inbound]),
         policy("  timeouts: {idle: 300ms}\n"),
         service_yaml("shop", "hole", "HTTP", &[blackhole]),
     );
-    let mesh = Mesh::start(&yaml).await;
+    let mesh = Mesh::builder().config(&yaml).start().await;
     server.start(&mesh, "shop", "orders", app.addr);
     server.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
@@ -580,13 +580,13 @@ async fn connect_timeout_and_stream_idle_timeout() {
 async fn idle_tcp_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let echo = apps::tcp_echo().await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mut client = Sidecar::bind(&["cache.shop:8080"]).await;
+    let mut server = Sidecar::builder().bind().await;
+    let mut client = Sidecar::builder().upstream("cache.shop:8080").bind().await;
     let yaml = format!(
         "{}---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: cache, namespace: shop}}\nspec:\n  targetRef: {{name: cache}}\n  timeouts: {{idle: 300ms}}\n",
         service_yaml("shop", "cache", "TCP", &[server.inbound])
     );
-    let mesh = Mesh::start(&yaml).await;
+    let mesh = Mesh::builder().config(&yaml).start().await;
     server.start(&mesh, "shop", "cache", echo);
     server.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
