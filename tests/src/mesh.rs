@@ -102,25 +102,6 @@ impl Mesh {
         }
     }
 
-    /// Old constructor, until every suite uses [`Mesh::builder`].
-    pub async fn start(yaml: &str) -> Self {
-        Self::builder().config(yaml).start().await
-    }
-
-    /// Old constructor, until every suite uses [`Mesh::builder`].
-    pub async fn start_with_ca(yaml: &str, ca: weft::ca::Source) -> Self {
-        Self::builder().config(yaml).ca(ca).start().await
-    }
-
-    /// Old constructor, until every suite uses [`Mesh::builder`].
-    pub async fn start_with_ack_timeout(yaml: &str, ack_timeout: Duration) -> Self {
-        Self::builder()
-            .config(yaml)
-            .ack_timeout(ack_timeout)
-            .start()
-            .await
-    }
-
     fn serve_config(&self) -> weft::ServeConfig {
         weft::ServeConfig {
             config: vec![self.config.clone()],

@@ -65,20 +65,6 @@ impl ServeProcess {
         ServeProcessBuilder::default()
     }
 
-    /// Old constructor, until every suite uses [`ServeProcess::builder`].
-    pub async fn start(args: &[&str]) -> Self {
-        Self::builder().args(args).start().await
-    }
-
-    /// Old constructor, until every suite uses [`ServeProcess::builder`].
-    pub async fn start_in(netns: Option<&str>, args: &[&str]) -> Self {
-        let mut b = Self::builder().args(args);
-        if let Some(ns) = netns {
-            b = b.netns(ns);
-        }
-        b.start().await
-    }
-
     async fn launch(netns: Option<&str>, args: &[String]) -> Self {
         use tokio::io::AsyncBufReadExt;
         let given = |flag: &str| args.iter().any(|a| a == flag);

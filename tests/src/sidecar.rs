@@ -112,15 +112,6 @@ impl Sidecar {
         SidecarBuilder::default()
     }
 
-    /// Old constructor, until every suite uses [`Sidecar::builder`].
-    pub async fn bind(upstreams: &[&str]) -> Self {
-        let mut b = Self::builder();
-        for u in upstreams {
-            b = b.upstream(u);
-        }
-        b.bind().await
-    }
-
     /// Starts the proxy for workload `ns/name` whose app listens on `app`, with a fresh join
     /// token for that identity.
     pub fn start(&mut self, mesh: &Mesh, namespace: &str, name: &str, app: SocketAddr) {
