@@ -12,11 +12,11 @@
 //! |---|---|
 //! | [`apps`] | upstream apps: HTTP, gRPC, TCP echo, one that fails on command |
 //! | [`temp_dir`] | a temp folder removed on drop |
-//! | [`eventually`] | waiting for a condition instead of sleeping |
+//! | [`eventually`](mod@eventually) | waiting for a condition instead of sleeping |
 //! | [`data_dirs`] | the data dir (and admin token) of every control plane started here |
 //! | [`mesh`] | a control plane in this process ([`Mesh`]), and how a proxy joins it ([`Access`]) |
 //! | [`sidecar`] | a proxy in this process ([`Sidecar`]) |
-//! | [`pair`] | the most common mesh: one caller, one callee, each behind its sidecar |
+//! | [`pair`](mod@pair) | the most common mesh: one caller, one callee, each behind its sidecar |
 //! | [`client`] | HTTP clients as apps use them, one request read whole, the admin API |
 //! | [`load`] | callers sending back to back until stopped ([`Load`]) |
 //! | [`process`] | the built binaries as processes: `weft serve` ([`ServeProcess`]), the CLI |
