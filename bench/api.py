@@ -16,11 +16,11 @@ Everything runs on loopback; every load is bounded (--duration). Needs a release
     python3 bench/api.py [--writes 300] [--rate 1000] [--duration 20]
 """
 
-import argparse, json, os, re, subprocess, sys, tempfile, shutil, time, urllib.request
+import argparse, json, os, re, subprocess, sys, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mesh import REL, ROOT, Procs, cpu_seconds, free_port, peak_rss_mib, service_yaml, start_weft  # noqa: E402
-from resilience import config_version, constant_rate, summary  # noqa: E402
+from harness import (REL, add_load_args, build, config_version, constant_rate, cpu_seconds, free_port,  # noqa: E402
+                     peak_rss_mib, require, run, start_upstream, start_weft, summary)
 
 ROUTE = """apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -80,21 +80,14 @@ def stats(name, answer, pushed):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--writes", type=int, default=300)
-    ap.add_argument("--rate", type=int, default=1000)
-    ap.add_argument("--duration", type=int, default=20)
-    ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--skip-build", action="store_true")
+    add_load_args(ap, duration=20)
     args = ap.parse_args()
-    if not shutil.which("oha"):
-        raise SystemExit("oha not found (cargo install oha)")
-    if not args.skip_build:
-        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--locked"], cwd=ROOT, check=True)
-    tmp = tempfile.mkdtemp(prefix="weft-bench-api-")
-    procs = Procs()
+    require("oha")
+    build(args)
     writes, churn = [], []
-    try:
+    with run(prefix="weft-bench-api-") as (tmp, procs):
         up = free_port()
-        procs.start([os.path.join(REL, "bench-upstream"), f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
+        start_upstream(procs, tmp, up)
         url, client, servers, c_admin, cfg = start_weft(tmp, procs, [up], "")
         api = api_port(tmp)
         headers = admin_headers(tmp)
@@ -134,8 +127,8 @@ def main():
 
         # 2. The data path without and with config churn through the API.
         cpu0 = cpu_seconds(cp)
-        run = constant_rate(url, args)
-        churn.append(summary("no writes", run, [round(cpu_seconds(cp) - cpu0, 2)]))
+        load = constant_rate(url, args)
+        churn.append(summary("no writes", load, [round(cpu_seconds(cp) - cpu0, 2)]))
         stop = time.perf_counter() + args.duration + 4
         churner = subprocess.Popen([sys.executable, "-c", f"""
 import time, urllib.request
@@ -148,14 +141,11 @@ while time.perf_counter() < {stop}:
 print(i)
 """], stdout=subprocess.PIPE, text=True)
         cpu0 = cpu_seconds(cp)
-        run = constant_rate(url, args)
+        load = constant_rate(url, args)
         cpu = round(cpu_seconds(cp) - cpu0, 2)
         n = int(churner.communicate()[0].strip() or 0)
-        churn.append(summary(f"a route change every 100 ms ({n} writes)", run, [cpu]))
+        churn.append(summary(f"a route change every 100 ms ({n} writes)", load, [cpu]))
         rss = round(peak_rss_mib(cp), 1)
-    finally:
-        procs.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     print(json.dumps({"writes": writes, "churn": churn, "control_plane_peak_rss_mib": rss}, indent=2))
     print()

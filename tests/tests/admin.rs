@@ -11,13 +11,16 @@ use weft_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_config_and_config_shows_what_is_in_force() {
     let app = HttpApp::start("orders").await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    client.admin_shutdown = true;
+    let mut server = Sidecar::builder().bind().await;
+    let mut client = Sidecar::builder()
+        .upstream("orders.shop:8080")
+        .admin_shutdown(true)
+        .bind()
+        .await;
     let yaml = service_yaml("shop", "orders", "HTTP", &[server.inbound]);
     // A first start creates the mesh CA and publishes its trust anchors in the data dir; the
     // token and the anchors outlive a restart.
-    let mut mesh = Mesh::start(&yaml).await;
+    let mut mesh = Mesh::builder().config(&yaml).start().await;
     let anchors = std::fs::read_to_string(mesh.anchors()).unwrap();
     assert!(
         anchors.starts_with("-----BEGIN CERTIFICATE-----"),

@@ -198,8 +198,12 @@ fn after_any_applies_and_deletes_the_proxy_holds_what_the_store_says() {
         .build()
         .unwrap();
     let (mesh, mut client) = rt.block_on(async {
-        let mut client = Sidecar::bind(&["a.shop:8080", "b.shop:8080"]).await;
-        let mesh = Mesh::start("").await;
+        let mut client = Sidecar::builder()
+            .upstream("a.shop:8080")
+            .upstream("b.shop:8080")
+            .bind()
+            .await;
+        let mesh = Mesh::builder().start().await;
         client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
         client.ready().await;
         (mesh, client)

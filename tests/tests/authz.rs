@@ -24,14 +24,16 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_and_deny_by_identity_path_and_method() {
     let app = HttpApp::start("orders").await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mut frontend = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mut admin = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mesh = Mesh::start(&format!(
-        "{}{POLICY}",
-        service_yaml("shop", "orders", "HTTP", &[server.inbound])
-    ))
-    .await;
+    let mut server = Sidecar::builder().bind().await;
+    let mut frontend = Sidecar::builder().upstream("orders.shop:8080").bind().await;
+    let mut admin = Sidecar::builder().upstream("orders.shop:8080").bind().await;
+    let mesh = Mesh::builder()
+        .config(format!(
+            "{}{POLICY}",
+            service_yaml("shop", "orders", "HTTP", &[server.inbound])
+        ))
+        .start()
+        .await;
     for (sidecar, sa, app_addr) in [
         (&mut server, "orders", app.addr),
         (&mut frontend, "frontend", NO_APP.parse().unwrap()),
@@ -105,10 +107,13 @@ async fn allow_and_deny_by_identity_path_and_method() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_policy_opens_the_service_again() {
     let app = HttpApp::start("orders").await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mut frontend = Sidecar::bind(&["orders.shop:8080"]).await;
+    let mut server = Sidecar::builder().bind().await;
+    let mut frontend = Sidecar::builder().upstream("orders.shop:8080").bind().await;
     let svc = service_yaml("shop", "orders", "HTTP", &[server.inbound]);
-    let mesh = Mesh::start(&format!("{svc}{POLICY}")).await;
+    let mesh = Mesh::builder()
+        .config(format!("{svc}{POLICY}"))
+        .start()
+        .await;
     for (sidecar, sa, app_addr) in [
         (&mut server, "orders", app.addr),
         (&mut frontend, "frontend", NO_APP.parse().unwrap()),
@@ -204,12 +209,12 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_spelling_of_a_path_reaches_what_the_policy_denies() {
     let app = HttpApp::start("orders").await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mut frontend = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mesh = Mesh::start(&format!(
+    let mut server = Sidecar::builder().bind().await;
+    let mut frontend = Sidecar::builder().upstream("orders.shop:8080").bind().await;
+    let mesh = Mesh::builder().config(format!(
         "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec: {{mtls: permissive}}\n{}{PATH_POLICY}",
         service_yaml("shop", "orders", "HTTP", &[server.inbound])
-    ))
+    )).start()
     .await;
     for (sidecar, sa, app_addr) in [
         (&mut server, "orders", app.addr),

@@ -14,8 +14,8 @@ use weft_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_that_stops_reading_is_cut_off_without_holding_up_others() {
     let app = HttpApp::start("orders").await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+    let mut server = Sidecar::builder().bind().await;
+    let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
     let orders = service_yaml("shop", "orders", "HTTP", &[server.inbound]);
     let yaml = |n: u16| {
         // Each change moves the endpoint of another service: a new generation for everyone.
@@ -26,7 +26,11 @@ async fn a_proxy_that_stops_reading_is_cut_off_without_holding_up_others() {
         )
     };
     let ack_timeout = Duration::from_secs(2);
-    let mesh = Mesh::start_with_ack_timeout(&yaml(0), ack_timeout).await;
+    let mesh = Mesh::builder()
+        .config(yaml(0))
+        .ack_timeout(ack_timeout)
+        .start()
+        .await;
     server.start(&mesh, "shop", "orders", app.addr);
     server.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());

@@ -60,15 +60,15 @@ async fn a_hanging_service_does_not_slow_the_others() {
         FaultyApp::start("slow").await,
     );
     slow_app.set(Behaviour::Hang);
-    let mut fast = Sidecar::bind(&[]).await;
-    let mut slow = Sidecar::bind(&[]).await;
-    let mut client = Sidecar::bind(&[]).await;
+    let mut fast = Sidecar::builder().bind().await;
+    let mut slow = Sidecar::builder().bind().await;
+    let mut client = Sidecar::builder().bind().await;
     let yaml = format!(
         "{}{}---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: slow, namespace: shop}}\nspec:\n  targetRef: {{name: slow}}\n  circuitBreaker: {{maxRequests: 20, maxPendingRequests: 20}}\n",
         service_yaml("shop", "fast", "HTTP", &[fast.inbound]),
         service_yaml("shop", "slow", "HTTP", &[slow.inbound]),
     );
-    let mesh = Mesh::start(&yaml).await;
+    let mesh = Mesh::builder().config(&yaml).start().await;
     fast.start(&mesh, "shop", "fast", fast_app.addr);
     slow.start(&mesh, "shop", "slow", slow_app.addr);
     fast.ready().await;

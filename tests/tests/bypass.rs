@@ -55,16 +55,22 @@ struct World {
 
 async fn world(orders_app: SocketAddr) -> World {
     let echo = apps::tcp_echo().await;
-    let mut orders = Sidecar::bind(&[]).await;
-    let mut cache = Sidecar::bind(&[]).await;
-    let mut frontend = Sidecar::bind(&["orders.shop:8080", "cache.shop:8080"]).await;
-    let mut attacker = Sidecar::bind(&[]).await;
-    let mesh = Mesh::start(&format!(
-        "{}{}{POLICIES}",
-        service_yaml("shop", "orders", "HTTP", &[orders.inbound]),
-        service_yaml("shop", "cache", "TCP", &[cache.inbound]),
-    ))
-    .await;
+    let mut orders = Sidecar::builder().bind().await;
+    let mut cache = Sidecar::builder().bind().await;
+    let mut frontend = Sidecar::builder()
+        .upstream("orders.shop:8080")
+        .upstream("cache.shop:8080")
+        .bind()
+        .await;
+    let mut attacker = Sidecar::builder().bind().await;
+    let mesh = Mesh::builder()
+        .config(format!(
+            "{}{}{POLICIES}",
+            service_yaml("shop", "orders", "HTTP", &[orders.inbound]),
+            service_yaml("shop", "cache", "TCP", &[cache.inbound]),
+        ))
+        .start()
+        .await;
     orders.start(&mesh, "shop", "orders", orders_app);
     cache.start(&mesh, "shop", "cache", echo);
     frontend.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());

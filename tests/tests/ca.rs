@@ -47,9 +47,13 @@ impl Traffic {
 
     async fn bind() -> (Sidecar, Sidecar, Sidecar) {
         (
-            Sidecar::bind(&["orders.shop:8080", "echo.shop:8080"]).await,
-            Sidecar::bind(&[]).await,
-            Sidecar::bind(&[]).await,
+            Sidecar::builder()
+                .upstream("orders.shop:8080")
+                .upstream("echo.shop:8080")
+                .bind()
+                .await,
+            Sidecar::builder().bind().await,
+            Sidecar::builder().bind().await,
         )
     }
 
@@ -151,7 +155,10 @@ async fn more_traffic(http: &Load, tcp: &Load, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_anchor_rotation_under_load_fails_no_request() {
     let (client, orders, echo) = Traffic::bind().await;
-    let mesh = Mesh::start(&Traffic::yaml(&orders, &echo)).await;
+    let mesh = Mesh::builder()
+        .config(Traffic::yaml(&orders, &echo))
+        .start()
+        .await;
     let traffic = Traffic::start(&mesh, client, orders, echo).await;
     let old_root = anchors_of(&mesh);
     let old_issuer = mesh.running().ca.signer().issuer_id.clone();
@@ -230,7 +237,7 @@ async fn trust_anchor_rotation_under_load_fails_no_request() {
     // A proxy started now, from the trust-anchors file as it is now, joins and is reached.
     let pem = std::fs::read_to_string(mesh.anchors()).unwrap();
     assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 1);
-    let mut late = Sidecar::bind(&["orders.shop:8080"]).await;
+    let mut late = Sidecar::builder().upstream("orders.shop:8080").bind().await;
     late.start(&mesh, "shop", "late", NO_APP.parse().unwrap());
     late.ready().await;
     let r = get(&http1_client(), late.upstreams[0], "orders", "/")
@@ -300,15 +307,15 @@ async fn a_replaced_issuer_on_disk_is_picked_up_without_a_restart() {
     std::fs::write(&roots, &external.root_pem).unwrap();
 
     let (client, orders, echo) = Traffic::bind().await;
-    let mesh = Mesh::start_with_ca(
-        &Traffic::yaml(&orders, &echo),
-        weft::ca::Source::Files {
+    let mesh = Mesh::builder()
+        .config(Traffic::yaml(&orders, &echo))
+        .ca(weft::ca::Source::Files {
             cert: cert.clone(),
             key: key.clone(),
             roots: Some(roots),
-        },
-    )
-    .await;
+        })
+        .start()
+        .await;
     let traffic = Traffic::start(&mesh, client, orders, echo).await;
     let first = mesh.running().ca.signer().issuer_id.clone();
     all_issued_by(&traffic, &first, "certificates from the first issuer").await;

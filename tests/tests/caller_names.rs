@@ -31,15 +31,17 @@ async fn ten_thousand_made_up_names_leave_the_proxy_bounded_and_real_services_re
         HttpApp::start("orders").await,
         HttpApp::start("inventory").await,
     );
-    let mut orders = Sidecar::bind(&[]).await;
-    let mut inventory = Sidecar::bind(&[]).await;
-    let mut client = Sidecar::bind(&[]).await;
-    let mesh = Mesh::start(&format!(
-        "{}{}",
-        service_yaml("shop", "orders", "HTTP", &[orders.inbound]),
-        service_yaml("shop", "inventory", "HTTP", &[inventory.inbound]),
-    ))
-    .await;
+    let mut orders = Sidecar::builder().bind().await;
+    let mut inventory = Sidecar::builder().bind().await;
+    let mut client = Sidecar::builder().bind().await;
+    let mesh = Mesh::builder()
+        .config(format!(
+            "{}{}",
+            service_yaml("shop", "orders", "HTTP", &[orders.inbound]),
+            service_yaml("shop", "inventory", "HTTP", &[inventory.inbound]),
+        ))
+        .start()
+        .await;
     orders.start(&mesh, "shop", "orders", orders_app.addr);
     inventory.start(&mesh, "shop", "inventory", inventory_app.addr);
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());

@@ -38,14 +38,20 @@ struct TwoVersions {
 
 async fn two_versions() -> TwoVersions {
     let (v1, v2) = (HttpApp::start("v1").await, HttpApp::start("v2").await);
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let (mut s1, mut s2) = (Sidecar::bind(&[]).await, Sidecar::bind(&[]).await);
+    let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
+    let (mut s1, mut s2) = (
+        Sidecar::builder().bind().await,
+        Sidecar::builder().bind().await,
+    );
     let base = format!(
         "{}{}",
         service_yaml("shop", "orders-v1", "HTTP", &[s1.inbound]),
         service_yaml("shop", "orders-v2", "HTTP", &[s2.inbound])
     );
-    let mesh = Mesh::start(&format!("{base}{}", route_to("orders-v1"))).await;
+    let mesh = Mesh::builder()
+        .config(format!("{base}{}", route_to("orders-v1")))
+        .start()
+        .await;
     s1.start(&mesh, "shop", "orders-v1", v1.addr);
     s1.ready().await;
     s2.start(&mesh, "shop", "orders-v2", v2.addr);

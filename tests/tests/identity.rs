@@ -39,7 +39,7 @@ async fn certify(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_token_gets_a_certificate_for_its_identity_only() {
-    let mesh = Mesh::start(MESH).await;
+    let mesh = Mesh::builder().config(MESH).start().await;
     let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
 
     let issued = certify(&mesh, csr(ORDERS), &token).await.unwrap();
@@ -95,7 +95,7 @@ async fn a_join_token_gets_a_certificate_for_its_identity_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_revoked_expired_and_missing_proofs_are_refused() {
-    let mesh = Mesh::start(MESH).await;
+    let mesh = Mesh::builder().config(MESH).start().await;
     let err = certify(&mesh, csr(ORDERS), "weft.0011223344556677.deadbeef")
         .await
         .unwrap_err();
@@ -139,7 +139,7 @@ async fn unknown_revoked_expired_and_missing_proofs_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_creates_lists_and_revokes_tokens() {
-    let mesh = Mesh::start(MESH).await;
+    let mesh = Mesh::builder().config(MESH).start().await;
     let server = format!("http://{}", mesh.api_addr);
     let weft = |args: &[&str]| {
         let out = std::process::Command::new(binary("weft"))
@@ -204,9 +204,9 @@ async fn admin_json(addr: std::net::SocketAddr, path: &str) -> Option<serde_json
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_gets_its_certificate_and_renews_it() {
-    let mesh = Mesh::start(&short_ttl("2s")).await;
+    let mesh = Mesh::builder().config(short_ttl("2s")).start().await;
     let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
-    let mut proxy = Sidecar::bind(&[]).await;
+    let mut proxy = Sidecar::builder().bind().await;
     proxy.start_with(
         &mesh.access_with_token(&token),
         "shop",
@@ -252,10 +252,10 @@ async fn a_proxy_gets_its_certificate_and_renews_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
-    let mut mesh = Mesh::start(&short_ttl("1h")).await;
+    let mut mesh = Mesh::builder().config(short_ttl("1h")).start().await;
     // A bad token: the certificate never comes, so neither does config (the stream needs the
     // certificate), and the proxy is not ready.
-    let mut refused = Sidecar::bind(&[]).await;
+    let mut refused = Sidecar::builder().bind().await;
     refused.start_with(
         &mesh.access_with_token("weft.00.00"),
         "shop",
@@ -287,7 +287,7 @@ async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
 
     // A good one, then the control plane goes away: the certificate stays, and so does readiness.
     let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
-    let mut proxy = Sidecar::bind(&[]).await;
+    let mut proxy = Sidecar::builder().bind().await;
     proxy.start_with(
         &mesh.access_with_token(&token),
         "shop",
@@ -316,11 +316,11 @@ async fn readiness_waits_for_a_certificate_and_survives_the_control_plane() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_verifies_the_control_plane_against_its_trust_anchors() {
-    let mesh = Mesh::start(MESH).await;
-    let other = Mesh::start(MESH).await;
+    let mesh = Mesh::builder().config(MESH).start().await;
+    let other = Mesh::builder().config(MESH).start().await;
     // Anchors of another mesh: the control plane's certificate does not verify, so the proxy
     // gets neither config nor certificate, and says why.
-    let mut proxy = Sidecar::bind(&[]).await;
+    let mut proxy = Sidecar::builder().bind().await;
     let access = Access {
         anchors: other.anchors(),
         ..mesh.access("shop", "orders")
@@ -347,7 +347,7 @@ async fn a_proxy_verifies_the_control_plane_against_its_trust_anchors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_workload_gets_an_identity_in_the_control_planes_namespace() {
-    let mesh = Mesh::start(MESH).await;
+    let mesh = Mesh::builder().config(MESH).start().await;
     // The API refuses to make such a token...
     let body = serde_json::json!({ "workload": "weft-system/weft-control-plane" }).to_string();
     let (status, answer) = api_call(mesh.api_addr, "POST", "/api/v1/tokens", &body).await;

@@ -132,7 +132,7 @@ async fn certify(mesh: &Mesh, san: &str, token: &str) -> Result<String, tonic::S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_token_is_reviewed_and_entitles_its_own_identity_only() {
-    let mesh = Mesh::start("").await;
+    let mesh = Mesh::builder().start().await;
     let (api, seen) = api_server().await;
     write_kubeconfig(&mesh, api);
 
@@ -211,8 +211,11 @@ async fn a_service_account_token_is_reviewed_and_entitles_its_own_identity_only(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_in_a_pod_gets_its_certificate_with_its_token_file() {
     let app = weft_tests::apps::HttpApp::start("orders").await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
+    let mut server = Sidecar::builder().bind().await;
+    let mesh = Mesh::builder()
+        .config(service_yaml("shop", "orders", "HTTP", &[server.inbound]))
+        .start()
+        .await;
     let (api, _) = api_server().await;
     write_kubeconfig(&mesh, api);
     // Where the kubelet would mount the projected token.
@@ -229,7 +232,7 @@ async fn a_proxy_in_a_pod_gets_its_certificate_with_its_token_file() {
         .unwrap();
     assert!(identity.body.contains(ORDERS), "{}", identity.body);
     // And it serves: a caller reaches the app through it over mTLS.
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+    let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     client.ready().await;
     let r = get(&http1_client(), client.upstreams[0], "orders", "/")

@@ -62,7 +62,7 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_loopback_without_the_admin_token_nothing_is_granted() {
-    let mesh = Mesh::start("").await;
+    let mesh = Mesh::builder().start().await;
     let host = mesh.api_addr.to_string();
     for (method, path, body) in admin_operations() {
         let r = call(
@@ -108,7 +108,7 @@ async fn on_loopback_without_the_admin_token_nothing_is_granted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_is_not_allowed_is_refused_before_anything_else() {
-    let mesh = Mesh::start("").await;
+    let mesh = Mesh::builder().start().await;
     let port = mesh.api_addr.port();
     // DNS rebinding: a page of evil.example, its name now resolving to 127.0.0.1.
     for host in [
@@ -140,7 +140,7 @@ async fn a_host_that_is_not_allowed_is_refused_before_anything_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_a_browser_may_send_cross_origin_are_refused() {
-    let mesh = Mesh::start("").await;
+    let mesh = Mesh::builder().start().await;
     let host = format!("localhost:{}", mesh.api_addr.port());
     // The three content types a page may POST anywhere without a preflight, and none.
     for content_type in [
@@ -251,13 +251,15 @@ async fn the_cli_finds_the_admin_token_where_weft_serve_keeps_it() {
     let data = home.0.join("weft-data");
     let (code, _, err) = weft_in(&home.0, &[], &["serve", "--api-host", "cp.example:15080"]);
     assert_eq!((code, err.trim()), (64, "weft: api-host=\"cp.example:15080\": expected a host name, without a port (e.g. cp.example.com)"));
-    let serve = ServeProcess::start(&[
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--api-host",
-        "cp.example",
-    ])
-    .await;
+    let serve = ServeProcess::builder()
+        .args(&[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--api-host",
+            "cp.example",
+        ])
+        .start()
+        .await;
     let server = format!("http://{}", serve.api_addr);
     // The data dir and the token are the control plane's user's alone.
     let mode = |p: &std::path::Path| {
@@ -337,7 +339,7 @@ async fn the_cli_finds_the_admin_token_where_weft_serve_keeps_it() {
 /// workload's certificate and no admin token is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_service_may_lead_a_sidecar_to_the_api() {
-    let mesh = Mesh::start("").await;
+    let mesh = Mesh::builder().start().await;
     let api = mesh.api_addr;
     let sneaky = format!("apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: weft-control-plane, namespace: weft-system}}\nspec:\n  ports: [{{port: 15080}}]\n  serviceAccount: weft-control-plane\n  endpoints: [{{address: \"{api}\"}}]\n");
     let (status, answer) = api_call(api, "POST", "/api/v1/apply", &sneaky).await;

@@ -23,14 +23,14 @@ async fn pair(
     app: std::net::SocketAddr,
     server_sa: &str,
 ) -> (Mesh, Sidecar, Sidecar) {
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mut server = Sidecar::bind(&[]).await;
+    let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
+    let mut server = Sidecar::builder().bind().await;
     let yaml = format!(
         "{}{}",
         mesh_config(meshconfig),
         service_yaml("shop", "orders", protocol, &[server.inbound])
     );
-    let mesh = Mesh::start(&yaml).await;
+    let mesh = Mesh::builder().config(&yaml).start().await;
     let (_, server_token) = create_token(&mesh, &format!("shop/{server_sa}"), "1h").await;
     let (_, client_token) = create_token(&mesh, "shop/frontend", "1h").await;
     server.start_with(

@@ -149,12 +149,12 @@ async fn scripted(
 async fn a_bad_update_is_nacked_and_the_last_good_config_keeps_serving() {
     init_logging();
     let app = HttpApp::start("orders").await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+    let mut server = Sidecar::builder().bind().await;
+    let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
     let good = orders(&server.inbound.to_string());
     // Updates 1 and 2 go at once; 3 waits until the test has checked the NACK.
     let gate = Arc::new(Semaphore::new(2));
-    let mesh = Mesh::start("").await;
+    let mesh = Mesh::builder().start().await;
     let (cp, mut replies) = scripted(
         &mesh,
         vec![good.clone(), orders("not-an-address"), good],
@@ -248,7 +248,7 @@ async fn the_control_plane_backs_off_a_proxy_that_keeps_nacking() {
             &[format!("127.0.0.1:{}", 1000 + n).parse().unwrap()],
         )
     };
-    let mesh = Mesh::start(&svc(0)).await;
+    let mesh = Mesh::builder().config(svc(0)).start().await;
     let mut client = DiscoveryClient::new(mesh.channel_as("shop", "rejecter").0);
     let (tx, rx) = mpsc::channel(16);
     let node = pb::Node {

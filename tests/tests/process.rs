@@ -152,10 +152,13 @@ async fn weft_proxy_reports_every_bad_setting_then_exits_64() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let app = HttpApp::start("orders").await;
-    let mut server = Sidecar::bind(&[]).await;
+    let mut server = Sidecar::builder().bind().await;
     // The caller's proxy is a real process: its ports are picked for it.
     let addrs = weft::demo::free_ports(4).await.unwrap();
-    let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
+    let mesh = Mesh::builder()
+        .config(service_yaml("shop", "orders", "HTTP", &[server.inbound]))
+        .start()
+        .await;
     server.start(&mesh, "shop", "orders", app.addr);
     server.ready().await;
     let mut proxy = Command::new(binary("weft-proxy"))

@@ -89,14 +89,17 @@ async fn routes_by_authority_and_by_upstream_mapping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_route_matches_path_headers_and_method() {
     let (v1, v2) = (HttpApp::start("v1").await, HttpApp::start("v2").await);
-    let mut client = Sidecar::bind(&[]).await;
-    let (mut s1, mut s2) = (Sidecar::bind(&[]).await, Sidecar::bind(&[]).await);
+    let mut client = Sidecar::builder().bind().await;
+    let (mut s1, mut s2) = (
+        Sidecar::builder().bind().await,
+        Sidecar::builder().bind().await,
+    );
     let yaml = format!(
         "{}{}{ROUTE}",
         service_yaml("shop", "orders-v1", "HTTP", &[s1.inbound]),
         service_yaml("shop", "orders-v2", "HTTP", &[s2.inbound])
     );
-    let mesh = Mesh::start(&yaml).await;
+    let mesh = Mesh::builder().config(&yaml).start().await;
     s1.start(&mesh, "shop", "orders-v1", v1.addr);
     s1.ready().await;
     s2.start(&mesh, "shop", "orders-v2", v2.addr);
@@ -160,8 +163,11 @@ async fn http_route_matches_path_headers_and_method() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_lands_within_three_points() {
     let (v1, v2) = (HttpApp::start("v1").await, HttpApp::start("v2").await);
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let (mut s1, mut s2) = (Sidecar::bind(&[]).await, Sidecar::bind(&[]).await);
+    let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
+    let (mut s1, mut s2) = (
+        Sidecar::builder().bind().await,
+        Sidecar::builder().bind().await,
+    );
     let yaml = format!(
         "{}{}{}",
         service_yaml("shop", "orders-v1", "HTTP", &[s1.inbound]),
@@ -182,7 +188,7 @@ spec:
   - backendRefs: [{name: orders-v1, weight: 90}, {name: orders-v2, weight: 10}]
 "#
     );
-    let mesh = Mesh::start(&yaml).await;
+    let mesh = Mesh::builder().config(&yaml).start().await;
     s1.start(&mesh, "shop", "orders-v1", v1.addr);
     s1.ready().await;
     s2.start(&mesh, "shop", "orders-v2", v2.addr);
@@ -222,14 +228,17 @@ async fn ewma_balancer_steers_away_from_a_slow_endpoint() {
     let fast1 = HttpApp::start("fast1").await;
     let fast2 = HttpApp::start("fast2").await;
     let slow = HttpApp::with_delay("slow", Duration::from_millis(50)).await;
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
+    let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
     let mut sidecars = [
-        Sidecar::bind(&[]).await,
-        Sidecar::bind(&[]).await,
-        Sidecar::bind(&[]).await,
+        Sidecar::builder().bind().await,
+        Sidecar::builder().bind().await,
+        Sidecar::builder().bind().await,
     ];
     let eps: Vec<_> = sidecars.iter().map(|s| s.inbound).collect();
-    let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &eps)).await;
+    let mesh = Mesh::builder()
+        .config(service_yaml("shop", "orders", "HTTP", &eps))
+        .start()
+        .await;
     for (s, app) in sidecars.iter_mut().zip([&fast1, &fast2, &slow]) {
         s.start(&mesh, "shop", "orders", app.addr);
         s.ready().await;
@@ -262,9 +271,12 @@ async fn ewma_balancer_steers_away_from_a_slow_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_errors_are_marked_and_counted() {
     // The endpoint's sidecar runs, but its app does not: the peer answers 502 connect-failed.
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mut server = Sidecar::bind(&[]).await;
-    let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
+    let mut client = Sidecar::builder().upstream("orders.shop:8080").bind().await;
+    let mut server = Sidecar::builder().bind().await;
+    let mesh = Mesh::builder()
+        .config(service_yaml("shop", "orders", "HTTP", &[server.inbound]))
+        .start()
+        .await;
     server.start(&mesh, "shop", "orders", NO_APP.parse().unwrap());
     server.ready().await;
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());

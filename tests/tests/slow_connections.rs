@@ -23,16 +23,21 @@ const IDLE: Duration = Duration::from_millis(1200);
 /// A client and a server sidecar (`orders` behind an HTTP app) with short limits.
 async fn short_limits(max_connections: usize, idle: Duration) -> (Mesh, Sidecar, Sidecar, HttpApp) {
     let app = HttpApp::start("orders").await;
-    let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-    let mut server = Sidecar::bind(&[]).await;
     let limits = Limits {
         first_request: FIRST_REQUEST,
         idle,
         max_connections,
     };
-    client.limits = Some(limits);
-    server.limits = Some(limits);
-    let mesh = Mesh::start(&service_yaml("shop", "orders", "HTTP", &[server.inbound])).await;
+    let mut client = Sidecar::builder()
+        .upstream("orders.shop:8080")
+        .limits(limits)
+        .bind()
+        .await;
+    let mut server = Sidecar::builder().limits(limits).bind().await;
+    let mesh = Mesh::builder()
+        .config(service_yaml("shop", "orders", "HTTP", &[server.inbound]))
+        .start()
+        .await;
     server.start(&mesh, "shop", "orders", app.addr);
     client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
     server.ready().await;
@@ -252,7 +257,7 @@ async fn a_listener_at_its_connection_cap_closes_new_connections_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_planes_listeners_close_connections_that_bring_no_request_in_time() {
-    let mesh = Mesh::start("").await;
+    let mesh = Mesh::builder().start().await;
     let limit = Limits::operator().first_request;
     assert_eq!(limit, Limits::default().first_request, "API and gRPC alike");
     let mut checks = Vec::new();

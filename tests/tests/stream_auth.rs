@@ -28,7 +28,10 @@ spec:
 
 async fn mesh() -> Mesh {
     let orders = service_yaml("shop", "orders", "HTTP", &["127.0.0.1:1".parse().unwrap()]);
-    Mesh::start(&format!("{orders}{POLICY}")).await
+    Mesh::builder()
+        .config(format!("{orders}{POLICY}"))
+        .start()
+        .await
 }
 
 fn node(id: &str, namespace: &str, service_account: &str, service: &str) -> pb::Node {
@@ -459,9 +462,9 @@ async fn a_stream_ends_when_its_service_moves_to_another_service_account() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_away_during_a_trust_domain_change_needs_the_new_trust_domain() {
     let app = weft_tests::apps::HttpApp::start("orders").await;
-    let mut server = Sidecar::bind(&[]).await;
+    let mut server = Sidecar::builder().bind().await;
     let orders = service_yaml("shop", "orders", "HTTP", &[server.inbound]);
-    let mut mesh = Mesh::start(&orders).await;
+    let mut mesh = Mesh::builder().config(&orders).start().await;
     server.start(&mesh, "shop", "orders", app.addr);
     server.ready().await;
     let identity = |s: &Sidecar| s.running().identity.current().unwrap().identity.clone();
@@ -486,8 +489,7 @@ async fn a_proxy_away_during_a_trust_domain_change_needs_the_new_trust_domain() 
     assert!(mesh.proxies().is_empty(), "{:?}", mesh.proxies());
     assert_eq!(identity(&server), "spiffe://weft.local/ns/shop/sa/orders");
 
-    let mut again = Sidecar::bind(&[]).await;
-    again.trust_domain = Some("other.local".into());
+    let mut again = Sidecar::builder().trust_domain("other.local").bind().await;
     again.start(&mesh, "shop", "orders", app.addr);
     again.ready().await;
     assert_eq!(identity(&again), "spiffe://other.local/ns/shop/sa/orders");

@@ -159,16 +159,19 @@ impl Setup {
     async fn with_access_log(ratio: f64, log: Option<PathBuf>) -> Self {
         let collector = Collector::start().await;
         let app = HttpApp::start("orders").await;
-        let mut client = Sidecar::bind(&["orders.shop:8080"]).await;
-        let mut server = Sidecar::bind(&[]).await;
         let access = if log.is_some() { "json" } else { "off" };
-        client.access_log = log;
+        let mut client = Sidecar::builder()
+            .upstream("orders.shop:8080")
+            .access_log(log)
+            .bind()
+            .await;
+        let mut server = Sidecar::builder().bind().await;
         let yaml = format!(
             "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {{name: default}}\nspec:\n  accessLog: {access}\n  tracing: {{otlpEndpoint: \"http://{}\", samplingRatio: {ratio}}}\n{}",
             collector.addr,
             service_yaml("shop", "orders", "HTTP", &[server.inbound])
         );
-        let mesh = Mesh::start(&yaml).await;
+        let mesh = Mesh::builder().config(&yaml).start().await;
         server.start(&mesh, "shop", "orders", app.addr);
         server.ready().await;
         client.start(&mesh, "shop", "frontend", NO_APP.parse().unwrap());
