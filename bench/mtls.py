@@ -151,22 +151,26 @@ def envoy(d, side, ports):
     return f"admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ports[side + '_admin']}}}}}}}\nstatic_resources:\n  listeners:{listeners}\n  clusters:{clusters}\n"
 
 
-def weft_pair(procs, tmp, name, grpc, api, up, s_in):
-    """A weft-proxy pair, the server's inbound on `s_in` (its Services name that address); the
-    client has upstream listeners for the HTTP and the TCP service."""
-    p = {k: free_port() for k in ("s_out", "s_admin", "c_in", "c_out", "c_admin", "c_http", "c_tcp")}
-    p["s_in"] = s_in
-    server = procs.start(weft_proxy_cmd(tmp, grpc, api, f"{name}-server",
-                          "--inbound-addr", f"127.0.0.1:{p['s_in']}", "--outbound-addr", f"127.0.0.1:{p['s_out']}",
-                          "--admin-addr", f"127.0.0.1:{p['s_admin']}", "--app-addr", f"127.0.0.1:{up}"),
-                         f"{tmp}/{name}-server.log", env=weft_proxy_env())
+def weft_pair(procs, tmp, name, grpc, api, up, inbound):
+    """A weft-proxy client and two server proxies in front of the same app: one for the HTTP
+    Service, one for the TCP Service (an opaque connection must name the receiving proxy's own
+    Service, and a Service with an HTTP port takes no opaque connections). Both run as service
+    account NAME-server. The client has upstream listeners for both Services."""
+    p = {k: free_port() for k in ("s_out", "s_admin", "t_out", "t_admin", "c_in", "c_out", "c_admin", "c_http", "c_tcp")}
+    p["s_in"], p["t_in"] = inbound["http"], inbound["tcp"]
+    servers = {}
+    for kind, svc, pre in (("http", f"{name}-server", "s"), ("tcp", f"{name}-server-tcp", "t")):
+        servers[kind] = procs.start(weft_proxy_cmd(tmp, grpc, api, f"{name}-server", "--service", svc,
+                                    "--inbound-addr", f"127.0.0.1:{p[pre + '_in']}", "--outbound-addr", f"127.0.0.1:{p[pre + '_out']}",
+                                    "--admin-addr", f"127.0.0.1:{p[pre + '_admin']}", "--app-addr", f"127.0.0.1:{up}"),
+                                    f"{tmp}/{svc}.log", env=weft_proxy_env())
     client = procs.start(weft_proxy_cmd(tmp, grpc, api, f"{name}-client",
                           "--inbound-addr", f"127.0.0.1:{p['c_in']}", "--outbound-addr", f"127.0.0.1:{p['c_out']}",
                           "--admin-addr", f"127.0.0.1:{p['c_admin']}",
                           "--upstream", f"127.0.0.1:{p['c_http']}={name}-server.bench:8080",
                           "--upstream", f"127.0.0.1:{p['c_tcp']}={name}-server-tcp.bench:8080"),
                          f"{tmp}/{name}-client.log", env=weft_proxy_env())
-    return p, client, server
+    return p, client, servers
 
 
 def service(name, proto, inbound):
@@ -194,20 +198,20 @@ def main():
         start_upstream(procs, tmp, up)
         grpc, api = free_port(), free_port()
         # Reserve the server inbound ports first: Services name them.
-        inbound = {"mtls": free_port()}
+        inbound = {"mtls": {"http": free_port(), "tcp": free_port()}}
         with open(f"{tmp}/mesh.yaml", "w") as f:
             for name in ("mtls",):
-                f.write(service(f"{name}-server", "HTTP", inbound[name]))
-                f.write(service(f"{name}-server-tcp", "TCP", inbound[name]))
+                f.write(service(f"{name}-server", "HTTP", inbound[name]["http"]))
+                f.write(service(f"{name}-server-tcp", "TCP", inbound[name]["tcp"]))
         start_serve(procs, tmp, f"{tmp}/mesh.yaml", grpc, api)
         for name in ("mtls",):
-            p, client, server = weft_pair(procs, tmp, name, grpc, api, up, inbound[name])
-            wait_http(f"http://127.0.0.1:{p['s_admin']}/ready")
-            wait_http(f"http://127.0.0.1:{p['c_admin']}/ready")
-            pids = [client.pid, server.pid]
+            p, client, servers = weft_pair(procs, tmp, name, grpc, api, up, inbound[name])
+            for admin in ("s_admin", "t_admin", "c_admin"):
+                wait_http(f"http://127.0.0.1:{p[admin]}/ready")
+            # CPU is read from the client and the server proxy each load goes through.
             results[f"weft-{name}"] = {
-                "steady": steady(f"http://127.0.0.1:{p['c_http']}/", pids, args),
-                "connect": connect(f"http://127.0.0.1:{p['c_tcp']}/", pids, args),
+                "steady": steady(f"http://127.0.0.1:{p['c_http']}/", [client.pid, servers["http"].pid], args),
+                "connect": connect(f"http://127.0.0.1:{p['c_tcp']}/", [client.pid, servers["tcp"].pid], args),
             }
 
         openssl_pki(tmp)
