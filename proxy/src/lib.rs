@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod discovery;
+pub mod duration;
 pub mod errors;
 pub mod headers;
 pub mod identity;
