@@ -29,6 +29,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod routes;
 pub mod server;
+pub mod spiffe;
 pub mod tcp;
 pub mod tls;
 pub mod trace;
