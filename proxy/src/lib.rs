@@ -25,11 +25,11 @@
 //! | admin listener, and what it refuses | `admin.rs`, `admin_guard.rs` |
 //!
 //! Modules depend downward only, with no circle: each group below imports from its own group
-//! and the groups above it, never from one below (ARCHITECTURE.md, "Module layers", has the
-//! graph). The leaves and `server`, `tls`, `control`, `metrics` are what the control plane
-//! uses too.
+//! and the groups above it, never from one below (ARCHITECTURE.md, "Proxy start-up and module
+//! layers", has the order). The control plane uses this library too: the leaves, `server`,
+//! `tls`, `control`, `transport`, `metrics::exposition`, `identity::key_and_csr` and `config`.
 
-// Leaves: no imports from this crate. Also used by the control plane.
+// Leaves: no imports from this crate.
 pub mod admin_guard; // refusals every local admin listener applies first
 pub mod authz; // AuthorizationPolicy rules and their evaluation
 pub mod body; // the one body type of proxied requests
