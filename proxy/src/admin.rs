@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 
 pub struct Admin {
     pub config: Arc<Config>,
@@ -28,6 +29,23 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The admin endpoints over this proxy's config, shared handles and identity; `shutdown`
+    /// is what `POST /shutdown` cancels.
+    pub fn new(
+        config: Arc<Config>,
+        shared: &Shared,
+        identity: Arc<Identity>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            config,
+            discovery: shared.discovery.clone(),
+            identity,
+            metrics: shared.metrics.clone(),
+            shutdown,
+        }
+    }
+
     pub async fn handle(
         self: Arc<Self>,
         peer: SocketAddr,

@@ -94,8 +94,8 @@ pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let listeners = crate::Listeners::bind(&config).await?;
-    let running = crate::start(config, listeners)?;
+    let listeners = crate::wiring::Listeners::bind(&config).await?;
+    let running = crate::wiring::start(config, listeners)?;
     tracing::info!(
         inbound = %running.inbound_addr,
         outbound = %running.outbound_addr,

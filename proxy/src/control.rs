@@ -31,11 +31,6 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::tls::{self, SpiffeVerifier};
 
-/// The control plane's SPIFFE ID in `trust_domain`.
-pub fn control_plane_id(trust_domain: &str) -> String {
-    format!("spiffe://{trust_domain}/ns/weft-system/sa/weft-control-plane")
-}
-
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ControlPlane {
@@ -160,7 +155,7 @@ impl ControlPlane {
 }
 
 /// TLS 1.3 client settings that verify the control plane: its chain against `anchors`, then its
-/// SPIFFE ID, exactly [`control_plane_id`] of `trust_domain`. The caller chooses whether to
+/// SPIFFE ID, exactly [`crate::spiffe::control_plane_id`] of `trust_domain`. The caller chooses whether to
 /// present a client certificate.
 pub fn verifying(
     anchors: Arc<Vec<TrustAnchor<'static>>>,

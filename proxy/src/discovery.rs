@@ -1,4 +1,5 @@
-//! The config stream from the control plane, and the snapshot of config in force.
+//! The config stream from the control plane, and the snapshot of config in force (its types are
+//! `discovery/snapshot.rs`; the state snapshots share, `discovery/registry.rs`).
 //!
 //! [`Discovery`] has exactly one writer, the task in [`Discovery::run`], which swaps in a new
 //! immutable [`Snapshot`] for each accepted update and wakes waiters through a `watch` channel.
@@ -10,16 +11,16 @@
 //! with the reason and the last-good snapshot stays in force. See docs/protocol.md.
 
 mod convert;
+mod registry;
+mod snapshot;
 mod subscriptions;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rand::Rng;
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -28,12 +29,12 @@ use weft_proto::discovery::{
 };
 
 use crate::control::ControlPlane;
-
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::routes::{LogicalService, Port, ServiceKey, ServiceMap};
+use crate::routes::{LogicalService, ServiceKey};
 
-pub use convert::EndpointRegistry;
+pub use registry::EndpointRegistry;
+pub use snapshot::{Inbound, MeshSettings, Snapshot};
 use subscriptions::{Change, Subscriptions, IDLE_SWEEPS, SWEEP_PERIOD};
 pub use subscriptions::{MAX_SUBSCRIPTIONS, MAX_UNRESOLVED};
 
@@ -42,56 +43,10 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// The config in force: immutable once built.
-#[derive(Debug, Default, Serialize)]
-pub struct Snapshot {
-    /// The mesh generation this view came from; empty before the first update.
-    pub version: String,
-    pub mesh: MeshSettings,
-    #[serde(serialize_with = "ser_services")]
-    pub services: ServiceMap,
-    pub unknown: HashSet<ServiceKey>,
-    pub inbound: Option<Inbound>,
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshSettings {
-    pub trust_domain: String,
-    #[serde(serialize_with = "crate::config::ser_duration")]
-    pub certificate_ttl: Duration,
-    pub mtls_permissive: bool,
-    pub otlp_endpoint: String,
-    pub sampling_ratio: f64,
-    pub access_log_json: bool,
-    /// PEM roots the mesh trusts now (empty from a control plane that sends none).
-    #[serde(skip)]
-    pub trust_anchors: String,
-    /// Fingerprint of the CA's current issuer.
-    pub issuer: String,
-}
-
-/// This proxy's own service, as the control plane knows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Inbound {
-    pub service: ServiceKey,
-    pub ports: Vec<Port>,
-    /// `Some` when any AuthorizationPolicy targets this service.
-    pub authorization: Option<crate::authz::Policy>,
-    /// TrafficPolicy `rateLimit` for this service.
-    pub rate_limit: Option<crate::policy::RateLimit>,
-}
-
 /// The snapshot a proxy builds from `rsp`, or why it refuses it: what tests compare a running
 /// proxy's config with.
 pub fn snapshot_of(rsp: &DiscoveryResponse) -> Result<Snapshot, String> {
     convert::snapshot(rsp, &EndpointRegistry::default()).map_err(|e| e.to_string())
-}
-
-fn ser_services<S: serde::Serializer>(m: &ServiceMap, s: S) -> Result<S::Ok, S::Error> {
-    let mut v: Vec<_> = m.values().collect();
-    v.sort_by(|a, b| a.key.cmp(&b.key));
-    s.collect_seq(v)
 }
 
 pub struct Discovery {

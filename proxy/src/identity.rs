@@ -1,7 +1,7 @@
 //! The proxy's workload identity: a private key made here (it never leaves this process), a
 //! certificate for it from the control plane, and renewal before it expires.
 //!
-//! One writer, [`Identity::run`], swaps in new [`Credentials`]; readers (admin, and the TLS
+//! One writer, [`Identity::run`], swaps in new [`Credentials`] (a `tls` type); readers (admin, the TLS
 //! configs) load the current ones. Renewal starts at about 70% of the
 //! certificate's lifetime; a failed attempt is retried with jittered exponential backoff while
 //! the current certificate keeps serving.
@@ -14,11 +14,10 @@
 
 use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use rand::Rng;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_proto::discovery::Certificate;
@@ -30,47 +29,13 @@ use crate::config::Proof;
 use crate::control::ControlPlane;
 use crate::discovery::Discovery;
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::tls::Tls;
+use crate::spiffe;
+use crate::tls::{Credentials, Tls};
 
 const RETRY_BASE: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// After the CA changes issuer, proxies renew within this many milliseconds (uniformly spread).
 const RENEW_SPREAD_MS: u64 = 1000;
-
-/// A certificate and the key it certifies.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Credentials {
-    pub identity: String,
-    pub serial: String,
-    /// Seconds since the Unix epoch.
-    pub not_after: i64,
-    /// Fingerprint of the issuing certificate.
-    pub issuer: String,
-    #[serde(skip)]
-    pub chain_pem: String,
-    #[serde(skip)]
-    pub key_pem: String,
-    #[serde(skip)]
-    pub trust_anchors_pem: String,
-    #[serde(skip)]
-    issued_at: SystemTime,
-}
-
-impl Credentials {
-    pub fn expiry(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(u64::try_from(self.not_after).unwrap_or(0))
-    }
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("identity", &self.identity)
-            .field("serial", &self.serial)
-            .finish_non_exhaustive()
-    }
-}
 
 pub struct Identity {
     current: ArcSwapOption<Credentials>,
@@ -143,7 +108,7 @@ impl Identity {
                 // The trust domain the control plane is expected in: the `trust-domain`
                 // setting, then the mesh's as each config says.
                 let trust_domain = control.trust_domain();
-                let id = format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}");
+                let id = spiffe::workload_id(&trust_domain, &namespace, &service_account);
                 let creds = self.certify(&control, &proof, &id).await?;
                 // Roots that came back with the certificate, over the verified channel.
                 let _ = control.set_anchors(&creds.trust_anchors_pem);
@@ -357,6 +322,7 @@ pub fn key_and_csr(id: &str) -> Result<(rcgen::KeyPair, rcgen::CertificateSignin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn renewal_is_at_seventy_percent_of_the_lifetime() {

@@ -36,6 +36,7 @@ use crate::ratelimit::TokenBucket;
 use crate::routes::Protocol;
 use crate::server::Accepted;
 use crate::server::Http;
+use crate::shared::Shared;
 use crate::tls::Tls;
 use crate::trace::{self, SpanKind, Tracer};
 use crate::transport::{self, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
@@ -65,14 +66,14 @@ pub struct Inbound {
 
 impl Inbound {
     /// The inbound side of the proxy configured by `config`.
-    pub fn new(
-        config: &crate::config::Config,
-        metrics: Arc<Metrics>,
-        tls: Arc<Tls>,
-        discovery: Arc<Discovery>,
-        tracer: Arc<Tracer>,
-        access_log: Arc<AccessLog>,
-    ) -> Self {
+    pub fn new(config: &crate::config::Config, shared: &Shared) -> Self {
+        let Shared {
+            metrics,
+            tls,
+            discovery,
+            tracer,
+            access_log,
+        } = shared.clone();
         let app_addr = config.app_addr;
         let connector = AppConnector { addr: app_addr };
         let http1 = Client::builder(TokioExecutor::new())

@@ -1,362 +1,76 @@
 //! weft-proxy: the sidecar. See ARCHITECTURE.md for the request path and who owns what.
 //!
 //! [`start`] takes already-bound listeners, so that tests bind port 0 and run many proxies in
-//! one process; `main.rs` binds the configured addresses and waits for a signal.
+//! one process; `main.rs` hands the command line to [`cli`], which binds the configured
+//! addresses and waits for a signal.
+//!
+//! # Where does X live
+//!
+//! | what | where |
+//! |---|---|
+//! | flags, environment, `/config` dump | `config.rs` (durations: `duration.rs`) |
+//! | start-up: shared handles, tasks, one accept loop per listener | `wiring.rs` ([`start`]), handles bundled in `shared.rs` |
+//! | accept loops, connection limits, drain | `server.rs` |
+//! | the app's requests: route, retry, balance, connect | `outbound.rs`, then `routes.rs`, `retry.rs`, `balance.rs`, `breaker.rs` |
+//! | peers' requests: mTLS, authorization, rate limit, to the app | `inbound.rs`, `authz.rs`, `ratelimit.rs` |
+//! | the hop between proxies (HTTP/2, upgrades, opaque TCP) | `transport.rs`, `upgrade.rs`, `tcp.rs` |
+//! | error reasons (`x-weft-error`) and the one rescue | `errors.rs` |
+//! | config from the control plane, proto → domain types | `discovery.rs`, `discovery/convert.rs` (+ `convert/policies.rs`), per-endpoint state in `discovery/registry.rs` |
+//! | the certificate: key, CSR, renewal | `identity.rs` |
+//! | TLS configs, peer verification, credentials | `tls.rs`; SPIFFE ID names in `spiffe.rs` |
+//! | the channel to the control plane | `control.rs` |
+//! | traces: sampling and spans, trace headers, OTLP export | `trace.rs`, `trace/propagation.rs`, `trace/export.rs` |
+//! | metrics and `/metrics` exposition | `metrics.rs` |
+//! | access log, per-request observation | `access_log.rs`, `observe.rs` |
+//! | admin listener, and what it refuses | `admin.rs`, `admin_guard.rs` |
+//!
+//! Modules depend downward only, with no circle: each group below imports from its own group
+//! and the groups above it, never from one below (ARCHITECTURE.md, "Proxy start-up and module
+//! layers", has the order). The control plane uses this library too: the leaves, `server`,
+//! `tls`, `control`, `transport`, `metrics::exposition`, `identity::key_and_csr` and `config`.
 
-pub mod access_log;
-pub mod admin;
-pub mod admin_guard;
-pub mod authz;
-pub mod balance;
-pub mod body;
-pub mod breaker;
-pub mod cli;
-pub mod config;
-pub mod control;
-pub mod discovery;
-pub mod errors;
-pub mod headers;
-pub mod identity;
-pub mod inbound;
-pub mod logging;
-pub mod metrics;
-pub mod observe;
-pub mod outbound;
-pub mod path;
-pub mod policy;
-pub mod ratelimit;
-pub mod retry;
-pub mod routes;
-pub mod server;
-pub mod tcp;
-pub mod tls;
-pub mod trace;
-pub mod transport;
-pub mod upgrade;
+// Leaves: no imports from this crate.
+pub mod admin_guard; // refusals every local admin listener applies first
+pub mod authz; // AuthorizationPolicy rules and their evaluation
+pub mod body; // the one body type of proxied requests
+pub mod duration; // durations as weft writes them
+pub mod logging; // process logging for both binaries
+pub mod path; // request-path normalization and rule-path checks
+pub mod spiffe; // SPIFFE ID names
+pub mod trace; // spans, trace headers, OTLP export
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+// Foundations: errors, policy, TLS and the proxy-to-proxy transport.
+pub mod breaker; // outlier ejection and concurrency limits
+pub mod control; // the verified channel to the control plane
+pub mod errors; // request-path errors and the one rescue
+pub mod headers; // header rewriting between hops
+pub mod policy; // resilience policy types and defaults
+pub mod ratelimit; // token buckets and spread percentages
+pub mod retry; // retry budget and replayable bodies
+pub mod tls; // TLS configs from the proxy's credentials
+pub mod transport; // the hop between proxies
 
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+// State and models: listeners, routing, metrics, config.
+pub mod access_log; // one JSON line per request
+pub mod balance; // which endpoint takes the next request
+pub mod config; // the proxy's settings
+pub mod discovery; // the config stream and the snapshot in force
+pub mod metrics; // Prometheus metrics
+pub mod observe; // a request's span attributes and access-log entry
+pub mod routes; // logical services, rules, splits, backends
+pub mod server; // accept loops, limits, drain
+pub mod upgrade; // HTTP/1.1 upgrades, spliced
 
-use crate::admin::Admin;
-use crate::config::{Config, Upstream};
-use crate::discovery::Discovery;
-use crate::inbound::Inbound;
-use crate::metrics::Metrics;
-use crate::outbound::{Outbound, Target};
-use crate::routes::Protocol;
+// The parts of a running proxy.
+pub mod admin; // the admin listener
+pub mod identity; // the workload certificate and its renewal
+pub mod inbound; // peers to the local app
+pub mod outbound; // the local app to peers
+pub mod shared; // the handles every part shares
+pub mod tcp; // opaque TCP forwarding
 
-/// The proxy's listeners, bound before it starts.
-pub struct Listeners {
-    pub inbound: TcpListener,
-    pub outbound: TcpListener,
-    pub admin: TcpListener,
-    pub upstreams: Vec<(Upstream, TcpListener)>,
-}
+// Start-up: wiring the parts together, and the command line.
+pub mod cli; // `weft-proxy run`
+pub mod wiring; // start(): tasks and listeners
 
-impl Listeners {
-    /// Binds every address in the config.
-    pub async fn bind(config: &Config) -> std::io::Result<Self> {
-        let bind = |addr: SocketAddr, what: &'static str| async move {
-            TcpListener::bind(addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
-            })
-        };
-        let mut upstreams = Vec::new();
-        for u in &config.upstreams {
-            upstreams.push((u.clone(), bind(u.listen, "upstream").await?));
-        }
-        Ok(Self {
-            inbound: bind(config.inbound_addr, "inbound-addr").await?,
-            outbound: bind(config.outbound_addr, "outbound-addr").await?,
-            admin: bind(config.admin_addr, "admin-addr").await?,
-            upstreams,
-        })
-    }
-}
-
-/// A running proxy.
-pub struct Running {
-    pub inbound_addr: SocketAddr,
-    pub outbound_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub upstream_addrs: Vec<SocketAddr>,
-    pub discovery: Arc<Discovery>,
-    pub identity: Arc<identity::Identity>,
-    /// The TLS configs made from this proxy's credentials.
-    pub tls: Arc<tls::Tls>,
-    pub metrics: Arc<Metrics>,
-    /// Follows MeshConfig `tracing` a moment after each config.
-    pub tracer: Arc<trace::Tracer>,
-    shutdown: CancellationToken,
-    tasks: JoinSet<()>,
-}
-
-impl Running {
-    /// Starts a drain: stop accepting, finish in-flight requests.
-    pub fn shutdown(&self) {
-        self.shutdown.cancel();
-    }
-
-    /// Resolves once a drain has been requested (signal or `POST /shutdown`).
-    pub async fn shutdown_requested(&self) {
-        self.shutdown.cancelled().await;
-    }
-
-    /// Waits for every listener to finish draining.
-    pub async fn join(mut self) {
-        while self.tasks.join_next().await.is_some() {}
-    }
-
-    /// Drains and waits.
-    pub async fn stop(self) {
-        self.shutdown();
-        self.join().await;
-    }
-}
-
-/// Starts the proxy on the given listeners.
-pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
-    let shutdown = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
-    let inbound_addr = listeners.inbound.local_addr()?;
-    let advertise =
-        if config.advertise_addr.port() == 0 || config.advertise_addr.ip().is_unspecified() {
-            // A peer cannot dial 0.0.0.0: advertise what we actually bound, on loopback if unspecified.
-            let ip = if inbound_addr.ip().is_unspecified() {
-                [127, 0, 0, 1].into()
-            } else {
-                inbound_addr.ip()
-            };
-            let port = if config.advertise_addr.port() == 0 {
-                inbound_addr.port()
-            } else {
-                config.advertise_addr.port()
-            };
-            SocketAddr::new(ip, port)
-        } else {
-            config.advertise_addr
-        };
-    let initial = config.upstreams.iter().map(|u| u.key(&config.namespace));
-    let discovery = Arc::new(Discovery::new(initial, metrics.clone()));
-    let node = weft_proto::discovery::Node {
-        id: format!(
-            "{}-{}-{:08x}",
-            config.service,
-            std::process::id(),
-            rand::random::<u32>()
-        ),
-        namespace: config.namespace.clone(),
-        service_account: config.service_account.clone(),
-        service: config.service.clone(),
-        inbound_addr: advertise.to_string(),
-        proxy_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let config = Arc::new(config);
-    let grace = config.drain_timeout;
-    let mut tasks = JoinSet::new();
-
-    let control = Arc::new(
-        control::ControlPlane::new(
-            config.control_plane.clone(),
-            config.trust_anchors_pem.clone(),
-            config.trust_domain.clone(),
-        )
-        .map_err(std::io::Error::other)?,
-    );
-    let tls = Arc::new(tls::Tls::default());
-    let identity = Arc::new(identity::Identity::new(metrics.clone(), tls.clone()));
-    // The control plane serves the config stream only to a proxy that presents its
-    // certificate: the stream opens once the first one is in hand.
-    tasks.spawn({
-        let (discovery, identity, control) = (discovery.clone(), identity.clone(), control.clone());
-        let shutdown = shutdown.clone();
-        async move {
-            tokio::select! {
-                () = identity.ready() => {}
-                () = shutdown.cancelled() => return,
-            }
-            discovery.run(control, node, shutdown).await;
-        }
-    });
-    tasks.spawn(identity.clone().run(
-        control,
-        config.proof.clone(),
-        config.namespace.clone(),
-        config.service_account.clone(),
-        discovery.clone(),
-        shutdown.clone(),
-    ));
-
-    let tracer = trace::Tracer::launch(
-        format!("{}.{}", config.service, config.namespace),
-        "proxy",
-        metrics.trace.clone(),
-    );
-    {
-        // Tracing settings follow the mesh config.
-        let (shutdown, discovery, tracer) = (shutdown.clone(), discovery.clone(), tracer.clone());
-        tokio::spawn(async move {
-            let follow = async {
-                let mut changes = discovery.changes();
-                loop {
-                    let mesh = discovery.snapshot().mesh.clone();
-                    if discovery.has_config() {
-                        tracer.configure(&mesh.otlp_endpoint, mesh.sampling_ratio);
-                    }
-                    if changes.changed().await.is_err() {
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                () = follow => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
-
-    let access_log = access_log::AccessLog::start(config.access_log.clone(), metrics.clone());
-    let outbound = Arc::new(Outbound {
-        discovery: discovery.clone(),
-        metrics: metrics.clone(),
-        namespace: config.namespace.clone(),
-        tls: tls.clone(),
-        tracer: tracer.clone(),
-        access_log: access_log.clone(),
-        upgrades: config.allowed_upgrades.clone(),
-    });
-    let outbound_addr = listeners.outbound.local_addr()?;
-    tasks.spawn(serve_outbound(
-        outbound.clone(),
-        Target::Authority,
-        listeners.outbound,
-        shutdown.clone(),
-        listener_spec("outbound", config.limits, &metrics, grace),
-    ));
-
-    let mut upstream_addrs = Vec::new();
-    for (u, listener) in listeners.upstreams {
-        upstream_addrs.push(listener.local_addr()?);
-        let target = Target::Fixed {
-            service: u.key(&config.namespace),
-            port: u.port,
-        };
-        tasks.spawn(serve_outbound(
-            outbound.clone(),
-            target,
-            listener,
-            shutdown.clone(),
-            listener_spec("upstream", config.limits, &metrics, grace),
-        ));
-    }
-
-    let inbound = Arc::new(Inbound::new(
-        &config,
-        metrics.clone(),
-        tls.clone(),
-        discovery.clone(),
-        tracer.clone(),
-        access_log,
-    ));
-    tasks.spawn(server::accept_loop(
-        listener_spec("inbound", config.limits, &metrics, grace),
-        listeners.inbound,
-        shutdown.clone(),
-        move |conn| inbound.clone().accept(conn),
-    ));
-
-    let admin_addr = listeners.admin.local_addr()?;
-    let admin = Arc::new(Admin {
-        config: config.clone(),
-        discovery: discovery.clone(),
-        identity: identity.clone(),
-        metrics: metrics.clone(),
-        shutdown: shutdown.clone(),
-    });
-    // The admin listener outlives the drain of the others only by its own grace period; it
-    // stops with them so the process can exit.
-    let admin_limits = server::Limits {
-        max_connections: server::Limits::operator().max_connections,
-        ..config.limits
-    };
-    tasks.spawn(server::accept_loop(
-        listener_spec("admin", admin_limits, &metrics, grace),
-        listeners.admin,
-        shutdown.clone(),
-        move |conn| {
-            let (admin, peer) = (admin.clone(), conn.peer);
-            let svc = hyper::service::service_fn(move |req| admin.clone().handle(peer, req));
-            conn.http.serve(conn.stream, svc)
-        },
-    ));
-
-    Ok(Running {
-        inbound_addr,
-        outbound_addr,
-        admin_addr,
-        upstream_addrs,
-        discovery,
-        identity,
-        tls,
-        metrics,
-        tracer,
-        shutdown,
-        tasks,
-    })
-}
-
-/// The accept-loop settings of the listener called `name`.
-fn listener_spec(
-    name: &'static str,
-    limits: server::Limits,
-    metrics: &Metrics,
-    grace: std::time::Duration,
-) -> server::Listener {
-    server::Listener {
-        name,
-        limits,
-        grace,
-        metrics: metrics.listeners.clone(),
-    }
-}
-
-/// An outbound listener: HTTP routing, or opaque TCP when the target service port is TCP.
-async fn serve_outbound(
-    outbound: Arc<Outbound>,
-    target: Target,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    spec: server::Listener,
-) {
-    server::accept_loop(spec, listener, shutdown, move |conn| {
-        let outbound = outbound.clone();
-        let target = target.clone();
-        async move {
-            if let Target::Fixed { service, port } = &target {
-                if is_tcp(&outbound.discovery, service, *port).await {
-                    let (d, m) = (outbound.discovery.clone(), outbound.metrics.clone());
-                    let tls = outbound.tls.clone();
-                    return tcp::outbound(conn.stream, service.clone(), *port, d, m, tls).await;
-                }
-            }
-            let svc =
-                hyper::service::service_fn(move |req| outbound.clone().handle(target.clone(), req));
-            conn.http.serve(conn.stream, svc).await;
-        }
-    })
-    .await
-}
-
-/// Whether a fixed target's port is declared TCP (resolving the service if need be).
-async fn is_tcp(discovery: &Discovery, service: &routes::ServiceKey, port: u16) -> bool {
-    match discovery.resolve(service).await {
-        Ok(svc) => svc
-            .port(Some(port))
-            .is_some_and(|p| p.protocol == Protocol::Tcp),
-        Err(_) => false,
-    }
-}
+pub use wiring::{start, Listeners, Running};

@@ -55,10 +55,10 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// From accept to the first request's headers.
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::duration::ser_duration")]
     pub first_request: Duration,
     /// An HTTP connection with no request in flight this long is closed.
-    #[serde(serialize_with = "crate::config::ser_duration")]
+    #[serde(serialize_with = "crate::duration::ser_duration")]
     pub idle: Duration,
     /// Connections open at once.
     pub max_connections: usize,

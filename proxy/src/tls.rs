@@ -11,6 +11,7 @@
 use rustls::pki_types::pem::PemObject;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -18,8 +19,49 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use serde::Serialize;
 
-use crate::identity::Credentials;
+use crate::spiffe;
+
+/// Re-exported for the control plane, which reads its callers' identities the same way.
+pub use crate::spiffe::spiffe_id;
+
+/// A certificate and the key it certifies: what the configs are built from. `identity` obtains
+/// and renews them; this module only reads them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    pub identity: String,
+    pub serial: String,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+    /// Fingerprint of the issuing certificate.
+    pub issuer: String,
+    #[serde(skip)]
+    pub chain_pem: String,
+    #[serde(skip)]
+    pub key_pem: String,
+    #[serde(skip)]
+    pub trust_anchors_pem: String,
+    /// When it was asked for: renewal is scheduled from it.
+    #[serde(skip)]
+    pub issued_at: SystemTime,
+}
+
+impl Credentials {
+    pub fn expiry(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(self.not_after).unwrap_or(0))
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("identity", &self.identity)
+            .field("serial", &self.serial)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The configs for one set of credentials and trust anchors.
 struct Configs {
@@ -127,18 +169,6 @@ impl Tls {
     }
 }
 
-/// The SPIFFE ID in a certificate's URI SAN.
-pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
-            Some((*u).to_string())
-        }
-        _ => None,
-    })
-}
-
 /// Reads PEM trust anchors; at least one is required.
 pub fn parse_anchors(pem: &str) -> Result<Vec<TrustAnchor<'static>>, String> {
     let mut anchors = Vec::new();
@@ -163,18 +193,18 @@ pub fn parse_anchors(pem: &str) -> Result<Vec<TrustAnchor<'static>>, String> {
 pub struct SpiffeVerifier {
     anchors: Arc<Vec<TrustAnchor<'static>>>,
     /// A peer proxy: the identity the control plane gave the endpoint's Service; the control
-    /// plane: its own identity in the mesh's trust domain (see [`crate::control`]).
+    /// plane: its own identity in the mesh's trust domain ([`spiffe::control_plane_id`]).
     expected: String,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl SpiffeVerifier {
     /// Verifies the control plane's certificate: its chain, then its identity in `trust_domain`
-    /// ([`crate::control::control_plane_id`]), exactly.
+    /// ([`spiffe::control_plane_id`]), exactly.
     pub fn control_plane(anchors: Arc<Vec<TrustAnchor<'static>>>, trust_domain: &str) -> Self {
         Self {
             anchors,
-            expected: crate::control::control_plane_id(trust_domain),
+            expected: spiffe::control_plane_id(trust_domain),
             algorithms: provider().signature_verification_algorithms,
         }
     }

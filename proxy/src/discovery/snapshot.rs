@@ -1,0 +1,56 @@
+//! The config in force, as the request path reads it: a [`Snapshot`] of services, the mesh's
+//! settings and this proxy's own inbound side. Immutable once built; `convert` builds one from
+//! each accepted update and [`super::Discovery`] swaps it in.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::routes::{Port, ServiceKey, ServiceMap};
+
+/// The config in force: immutable once built.
+#[derive(Debug, Default, Serialize)]
+pub struct Snapshot {
+    /// The mesh generation this view came from; empty before the first update.
+    pub version: String,
+    pub mesh: MeshSettings,
+    #[serde(serialize_with = "ser_services")]
+    pub services: ServiceMap,
+    pub unknown: HashSet<ServiceKey>,
+    pub inbound: Option<Inbound>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSettings {
+    pub trust_domain: String,
+    #[serde(serialize_with = "crate::duration::ser_duration")]
+    pub certificate_ttl: Duration,
+    pub mtls_permissive: bool,
+    pub otlp_endpoint: String,
+    pub sampling_ratio: f64,
+    pub access_log_json: bool,
+    /// PEM roots the mesh trusts now (empty from a control plane that sends none).
+    #[serde(skip)]
+    pub trust_anchors: String,
+    /// Fingerprint of the CA's current issuer.
+    pub issuer: String,
+}
+
+/// This proxy's own service, as the control plane knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Inbound {
+    pub service: ServiceKey,
+    pub ports: Vec<Port>,
+    /// `Some` when any AuthorizationPolicy targets this service.
+    pub authorization: Option<crate::authz::Policy>,
+    /// TrafficPolicy `rateLimit` for this service.
+    pub rate_limit: Option<crate::policy::RateLimit>,
+}
+
+fn ser_services<S: serde::Serializer>(m: &ServiceMap, s: S) -> Result<S::Ok, S::Error> {
+    let mut v: Vec<_> = m.values().collect();
+    v.sort_by(|a, b| a.key.cmp(&b.key));
+    s.collect_seq(v)
+}
