@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use weft::client::{connect as client, Credentials};
+use weft::cli::client::{connect as client, Credentials};
 
 #[derive(Parser)]
 #[command(name = "weft", version, about = "weft: a light, fast service mesh")]
@@ -118,9 +118,9 @@ enum Command {
         namespace: Option<String>,
         /// Print YAML or JSON instead of a table.
         #[arg(short = 'o', long, value_enum)]
-        output: Option<weft::get::Output>,
+        output: Option<weft::cli::get::Output>,
         /// The control plane's API.
-        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::cli::client::DEFAULT_SERVER)]
         server: String,
     },
     /// Create or update the resources in FILE (`-` for stdin), all or nothing: prints
@@ -133,7 +133,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// The control plane's API.
-        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::cli::client::DEFAULT_SERVER)]
         server: String,
     },
     /// Delete a resource applied through the API (`weft delete httproute orders -n shop`).
@@ -145,7 +145,7 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         /// The control plane's API.
-        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::cli::client::DEFAULT_SERVER)]
         server: String,
     },
     /// Make an admin client certificate for the API: the key is made here, the control plane
@@ -161,7 +161,7 @@ enum Command {
         #[arg(long, default_value = "24h")]
         ttl: String,
         /// The control plane's API, on loopback.
-        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER)]
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::cli::client::DEFAULT_SERVER)]
         server: String,
     },
     /// Manage join tokens: proofs of identity for proxies outside Kubernetes.
@@ -169,7 +169,7 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
         /// The control plane's API.
-        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER, global = true)]
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::cli::client::DEFAULT_SERVER, global = true)]
         server: String,
     },
     /// The mesh CA: its state, and trust-anchor rotation without downtime.
@@ -177,7 +177,7 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
         /// The control plane's API.
-        #[arg(long, env = "WEFT_SERVER", default_value = weft::client::DEFAULT_SERVER, global = true)]
+        #[arg(long, env = "WEFT_SERVER", default_value = weft::cli::client::DEFAULT_SERVER, global = true)]
         server: String,
     },
     /// Run the sidecar proxy from this executable (what `weft demo` uses when no `weft-proxy`
@@ -265,9 +265,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let auth = weft::client::Credentials {
+            let auth = weft::cli::client::Credentials {
                 token_file: cli.token_file,
-                tls: weft::client::TlsFiles {
+                tls: weft::cli::client::TlsFiles {
                     certificate_authority: cli.certificate_authority,
                     trust_domain: cli.server_trust_domain,
                     client_certificate: cli.client_certificate,
@@ -305,7 +305,7 @@ async fn run(command: Command, auth: Credentials) -> ExitCode {
                 config,
                 data_dir: auth
                     .data_dir
-                    .unwrap_or_else(|| PathBuf::from(weft::client::DEFAULT_DATA_DIR)),
+                    .unwrap_or_else(|| PathBuf::from(weft::cli::client::DEFAULT_DATA_DIR)),
                 trust_domain,
                 ack_timeout: weft::DEFAULT_ACK_TIMEOUT,
                 ca,
@@ -366,7 +366,9 @@ async fn run(command: Command, auth: Credentials) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            match weft::get::get(&api, &kind, name.as_deref(), namespace.as_deref(), output).await {
+            match weft::cli::get::get(&api, &kind, name.as_deref(), namespace.as_deref(), output)
+                .await
+            {
                 Ok(out) => {
                     print!("{out}");
                     if !out.ends_with('\n') {
@@ -399,7 +401,7 @@ async fn run(command: Command, auth: Credentials) -> ExitCode {
                 }
             };
             let result = match client(&server, &auth) {
-                Ok(api) => weft::apply::apply(&api, text, dry_run).await,
+                Ok(api) => weft::cli::apply::apply(&api, text, dry_run).await,
                 Err(e) => Err(e),
             };
             print_result("weft apply", result)
@@ -411,7 +413,7 @@ async fn run(command: Command, auth: Credentials) -> ExitCode {
             server,
         } => {
             let result = match client(&server, &auth) {
-                Ok(api) => weft::apply::delete(&api, &kind, &name, Some(&namespace)).await,
+                Ok(api) => weft::cli::apply::delete(&api, &kind, &name, Some(&namespace)).await,
                 Err(e) => Err(e),
             };
             print_result("weft delete", result)
@@ -423,7 +425,7 @@ async fn run(command: Command, auth: Credentials) -> ExitCode {
             server,
         } => {
             let result = match client(&server, &auth) {
-                Ok(api) => weft::admin_cert::admin_cert(&api, &name, &out, &ttl).await,
+                Ok(api) => weft::cli::admin_cert::admin_cert(&api, &name, &out, &ttl).await,
                 Err(e) => Err(e),
             };
             print_result("weft admin-cert", result)
@@ -561,7 +563,7 @@ async fn token(command: TokenCommand, server: &str, auth: &Credentials) -> ExitC
             for t in doc["items"].as_array().into_iter().flatten() {
                 let expires = t["expiresAt"]
                     .as_i64()
-                    .map_or_else(|| "-".to_string(), |at| weft::get::remaining(at - now));
+                    .map_or_else(|| "-".to_string(), |at| weft::cli::get::remaining(at - now));
                 println!(
                     "{:<18} {:<32} {:<12} {}",
                     t["id"].as_str().unwrap_or_default(),

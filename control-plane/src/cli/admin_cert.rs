@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use crate::client::ApiClient;
+use super::client::ApiClient;
 
 pub async fn admin_cert(
     api: &ApiClient,

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use super::client::ApiClient;
 use crate::resources;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use super::client::ApiClient;
 use crate::resources;
 
 /// Applies every document of `text` (YAML or JSON), all or nothing. Returns the lines to print
