@@ -1,7 +1,7 @@
 //! weft: the control plane and CLI. See ARCHITECTURE.md.
 //!
 //! [`start`] takes already-bound listeners so tests run control planes on port 0 in-process;
-//! `main.rs` parses the command line.
+//! [`cli`] is the command line, which `main.rs` runs.
 
 pub mod api;
 pub mod atomic;

@@ -6,9 +6,41 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::client::ApiClient;
+use super::client::{ApiClient, ClientArgs};
+use super::Error;
+
+const SAID_BY: &str = "weft admin-cert";
+
+#[derive(clap::Args)]
+#[command(mut_arg("server", |a| a.help("The control plane's API, on loopback")))]
+pub struct Args {
+    /// The admin's name (a DNS label).
+    name: String,
+    /// Where to write NAME.crt, NAME.key and ca.crt.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// How long the certificate is valid (1m to 30d).
+    #[arg(long, default_value = "24h")]
+    ttl: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+impl Args {
+    pub async fn run(self, data_dir: Option<PathBuf>) -> Result<(), Error> {
+        let api = self
+            .client
+            .connect(data_dir)
+            .map_err(|e| Error::usage(SAID_BY, e))?;
+        let out = admin_cert(&api, &self.name, &self.out, &self.ttl)
+            .await
+            .map_err(|e| Error::failed(SAID_BY, e))?;
+        print!("{out}");
+        Ok(())
+    }
+}
 
 pub async fn admin_cert(
     api: &ApiClient,

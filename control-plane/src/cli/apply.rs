@@ -1,10 +1,48 @@
-//! `weft apply` and `weft delete`: writes through the API, with answers a person can act on.
+//! `weft apply -f FILE`: every resource of a file (or stdin) written through the API, all or
+//! nothing, with answers a person can act on.
+
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::client::ApiClient;
-use crate::resources;
+use super::client::{self, ApiClient, ClientArgs};
+use super::Error;
+
+const SAID_BY: &str = "weft apply";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A file of YAML or JSON resources (multi-document), or `-`.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Check everything on the server and print what would happen; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+impl Args {
+    pub async fn run(self, data_dir: Option<PathBuf>) -> Result<(), Error> {
+        let text = if self.file.as_os_str() == "-" {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).map(|_| t)
+        } else {
+            std::fs::read_to_string(&self.file)
+        }
+        .map_err(|e| Error::usage(SAID_BY, format!("{}: {e}", self.file.display())))?;
+        let api = self
+            .client
+            .connect(data_dir)
+            .map_err(|e| Error::usage(SAID_BY, e))?;
+        let out = apply(&api, text, self.dry_run)
+            .await
+            .map_err(|e| Error::failed(SAID_BY, e))?;
+        print!("{out}");
+        Ok(())
+    }
+}
 
 /// Applies every document of `text` (YAML or JSON), all or nothing. Returns the lines to print
 /// (`httproute/shop/orders configured`), or every problem. A dry run checks everything and
@@ -23,10 +61,10 @@ pub async fn apply(api: &ApiClient, text: String, dry_run: bool) -> Result<Strin
             "application/yaml",
         )
         .await?;
-    let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     if status != 200 {
-        return Err(explain(status, &doc, &body));
+        return Err(client::explain(status, &body));
     }
+    let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let mut out = String::new();
     for r in doc["results"].as_array().into_iter().flatten() {
         let s = |f: &str| r[f].as_str().unwrap_or("?").to_string();
@@ -40,55 +78,4 @@ pub async fn apply(api: &ApiClient, text: String, dry_run: bool) -> Result<Strin
         ));
     }
     Ok(out)
-}
-
-/// Deletes one resource.
-pub async fn delete(
-    api: &ApiClient,
-    kind: &str,
-    name: &str,
-    namespace: Option<&str>,
-) -> Result<String, String> {
-    let Some(kind) = resources::kind_named(kind) else {
-        return Err(format!(
-            "unknown kind {kind:?}; known kinds: {} (singular or plural, any case)",
-            resources::known_kinds()
-        ));
-    };
-    let ns = namespace.unwrap_or("default");
-    let (status, body) = api
-        .request(
-            http::Method::DELETE,
-            &format!("/api/v1/{kind}/{ns}/{name}"),
-            None,
-        )
-        .await?;
-    let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    if status != 200 {
-        return Err(explain(status, &doc, &body));
-    }
-    Ok(format!(
-        "{}/{ns}/{name} deleted\n",
-        kind.to_ascii_lowercase()
-    ))
-}
-
-/// An error answer as lines: the message, then each problem with its place.
-fn explain(status: u16, doc: &Value, body: &str) -> String {
-    let Some(message) = doc["message"].as_str() else {
-        return format!("the control plane answered {status}: {}", body.trim());
-    };
-    let mut out = message.to_string();
-    for p in doc["problems"].as_array().into_iter().flatten() {
-        out.push_str(&format!("\n  document {}", p["document"]));
-        if let Some(r) = p["resource"].as_str() {
-            out.push_str(&format!(" ({r})"));
-        }
-        match p["field"].as_str().filter(|f| !f.is_empty()) {
-            Some(f) => out.push_str(&format!(": {f}: ")),
-            None => out.push_str(": "),
-        }
-        out.push_str(p["message"].as_str().unwrap_or(""));
-    }
-    out
 }

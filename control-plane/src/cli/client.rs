@@ -1,14 +1,129 @@
-//! The CLI's side of the control plane API: one request, with errors that say what to do, and
-//! the credential it carries ([`connect`]): `--token-file`, an admin certificate, or, for a
-//! control plane on this host's loopback, the admin token found in its data dir.
+//! The CLI's side of the control plane API: the arguments every command that calls it takes
+//! ([`ClientArgs`]: `--server` and the credentials), one request with errors that say what to
+//! do, and the credential it carries ([`connect`]): `--token-file`, an admin certificate, or,
+//! for a control plane on this host's loopback, the admin token found in its data dir.
 
 use bytes::Bytes;
+use clap::parser::ValueSource;
+use clap::ArgMatches;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// How a command reaches the API: declared once, flattened into every command that calls it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// The control plane's API.
+    #[arg(long, env = "WEFT_SERVER", default_value = DEFAULT_SERVER, global = true)]
+    pub server: String,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
+}
+
+/// What the CLI may authenticate with. Accepted before a command's name (`weft --token-file
+/// FILE get services`, the root's own flags) and after it (each API command's, global there so
+/// that `weft token create --token-file FILE` works too).
+#[derive(clap::Args, Clone, Debug)]
+pub struct CredentialArgs {
+    /// A file holding an API bearer token (`TOKEN[,USER]`, as in `weft serve
+    /// --api-token-file`), sent instead of the admin token.
+    #[arg(long, env = "WEFT_TOKEN_FILE", global = true, display_order = CREDENTIALS_ORDER)]
+    pub token_file: Option<PathBuf>,
+    /// For an https:// --server: the mesh's trust anchors, to verify the control plane.
+    #[arg(long, env = "WEFT_CERTIFICATE_AUTHORITY", global = true, display_order = CREDENTIALS_ORDER + 1)]
+    pub certificate_authority: Option<PathBuf>,
+    /// For an https:// --server: the mesh's trust domain; the server must present
+    /// spiffe://THIS/ns/weft-system/sa/weft-control-plane.
+    #[arg(
+        long,
+        env = "WEFT_SERVER_TRUST_DOMAIN",
+        global = true,
+        default_value = "weft.local",
+        display_order = CREDENTIALS_ORDER + 2
+    )]
+    pub server_trust_domain: String,
+    /// An admin client certificate (from `weft admin-cert`) for an https:// --server.
+    #[arg(
+        long,
+        env = "WEFT_CLIENT_CERTIFICATE",
+        global = true,
+        requires = "client_key",
+        display_order = CREDENTIALS_ORDER + 3
+    )]
+    pub client_certificate: Option<PathBuf>,
+    /// The key of --client-certificate.
+    #[arg(
+        long,
+        env = "WEFT_CLIENT_KEY",
+        global = true,
+        requires = "client_certificate",
+        display_order = CREDENTIALS_ORDER + 4
+    )]
+    pub client_key: Option<PathBuf>,
+}
+
+/// Where help lists the credentials: after `--data-dir`, as when they were the root's global
+/// flags (a command's own flags come first, then the root's).
+const CREDENTIALS_ORDER: usize = 100;
+
+impl CredentialArgs {
+    /// The clap ids of these flags.
+    pub const IDS: [&'static str; 5] = [
+        "token_file",
+        "certificate_authority",
+        "server_trust_domain",
+        "client_certificate",
+        "client_key",
+    ];
+
+    /// Takes each flag given on the command line before the command's name (in `top`) unless it
+    /// was given after it too (in `command`): the nearer wins, and either over the environment
+    /// and the defaults, which both copies read alike.
+    pub fn prefer_given(&mut self, before: &Self, top: &ArgMatches, command: &ArgMatches) {
+        let given = |m: &ArgMatches, id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+        let take = |id: &str| given(top, id) && !given(command, id);
+        if take("token_file") {
+            self.token_file.clone_from(&before.token_file);
+        }
+        if take("certificate_authority") {
+            self.certificate_authority
+                .clone_from(&before.certificate_authority);
+        }
+        if take("server_trust_domain") {
+            self.server_trust_domain
+                .clone_from(&before.server_trust_domain);
+        }
+        if take("client_certificate") {
+            self.client_certificate
+                .clone_from(&before.client_certificate);
+        }
+        if take("client_key") {
+            self.client_key.clone_from(&before.client_key);
+        }
+    }
+}
+
+impl ClientArgs {
+    /// The API client for `--server` with these credentials (`data_dir`: where to look for
+    /// the admin token); an error names the flag that is wrong.
+    pub fn connect(&self, data_dir: Option<PathBuf>) -> Result<ApiClient, String> {
+        let c = &self.credentials;
+        let creds = Credentials {
+            token_file: c.token_file.clone(),
+            tls: TlsFiles {
+                certificate_authority: c.certificate_authority.clone(),
+                trust_domain: c.server_trust_domain.clone(),
+                client_certificate: c.client_certificate.clone(),
+                client_key: c.client_key.clone(),
+            },
+            data_dir,
+        };
+        connect(&self.server, &creds)
+    }
+}
 
 pub struct ApiClient {
     base: String,
@@ -249,6 +364,39 @@ pub fn is_loopback(url: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An answer's body as `T`; a body that is not one (a field missing, another type) is an
+/// error that says so, never a silent default.
+pub fn answer<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, String> {
+    serde_json::from_str(body).map_err(|e| {
+        format!(
+            "unexpected answer from the control plane ({e}): {}",
+            body.trim()
+        )
+    })
+}
+
+/// An error answer (`status`, `body`) as lines: the API's message, then each problem with its
+/// place; the body itself when it is not the API's error document.
+pub fn explain(status: u16, body: &str) -> String {
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let Some(message) = doc["message"].as_str() else {
+        return format!("the control plane answered {status}: {}", body.trim());
+    };
+    let mut out = message.to_string();
+    for p in doc["problems"].as_array().into_iter().flatten() {
+        out.push_str(&format!("\n  document {}", p["document"]));
+        if let Some(r) = p["resource"].as_str() {
+            out.push_str(&format!(" ({r})"));
+        }
+        match p["field"].as_str().filter(|f| !f.is_empty()) {
+            Some(f) => out.push_str(&format!(": {f}: ")),
+            None => out.push_str(": "),
+        }
+        out.push_str(p["message"].as_str().unwrap_or(""));
+    }
+    out
 }
 
 /// One HTTP/1.1 request over its own TLS connection (the CLI makes one or two per run).

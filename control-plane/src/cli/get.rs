@@ -1,11 +1,57 @@
-//! `weft get`: the resources in force and the connected proxies, as a table, YAML or JSON.
+//! `weft get`: the resources in force, the connected proxies and the audit log, as a table
+//! (laid out by `table`), YAML or JSON.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use super::client::ApiClient;
+use super::client::{ApiClient, ClientArgs};
+use super::table::{remaining, table};
+use super::Error;
 use crate::resources;
+
+const SAID_BY: &str = "weft get";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A kind (Service, HTTPRoute, TrafficPolicy, AuthorizationPolicy, MeshConfig; singular or
+    /// plural, any case), `proxies` or `audit`.
+    kind: String,
+    /// One resource's name (a proxy: its identity, service or id).
+    name: Option<String>,
+    /// The namespace [default: all for a list, `default` for a name].
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Print YAML or JSON instead of a table.
+    #[arg(short = 'o', long, value_enum)]
+    output: Option<Output>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+impl Args {
+    pub async fn run(self, data_dir: Option<std::path::PathBuf>) -> Result<(), Error> {
+        let api = self
+            .client
+            .connect(data_dir)
+            .map_err(|e| Error::usage(SAID_BY, e))?;
+        let out = get(
+            &api,
+            &self.kind,
+            self.name.as_deref(),
+            self.namespace.as_deref(),
+            self.output,
+        )
+        .await
+        // An unknown kind too exits 1, as the API's answer for one would.
+        .map_err(|e| Error::failed(SAID_BY, e))?;
+        print!("{out}");
+        if !out.ends_with('\n') {
+            println!();
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -166,20 +212,6 @@ fn audit_table(items: &[Value]) -> String {
     )
 }
 
-/// `2h5m`, `45s`, or `expired`.
-/// A time left (`secs` from now) as `weft get` tables show it: `23h59m`, `4m10s`, `expired`.
-pub fn remaining(secs: i64) -> String {
-    if secs <= 0 {
-        return "expired".into();
-    }
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, m) => format!("{m}m{s}s"),
-        (h, m) => format!("{h}h{m}m"),
-    }
-}
-
 fn resources_table(items: &[Value]) -> String {
     let rows = items
         .iter()
@@ -256,52 +288,9 @@ fn resources_table(items: &[Value]) -> String {
     table(&["KIND", "NAMESPACE", "NAME", "SOURCE", "SUMMARY"], rows)
 }
 
-/// Left-aligned columns, two spaces apart.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.trim_end().to_string()
-    };
-    let mut out = line(header.iter().map(ToString::to_string).collect());
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(row));
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tables_align_and_durations_read() {
-        let t = table(
-            &["A", "BB"],
-            vec![
-                vec!["long-value".into(), "x".into()],
-                vec!["y".into(), "z".into()],
-            ],
-        );
-        assert_eq!(t, "A           BB\nlong-value  x\ny           z\n");
-        assert_eq!(remaining(7500), "2h5m");
-        assert_eq!(remaining(45), "45s");
-        assert_eq!(remaining(-1), "expired");
-    }
 
     #[test]
     fn a_policy_summary_shows_what_it_sets_with_its_values() {
