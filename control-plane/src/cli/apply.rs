@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use serde_json::Value;
+use serde::Deserialize;
 
 use super::client::{self, ApiClient, ClientArgs};
 use super::Error;
@@ -44,6 +44,41 @@ impl Args {
     }
 }
 
+/// `POST /api/v1/apply`'s answer: what happened (or would) to each resource, in order.
+#[derive(Deserialize)]
+struct Applied {
+    results: Vec<Outcome>,
+}
+
+/// One resource's outcome (`state::WriteOutcome`).
+#[derive(Deserialize)]
+struct Outcome {
+    kind: String,
+    namespace: String,
+    name: String,
+    /// `created`, `configured` or `unchanged`.
+    action: String,
+}
+
+impl Applied {
+    /// `httproute/shop/orders configured`, one line each.
+    fn lines(&self, dry_run: bool) -> String {
+        self.results
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}/{} {}{}\n",
+                    r.kind.to_ascii_lowercase(),
+                    r.namespace,
+                    r.name,
+                    r.action,
+                    if dry_run { " (dry run)" } else { "" }
+                )
+            })
+            .collect()
+    }
+}
+
 /// Applies every document of `text` (YAML or JSON), all or nothing. Returns the lines to print
 /// (`httproute/shop/orders configured`), or every problem. A dry run checks everything and
 /// says what would happen, storing nothing.
@@ -64,18 +99,22 @@ pub async fn apply(api: &ApiClient, text: String, dry_run: bool) -> Result<Strin
     if status != 200 {
         return Err(client::explain(status, &body));
     }
-    let doc: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-    let mut out = String::new();
-    for r in doc["results"].as_array().into_iter().flatten() {
-        let s = |f: &str| r[f].as_str().unwrap_or("?").to_string();
-        out.push_str(&format!(
-            "{}/{}/{} {}{}\n",
-            s("kind").to_ascii_lowercase(),
-            s("namespace"),
-            s("name"),
-            s("action"),
-            if dry_run { " (dry run)" } else { "" }
-        ));
+    let applied: Applied = client::answer(&body)?;
+    Ok(applied.lines(dry_run))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_apply_answer_reads_into_one_line_per_resource() {
+        let body = r#"{"dryRun":true,"results":[{"kind":"HTTPRoute","namespace":"shop","name":"orders","action":"configured","resourceVersion":"4"}]}"#;
+        let applied: Applied = client::answer(body).unwrap();
+        assert_eq!(
+            applied.lines(true),
+            "httproute/shop/orders configured (dry run)\n"
+        );
+        assert!(client::answer::<Applied>(r#"{"results":[{"kind":"Service"}]}"#).is_err());
     }
-    Ok(out)
 }

@@ -281,10 +281,8 @@ impl ApiClient {
             .to_bytes();
         let body = String::from_utf8_lossy(&body).into_owned();
         if let (401, Some(why)) = (status, &self.no_credential) {
-            let said = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| body.trim().to_string());
+            let said = serde_json::from_str::<Refusal>(&body)
+                .map_or_else(|_| body.trim().to_string(), |r| r.message);
             return Err(format!(
                 "the control plane at {} wants a credential: {why}\n  (it answered 401: {said})",
                 self.base
@@ -377,24 +375,45 @@ pub fn answer<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, String> {
     })
 }
 
+/// The API's error document: `{"reason", "message", "problems"}` (`api::error_json`).
+#[derive(serde::Deserialize)]
+struct Refusal {
+    message: String,
+    #[serde(default)]
+    problems: Vec<Problem>,
+}
+
+/// One problem of a refused write, with its place.
+#[derive(serde::Deserialize)]
+struct Problem {
+    /// 1-based, within the request.
+    document: usize,
+    /// `Kind/namespace/name`, when known.
+    resource: Option<String>,
+    /// A dotted path; empty for the document as a whole.
+    #[serde(default)]
+    field: String,
+    message: String,
+}
+
 /// An error answer (`status`, `body`) as lines: the API's message, then each problem with its
 /// place; the body itself when it is not the API's error document.
 pub fn explain(status: u16, body: &str) -> String {
-    let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    let Some(message) = doc["message"].as_str() else {
+    let Ok(refusal) = serde_json::from_str::<Refusal>(body) else {
         return format!("the control plane answered {status}: {}", body.trim());
     };
-    let mut out = message.to_string();
-    for p in doc["problems"].as_array().into_iter().flatten() {
-        out.push_str(&format!("\n  document {}", p["document"]));
-        if let Some(r) = p["resource"].as_str() {
+    let mut out = refusal.message;
+    for p in refusal.problems {
+        out.push_str(&format!("\n  document {}", p.document));
+        if let Some(r) = p.resource {
             out.push_str(&format!(" ({r})"));
         }
-        match p["field"].as_str().filter(|f| !f.is_empty()) {
-            Some(f) => out.push_str(&format!(": {f}: ")),
-            None => out.push_str(": "),
+        if p.field.is_empty() {
+            out.push_str(": ");
+        } else {
+            out.push_str(&format!(": {}: ", p.field));
         }
-        out.push_str(p["message"].as_str().unwrap_or(""));
+        out.push_str(&p.message);
     }
     out
 }
@@ -480,5 +499,20 @@ mod tests {
         let api = connect("http://127.0.0.1:15080", &given).unwrap();
         assert_eq!(api.token.as_deref(), Some("user-token"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_refusal_reads_as_its_message_and_each_problem_in_place() {
+        let body = r#"{"reason":"Invalid","message":"2 problems","problems":[
+            {"document":1,"resource":"Service/shop/orders","field":"spec.ports","message":"required"},
+            {"document":2,"resource":null,"field":"","message":"not YAML"}]}"#;
+        assert_eq!(
+            explain(422, body),
+            "2 problems\n  document 1 (Service/shop/orders): spec.ports: required\n  document 2: not YAML"
+        );
+        assert_eq!(
+            explain(502, "bad gateway\n"),
+            "the control plane answered 502: bad gateway"
+        );
     }
 }
