@@ -189,9 +189,10 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::AdminCert(args) => args.run(data_dir).await,
         Command::Token(args) => args.run(data_dir).await,
         Command::Ca(args) => args.run(data_dir).await,
+        // Not reached: main.rs runs `weft proxy` itself, before there is a runtime to run in.
         Command::Proxy { .. } => Err(Error::failed(
             "weft proxy",
-            "runs from main, outside the runtime",
+            "the proxy runs from main.rs, not inside this runtime",
         )),
     }
 }
