@@ -1,18 +1,15 @@
 //! weft: the control plane and CLI. See ARCHITECTURE.md.
 //!
 //! [`start`] takes already-bound listeners so tests run control planes on port 0 in-process;
-//! `main.rs` parses the command line.
+//! [`cli`] is the command line, which `main.rs` runs.
 
-pub mod admin_cert;
 pub mod api;
-pub mod apply;
 pub mod atomic;
 pub mod ca;
-pub mod client;
+pub mod cli;
 pub mod demo;
 pub mod discovery;
 pub mod files;
-pub mod get;
 pub mod grpc_tls;
 pub mod identity;
 pub mod kubernetes;

@@ -28,5 +28,5 @@ pub fn data_dir_of(api: SocketAddr) -> Option<PathBuf> {
 /// The admin token of the control plane whose API is `api` (`DATA_DIR/admin-token`).
 pub fn admin_token(api: SocketAddr) -> Option<String> {
     let dir = data_dir_of(api)?;
-    weft::client::read_admin_token(&dir).ok()
+    weft::cli::client::read_admin_token(&dir).ok()
 }

@@ -122,7 +122,7 @@ impl Mesh {
 
     /// The admin token (`DATA_DIR/admin-token`).
     pub fn admin_token(&self) -> String {
-        weft::client::read_admin_token(&self.data_dir()).expect("admin token")
+        weft::cli::client::read_admin_token(&self.data_dir()).expect("admin token")
     }
 
     pub fn url(&self) -> String {

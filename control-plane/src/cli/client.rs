@@ -1,6 +1,13 @@
 //! The CLI's side of the control plane API: one request, with errors that say what to do, and
-//! the credential it carries ([`connect`]): `--token-file`, an admin certificate, or, for a
-//! control plane on this host's loopback, the admin token found in its data dir.
+//! the answer read into the type the command expects ([`answer`]) or, refused, explained
+//! ([`explain`]). Which credential it carries, and the flags every command that calls the API
+//! takes, are `credentials`.
+
+mod credentials;
+
+pub use self::credentials::{
+    connect, read_admin_token, ClientArgs, CredentialArgs, Credentials, DEFAULT_DATA_DIR,
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -166,10 +173,8 @@ impl ApiClient {
             .to_bytes();
         let body = String::from_utf8_lossy(&body).into_owned();
         if let (401, Some(why)) = (status, &self.no_credential) {
-            let said = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_string))
-                .unwrap_or_else(|| body.trim().to_string());
+            let said = serde_json::from_str::<Refusal>(&body)
+                .map_or_else(|_| body.trim().to_string(), |r| r.message);
             return Err(format!(
                 "the control plane at {} wants a credential: {why}\n  (it answered 401: {said})",
                 self.base
@@ -179,76 +184,58 @@ impl ApiClient {
     }
 }
 
-/// What the CLI may authenticate with: `--token-file`, `--certificate-authority` and the client
-/// certificate, `--data-dir` (where `weft serve` keeps the admin token).
-#[derive(Clone, Debug, Default)]
-pub struct Credentials {
-    pub token_file: Option<PathBuf>,
-    pub tls: TlsFiles,
-    /// `--data-dir` / `WEFT_DATA_DIR`; `./weft-data` (`weft serve`'s default) when not given.
-    pub data_dir: Option<PathBuf>,
+/// An answer's body as `T`; a body that is not one (a field missing, another type) is an
+/// error that says so, never a silent default.
+pub fn answer<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, String> {
+    serde_json::from_str(body).map_err(|e| {
+        format!(
+            "unexpected answer from the control plane ({e}): {}",
+            body.trim()
+        )
+    })
 }
 
-/// `weft serve`'s default `--data-dir`.
-pub const DEFAULT_DATA_DIR: &str = "./weft-data";
-
-/// The client for `server` with the credential the user gave, else, for a control plane on
-/// this host's loopback, the admin token from the data dir. The admin token is never sent to
-/// any other server.
-pub fn connect(server: &str, creds: &Credentials) -> Result<ApiClient, String> {
-    let api = ApiClient::new(server)
-        .with_token_file(creds.token_file.as_deref())?
-        .with_tls(&creds.tls)?;
-    if creds.token_file.is_some() || creds.tls.client_certificate.is_some() {
-        return Ok(api);
-    }
-    if !is_loopback(server) {
-        return Ok(ApiClient {
-            no_credential: Some("a control plane off this host takes --token-file FILE (a token of its --api-token-file) or an admin certificate (--certificate-authority, --client-certificate, --client-key; made with `weft admin-cert` on its host)".into()),
-            ..api
-        });
-    }
-    let dir = creds
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    match read_admin_token(&dir) {
-        Ok(token) => Ok(api.with_token(token)),
-        Err(why) => Ok(ApiClient {
-            no_credential: Some(format!("{why}; run weft where `weft serve` keeps its data dir (as the user that runs it), or pass --data-dir DIR or WEFT_DATA_DIR, or --token-file FILE")),
-            ..api
-        }),
-    }
+/// The API's error document: `{"reason", "message", "problems"}` (`api::error_json`).
+#[derive(serde::Deserialize)]
+struct Refusal {
+    message: String,
+    #[serde(default)]
+    problems: Vec<Problem>,
 }
 
-/// The admin token in `data_dir`, or why it cannot be read.
-pub fn read_admin_token(data_dir: &Path) -> Result<String, String> {
-    let path = data_dir.join(crate::api::ADMIN_TOKEN_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => format!("no admin token at {}", path.display()),
-        _ => format!("cannot read the admin token {}: {e}", path.display()),
-    })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(token.to_string())
+/// One problem of a refused write, with its place.
+#[derive(serde::Deserialize)]
+struct Problem {
+    /// 1-based, within the request.
+    document: usize,
+    /// `Kind/namespace/name`, when known.
+    resource: Option<String>,
+    /// A dotted path; empty for the document as a whole.
+    #[serde(default)]
+    field: String,
+    message: String,
 }
 
-/// Whether `url`'s host is this host's loopback: `localhost`, `127.0.0.0/8`, `[::1]`.
-pub fn is_loopback(url: &str) -> bool {
-    let Some(host) = url
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|u| u.host().map(str::to_string))
-    else {
-        return false;
+/// An error answer (`status`, `body`) as lines: the API's message, then each problem with its
+/// place; the body itself when it is not the API's error document.
+pub fn explain(status: u16, body: &str) -> String {
+    let Ok(refusal) = serde_json::from_str::<Refusal>(body) else {
+        return format!("the control plane answered {status}: {}", body.trim());
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    let mut out = refusal.message;
+    for p in refusal.problems {
+        out.push_str(&format!("\n  document {}", p.document));
+        if let Some(r) = p.resource {
+            out.push_str(&format!(" ({r})"));
+        }
+        if p.field.is_empty() {
+            out.push_str(": ");
+        } else {
+            out.push_str(&format!(": {}: ", p.field));
+        }
+        out.push_str(&p.message);
+    }
+    out
 }
 
 /// One HTTP/1.1 request over its own TLS connection (the CLI makes one or two per run).
@@ -286,51 +273,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_servers() {
-        for url in [
-            "http://127.0.0.1:15080",
-            "http://127.1.2.3:1",
-            "http://localhost:15080",
-            "https://[::1]:15080",
-            "http://LOCALHOST",
-        ] {
-            assert!(is_loopback(url), "{url}");
-        }
-        for url in [
-            "http://10.0.0.1:15080",
-            "http://cp.example:15080",
-            "http://localhost.evil.example",
-            "http://127.0.0.1.nip.io",
-            "not a url",
-        ] {
-            assert!(!is_loopback(url), "{url}");
-        }
-    }
-
-    #[test]
-    fn the_admin_token_goes_to_a_loopback_server_only() {
-        let dir = std::env::temp_dir().join(format!("weft-client-{:x}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(crate::api::ADMIN_TOKEN_FILE), "weft-admin.x\n").unwrap();
-        let creds = Credentials {
-            data_dir: Some(dir.clone()),
-            ..Credentials::default()
-        };
-        let local = connect("http://127.0.0.1:15080", &creds).unwrap();
-        assert_eq!(local.token.as_deref(), Some("weft-admin.x"));
-        for remote in ["http://10.0.0.1:15080", "http://cp.example:15080"] {
-            let api = connect(remote, &creds).unwrap();
-            assert!(api.token.is_none(), "{remote}");
-            assert!(api.no_credential.unwrap().contains("--token-file"));
-        }
-        // A credential given is sent instead.
-        std::fs::write(dir.join("t"), "user-token\n").unwrap();
-        let given = Credentials {
-            token_file: Some(dir.join("t")),
-            ..creds
-        };
-        let api = connect("http://127.0.0.1:15080", &given).unwrap();
-        assert_eq!(api.token.as_deref(), Some("user-token"));
-        std::fs::remove_dir_all(dir).unwrap();
+    fn a_refusal_reads_as_its_message_and_each_problem_in_place() {
+        let body = r#"{"reason":"Invalid","message":"2 problems","problems":[
+            {"document":1,"resource":"Service/shop/orders","field":"spec.ports","message":"required"},
+            {"document":2,"resource":null,"field":"","message":"not YAML"}]}"#;
+        assert_eq!(
+            explain(422, body),
+            "2 problems\n  document 1 (Service/shop/orders): spec.ports: required\n  document 2: not YAML"
+        );
+        assert_eq!(
+            explain(502, "bad gateway\n"),
+            "the control plane answered 502: bad gateway"
+        );
     }
 }

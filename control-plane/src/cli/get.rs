@@ -1,11 +1,58 @@
-//! `weft get`: the resources in force and the connected proxies, as a table, YAML or JSON.
+//! `weft get`: the resources in force, the connected proxies and the audit log, as a table
+//! (laid out by `table`), YAML or JSON.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::client::ApiClient;
+use super::client::{self, ApiClient, ClientArgs};
+use super::table::{remaining, table};
+use super::Error;
 use crate::resources;
+
+const SAID_BY: &str = "weft get";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A kind (Service, HTTPRoute, TrafficPolicy, AuthorizationPolicy, MeshConfig; singular or
+    /// plural, any case), `proxies` or `audit`.
+    kind: String,
+    /// One resource's name (a proxy: its identity, service or id).
+    name: Option<String>,
+    /// The namespace [default: all for a list, `default` for a name].
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Print YAML or JSON instead of a table.
+    #[arg(short = 'o', long, value_enum)]
+    output: Option<Output>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+impl Args {
+    pub async fn run(self, data_dir: Option<std::path::PathBuf>) -> Result<(), Error> {
+        let api = self
+            .client
+            .connect(data_dir)
+            .map_err(|e| Error::usage(SAID_BY, e))?;
+        let out = get(
+            &api,
+            &self.kind,
+            self.name.as_deref(),
+            self.namespace.as_deref(),
+            self.output,
+        )
+        .await
+        // An unknown kind too exits 1, as the API's answer for one would.
+        .map_err(|e| Error::failed(SAID_BY, e))?;
+        print!("{out}");
+        if !out.ends_with('\n') {
+            println!();
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -54,8 +101,7 @@ pub async fn get(
             body.trim()
         ));
     }
-    let doc: Value =
-        serde_json::from_str(&body).map_err(|e| format!("unexpected answer ({e}): {body}"))?;
+    let doc: Value = client::answer(&body)?;
     let mut doc = if is_proxies {
         if let Some(name) = name {
             // Proxies by identity, service or id.
@@ -87,34 +133,77 @@ pub async fn get(
                 Some(items) => items.clone(),
                 None => vec![doc],
             };
-            Ok(if is_proxies {
-                proxies_table(&items)
+            if is_proxies {
+                Ok(proxies_table(&rows(items)?))
             } else if is_audit {
-                audit_table(&items)
+                Ok(audit_table(&rows(items)?))
             } else {
-                resources_table(&items)
-            })
+                Ok(resources_table(&items))
+            }
         }
     }
 }
 
-fn proxies_table(items: &[Value]) -> String {
+/// A list's items as the rows of a table; an item missing a field the table shows is an error.
+fn rows<T: serde::de::DeserializeOwned>(items: Vec<Value>) -> Result<Vec<T>, String> {
+    items
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("unexpected answer from the control plane: {e}"))
+}
+
+/// A connected proxy, as `GET /api/v1/proxies` lists it (`discovery::ProxyStatus`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Proxy {
+    service: String,
+    namespace: String,
+    identity: String,
+    address: String,
+    acked_version: Option<String>,
+    last_nack: Option<String>,
+    certificate: Option<Certificate>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Certificate {
+    /// Seconds since the Unix epoch.
+    expires_at: i64,
+}
+
+/// One write, as `GET /api/v1/audit` lists it (`store::AuditEntry`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditEntry {
+    /// RFC 3339, UTC.
+    time: String,
+    who: String,
+    action: String,
+    resource: String,
+    resource_version: String,
+    changed: Vec<String>,
+}
+
+fn proxies_table(proxies: &[Proxy]) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let rows = items
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    let rows = proxies
         .iter()
         .map(|p| {
-            let s = |f: &str| p[f].as_str().unwrap_or("-").to_string();
-            let expires = p["certificate"]["expiresAt"]
-                .as_i64()
-                .map_or("-".to_string(), |at| remaining(at - now));
+            let expires = p
+                .certificate
+                .as_ref()
+                .map_or("-".to_string(), |c| remaining(c.expires_at - now));
             vec![
-                format!("{}.{}", s("service"), s("namespace")),
-                s("identity"),
-                s("address"),
-                s("ackedVersion"),
-                s("lastNack"),
+                format!("{}.{}", p.service, p.namespace),
+                p.identity.clone(),
+                p.address.clone(),
+                or_dash(&p.acked_version),
+                or_dash(&p.last_nack),
                 expires,
             ]
         })
@@ -132,31 +221,24 @@ fn proxies_table(items: &[Value]) -> String {
     )
 }
 
-fn audit_table(items: &[Value]) -> String {
-    let rows = items
+fn audit_table(entries: &[AuditEntry]) -> String {
+    let rows = entries
         .iter()
         .map(|e| {
-            let s = |f: &str| e[f].as_str().unwrap_or("-").to_string();
-            let changed: Vec<&str> = e["changed"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
             // Whole seconds are enough to read.
-            let time = s("time");
-            let time = time
+            let time = e
+                .time
                 .split('.')
                 .next()
-                .unwrap_or(&time)
+                .unwrap_or(&e.time)
                 .trim_end_matches('Z');
             vec![
                 format!("{time}Z"),
-                s("who"),
-                s("action"),
-                s("resource"),
-                s("resourceVersion"),
-                changed.join(", "),
+                e.who.clone(),
+                e.action.clone(),
+                e.resource.clone(),
+                e.resource_version.clone(),
+                e.changed.join(", "),
             ]
         })
         .collect();
@@ -164,20 +246,6 @@ fn audit_table(items: &[Value]) -> String {
         &["TIME", "WHO", "ACTION", "RESOURCE", "VERSION", "CHANGED"],
         rows,
     )
-}
-
-/// `2h5m`, `45s`, or `expired`.
-/// A time left (`secs` from now) as `weft get` tables show it: `23h59m`, `4m10s`, `expired`.
-pub fn remaining(secs: i64) -> String {
-    if secs <= 0 {
-        return "expired".into();
-    }
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, m) => format!("{m}m{s}s"),
-        (h, m) => format!("{h}h{m}m"),
-    }
 }
 
 fn resources_table(items: &[Value]) -> String {
@@ -256,52 +324,9 @@ fn resources_table(items: &[Value]) -> String {
     table(&["KIND", "NAMESPACE", "NAME", "SOURCE", "SUMMARY"], rows)
 }
 
-/// Left-aligned columns, two spaces apart.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        out.trim_end().to_string()
-    };
-    let mut out = line(header.iter().map(ToString::to_string).collect());
-    out.push('\n');
-    for row in rows {
-        out.push_str(&line(row));
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tables_align_and_durations_read() {
-        let t = table(
-            &["A", "BB"],
-            vec![
-                vec!["long-value".into(), "x".into()],
-                vec!["y".into(), "z".into()],
-            ],
-        );
-        assert_eq!(t, "A           BB\nlong-value  x\ny           z\n");
-        assert_eq!(remaining(7500), "2h5m");
-        assert_eq!(remaining(45), "45s");
-        assert_eq!(remaining(-1), "expired");
-    }
 
     #[test]
     fn a_policy_summary_shows_what_it_sets_with_its_values() {
@@ -319,5 +344,38 @@ mod tests {
             t.contains("target orders: loadBalancer round-robin, retries"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn proxy_and_audit_rows_read_the_api_answer_and_a_missing_field_is_an_error() {
+        let proxy = serde_json::json!({
+            "id": "7", "identity": "spiffe://weft.local/ns/shop/sa/orders", "service": "orders",
+            "namespace": "shop", "address": "127.0.0.1:1", "ackedVersion": "3", "lastNack": null,
+            "certificate": null,
+        });
+        let t = proxies_table(&rows(vec![proxy]).unwrap());
+        let cells: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "orders.shop",
+                "spiffe://weft.local/ns/shop/sa/orders",
+                "127.0.0.1:1",
+                "3",
+                "-",
+                "-"
+            ],
+            "{t}"
+        );
+        let e = rows::<Proxy>(vec![serde_json::json!({"service": "orders"})])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("missing field"), "{e}");
+        let entry = serde_json::json!({
+            "seq": 1, "time": "2026-01-02T03:04:05.678Z", "who": "loopback", "action": "created",
+            "resource": "Service/shop/orders", "resourceVersion": "1", "changed": ["spec"],
+        });
+        let t = audit_table(&rows(vec![entry]).unwrap());
+        assert!(t.contains("2026-01-02T03:04:05Z  loopback  created"), "{t}");
     }
 }

@@ -6,10 +6,60 @@
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::client::ApiClient;
+use serde::Deserialize;
 
+use super::client::{self, ApiClient, ClientArgs};
+use super::Error;
+
+const SAID_BY: &str = "weft admin-cert";
+
+#[derive(clap::Args)]
+#[command(mut_arg("server", |a| a.help("The control plane's API, on loopback")))]
+pub struct Args {
+    /// The admin's name (a DNS label).
+    name: String,
+    /// Where to write NAME.crt, NAME.key and ca.crt.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// How long the certificate is valid (1m to 30d).
+    #[arg(long, default_value = "24h")]
+    ttl: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+impl Args {
+    pub async fn run(self, data_dir: Option<PathBuf>) -> Result<(), Error> {
+        let api = self
+            .client
+            .connect(data_dir)
+            .map_err(|e| Error::usage(SAID_BY, e))?;
+        let out = admin_cert(&api, &self.name, &self.out, &self.ttl)
+            .await
+            .map_err(|e| Error::failed(SAID_BY, e))?;
+        print!("{out}");
+        Ok(())
+    }
+}
+
+/// What the CLI needs of `GET /admin/config`: the identity to ask for is in this domain.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Config {
+    trust_domain: String,
+}
+
+/// `POST /api/v1/ca/admin-certificates`'s answer (PEM).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Issued {
+    certificate_chain: String,
+    trust_anchors: String,
+}
+
+/// Makes the key, has the control plane sign it, writes the three files; returns what to print.
 pub async fn admin_cert(
     api: &ApiClient,
     name: &str,
@@ -25,13 +75,10 @@ pub async fn admin_cert(
             body.trim()
         ));
     }
-    let config: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))?;
-    let trust_domain = config["trustDomain"]
-        .as_str()
-        .ok_or("the control plane did not say its trust domain")?;
+    let config: Config = client::answer(&body)?;
     let identity = format!(
-        "spiffe://{trust_domain}/ns/{}/sa/{name}",
+        "spiffe://{}/ns/{}/sa/{name}",
+        config.trust_domain,
         crate::ca::SYSTEM_NAMESPACE
     );
     let (key, csr) = weft_proxy::identity::key_and_csr(&identity)?;
@@ -49,8 +96,7 @@ pub async fn admin_cert(
             body.trim()
         ));
     }
-    let issued: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))?;
+    let issued: Issued = client::answer(&body)?;
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let (key_path, cert_path, ca_path) = (
         out.join(format!("{name}.key")),
@@ -58,16 +104,8 @@ pub async fn admin_cert(
         out.join("ca.crt"),
     );
     write(&key_path, &key.serialize_pem(), 0o600)?;
-    write(
-        &cert_path,
-        issued["certificateChain"].as_str().unwrap_or_default(),
-        0o644,
-    )?;
-    write(
-        &ca_path,
-        issued["trustAnchors"].as_str().unwrap_or_default(),
-        0o644,
-    )?;
+    write(&cert_path, &issued.certificate_chain, 0o644)?;
+    write(&ca_path, &issued.trust_anchors, 0o644)?;
     Ok(format!(
         "admin certificate for {identity} (valid {ttl})\n  certificate: {}\n  key:         {} (made here; never sent)\n  trust:       {}\nuse it with: weft --certificate-authority {} --client-certificate {} --client-key {} get services --server https://HOST:PORT\n",
         cert_path.display(),
