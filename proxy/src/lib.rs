@@ -225,6 +225,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         metrics: metrics.clone(),
         namespace: config.namespace.clone(),
         tls: tls.clone(),
+        connect: Arc::new(transport::PeerConnector::new(tls.clone())),
         tracer: tracer.clone(),
         access_log: access_log.clone(),
         upgrades: config.allowed_upgrades.clone(),

@@ -33,7 +33,7 @@ use crate::policy::MAX_REPLAY_BODY;
 use crate::retry::{self, Outcome, Replay};
 use crate::routes::{Backend, LogicalService, Rule, ServiceKey};
 use crate::trace::{self, SpanKind, Tracer};
-use crate::transport::{SendError, ORIG_PROTO_HEADER};
+use crate::transport::{Connect, SendError, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
 
 /// Where an outbound listener sends its traffic.
@@ -52,7 +52,11 @@ pub struct Outbound {
     pub discovery: Arc<Discovery>,
     pub metrics: Arc<Metrics>,
     pub namespace: String,
+    /// This proxy's credentials, for the connections of their own that upgrades make.
     pub tls: Arc<crate::tls::Tls>,
+    /// Opens the pooled connection to an endpoint's proxy (`transport::PeerConnector` in
+    /// production), once per new connection.
+    pub connect: Arc<dyn Connect>,
     pub tracer: Arc<Tracer>,
     pub access_log: Arc<AccessLog>,
     /// The protocols the app's requests may upgrade to.
@@ -332,10 +336,11 @@ impl Outbound {
         };
         let mut inflight = pick.start();
         let addr = inflight.endpoint().addr;
-        let send = inflight
-            .endpoint()
-            .conn
-            .send(req, backend.policy.connect_timeout, &self.tls);
+        let send =
+            inflight
+                .endpoint()
+                .conn
+                .send(req, backend.policy.connect_timeout, &*self.connect);
         let sent = match policy.per_try_timeout {
             None => send.await,
             Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
