@@ -11,6 +11,8 @@
 
 mod convert;
 mod subscriptions;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

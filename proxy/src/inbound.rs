@@ -491,3 +491,6 @@ impl OpaqueRefusal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

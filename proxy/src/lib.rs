@@ -15,6 +15,8 @@ pub mod config;
 pub mod control;
 pub mod discovery;
 pub mod errors;
+#[cfg(test)]
+mod fake_mesh;
 pub mod headers;
 pub mod identity;
 pub mod inbound;

@@ -494,3 +494,6 @@ pub fn error_label<B>(rsp: &Response<B>) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+#[cfg(test)]
+mod tests;
