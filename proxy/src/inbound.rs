@@ -26,7 +26,7 @@ use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
 use crate::headers;
 use crate::metrics::ConnectionLabels;
-use crate::metrics::{Metrics, RequestLabels, ServiceLabels, INBOUND};
+use crate::metrics::{no_label, Metrics, RequestLabels, ServiceLabels, INBOUND};
 use crate::observe::{Info, RequestLine};
 use crate::outbound::error_label;
 use crate::ratelimit::TokenBucket;
@@ -49,7 +49,8 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// `app-addr`) in production, an in-memory stream in component tests.
 pub struct Inbound<C = AppConnector> {
     app_addr: SocketAddr,
-    service: String,
+    /// `name.namespace`, shared with the metric labels of every request.
+    service: Arc<str>,
     metrics: Arc<Metrics>,
     http1: Client<C, Body>,
     http2: Client<C, Body>,
@@ -119,7 +120,7 @@ where
             .build(app.connector);
         Self {
             app_addr: app.addr,
-            service: app.service,
+            service: app.service.into(),
             metrics,
             http1,
             http2,
@@ -151,7 +152,7 @@ where
             self.metrics
                 .rate_limited
                 .get_or_create(&ServiceLabels {
-                    service: self.service.clone(),
+                    service: self.service.to_string(),
                 })
                 .inc();
             ProxyError::RateLimited {
@@ -313,7 +314,7 @@ where
         header: &OpaqueHeader,
         client: Option<&str>,
     ) -> Result<(), OpaqueRefusal> {
-        if header.service != self.service {
+        if *header.service != *self.service {
             return Err(OpaqueRefusal::NotThisService);
         }
         let snapshot = self.discovery.snapshot();
@@ -370,7 +371,7 @@ where
             let info = Info {
                 service: self.service.clone(),
                 upstream: Some(self.app_addr),
-                peer_identity: client.as_deref().unwrap_or_default().to_string(),
+                peer_identity: client.clone().unwrap_or_else(no_label),
                 peer: Some(peer),
                 ..Info::default()
             };
@@ -379,8 +380,8 @@ where
         let labels = RequestLabels {
             direction: INBOUND,
             service: self.service.clone(),
-            route: String::new(),
-            peer: client.as_deref().unwrap_or_default().to_string(),
+            route: no_label(),
+            peer: client.unwrap_or_else(no_label),
             status_class: crate::metrics::status_class(rsp.status().as_u16()),
             grpc_status: String::new(),
             error,

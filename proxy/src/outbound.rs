@@ -48,6 +48,13 @@ pub enum Target {
 /// The `service` of a request whose name is no Service of the mesh.
 pub const UNKNOWN_SERVICE: &str = "unknown";
 
+/// [`UNKNOWN_SERVICE`] as a shared label.
+fn unknown_service() -> Arc<str> {
+    static UNKNOWN: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from(UNKNOWN_SERVICE));
+    UNKNOWN.clone()
+}
+
 pub struct Outbound {
     pub discovery: Arc<Discovery>,
     pub metrics: Arc<Metrics>,
@@ -82,7 +89,7 @@ impl Outbound {
             Ok(rsp) => rsp,
             Err(e) => {
                 if info.service.is_empty() {
-                    info.service = UNKNOWN_SERVICE.into();
+                    info.service = unknown_service();
                 }
                 tracing::debug!(service = %info.service, error = %e, "outbound request failed");
                 errors::rescue(&e, grpc)
@@ -130,7 +137,7 @@ impl Outbound {
         // Labelled by the name only once it is a Service of the mesh: a caller's made-up
         // names stay `unknown` (metrics, spans and log lines are bounded by the mesh's config).
         let service = self.discovery.resolve(&key).await?;
-        info.service = key.to_string();
+        info.service = service.label();
         let port = service.port(port).ok_or_else(|| {
             ProxyError::NoRoute(format!(
                 "{key} on port {}",
@@ -240,7 +247,7 @@ impl Outbound {
         &self,
         service: &LogicalService,
         rule: &Rule,
-        parts: Parts,
+        mut parts: Parts,
         body: Incoming,
         info: &mut Info,
     ) -> Result<(Response<Body>, Option<std::time::Duration>), ProxyError> {
@@ -265,7 +272,13 @@ impl Outbound {
                 None => body::empty(),
                 Some(r) => body::boxed(r.body(retries)),
             };
-            let req = Request::from_parts(parts.clone(), req_body);
+            // The head is kept for another try only while the policy allows one.
+            let head = if retries < policy.max_retries {
+                parts.clone()
+            } else {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            };
+            let req = Request::from_parts(head, req_body);
             let (result, outcome, guard) = self.try_once(backend, req, policy, &tried).await?;
             info.upstream = Some(guard.inflight.endpoint().addr);
             info.peer_identity.clone_from(&backend.identity);

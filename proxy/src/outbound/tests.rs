@@ -460,3 +460,24 @@ async fn the_peer_gets_an_http2_stream_marked_with_the_callers_version() {
         "both requests ride one pooled connection"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_is_counted_under_its_service_route_and_peer() {
+    let peers = FakePeers::default();
+    peers.0.status(A, 200);
+    let outbound = fake_mesh::outbound(orders(&[A], None), &peers);
+    send(&outbound, get("http://orders.shop/x")).await;
+    // Not in the snapshot: it waits for the control plane, then gives up.
+    send(&outbound, get("http://ghost/x")).await;
+    let ok = r#"weft_proxy_requests_total{direction="outbound",service="orders.shop",route="default",peer="spiffe://test.local/ns/shop/sa/orders",status_class="2xx",grpc_status="",error=""} 1"#;
+    let unknown = r#"weft_proxy_requests_total{direction="outbound",service="unknown",route="",peer="",status_class="5xx",grpc_status="",error="no-endpoints"} 1"#;
+    // Recorded when the response body ends, which the caller may see first.
+    for _ in 0..1000 {
+        let text = outbound.metrics.encode();
+        if text.contains(ok) && text.contains(unknown) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("not counted as expected:\n{}", outbound.metrics.encode());
+}
