@@ -203,7 +203,10 @@ async fn max_requests_answers_overloaded() {
     while peers.0.seen().is_empty() {
         tokio::task::yield_now().await;
     }
-    let rsp = send(&outbound, get("http://orders.shop/x")).await;
+    let second = send(&outbound, get("http://orders.shop/x"));
+    let rsp = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("refused at once, not queued behind the first");
     assert_eq!(rsp.status, 503);
     assert_eq!(rsp.reason(), "overloaded");
     assert_eq!(
