@@ -578,3 +578,6 @@ fn plan_delete(
         resource: None,
     }])
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,8 @@ mod convert;
 mod registry;
 mod snapshot;
 mod subscriptions;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -9,18 +9,15 @@
 //! `weft-orig-proto`), over a pooled connection.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::access_log::AccessLog;
@@ -29,7 +26,7 @@ use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
 use crate::headers;
 use crate::metrics::ConnectionLabels;
-use crate::metrics::{Metrics, RequestLabels, ServiceLabels, INBOUND};
+use crate::metrics::{no_label, Metrics, RequestLabels, ServiceLabels, INBOUND};
 use crate::observe::{Info, RequestLine};
 use crate::outbound::error_label;
 use crate::ratelimit::TokenBucket;
@@ -39,7 +36,7 @@ use crate::server::Http;
 use crate::shared::Shared;
 use crate::tls::Tls;
 use crate::trace::{self, SpanKind, Tracer};
-use crate::transport::{self, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
+use crate::transport::{self, AppConnector, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -49,12 +46,15 @@ pub const CLIENT_IDENTITY_HEADER: &str = "x-weft-client-identity";
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-pub struct Inbound {
+/// The inbound side of the proxy. `C` connects it to the app: [`AppConnector`] (TCP to
+/// `app-addr`) in production, an in-memory stream in component tests.
+pub struct Inbound<C = AppConnector> {
     app_addr: SocketAddr,
-    service: String,
+    /// `name.namespace`, shared with the metric labels of every request.
+    service: Arc<str>,
     metrics: Arc<Metrics>,
-    http1: Client<AppConnector, Body>,
-    http2: Client<AppConnector, Body>,
+    http1: Client<C, Body>,
+    http2: Client<C, Body>,
     tls: Arc<Tls>,
     discovery: Arc<Discovery>,
     /// The rate limit's bucket, replaced when its settings change.
@@ -64,9 +64,35 @@ pub struct Inbound {
     upgrades: Upgrades,
 }
 
+/// The app behind an inbound: where it listens, which Service it is, and how to reach it.
+pub struct App<C> {
+    pub addr: SocketAddr,
+    /// `name.namespace`.
+    pub service: String,
+    /// The protocols its callers' requests may upgrade to.
+    pub upgrades: Upgrades,
+    pub connector: C,
+}
+
 impl Inbound {
     /// The inbound side of the proxy configured by `config`.
     pub fn new(config: &crate::config::Config, shared: &Shared) -> Self {
+        let app = App {
+            addr: config.app_addr,
+            service: format!("{}.{}", config.service, config.namespace),
+            upgrades: config.allowed_upgrades.clone(),
+            connector: AppConnector::new(config.app_addr),
+        };
+        Self::with_app(app, shared)
+    }
+}
+
+impl<C> Inbound<C>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    /// The inbound side of the proxy in front of `app`.
+    pub fn with_app(app: App<C>, shared: &Shared) -> Self {
         let Shared {
             metrics,
             tls,
@@ -74,12 +100,10 @@ impl Inbound {
             tracer,
             access_log,
         } = shared.clone();
-        let app_addr = config.app_addr;
-        let connector = AppConnector { addr: app_addr };
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
-            .build(connector.clone());
+            .build(app.connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .http2_initial_stream_window_size(1 << 20)
@@ -87,10 +111,10 @@ impl Inbound {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(connector);
+            .build(app.connector);
         Self {
-            app_addr,
-            service: format!("{}.{}", config.service, config.namespace),
+            app_addr: app.addr,
+            service: app.service.into(),
             metrics,
             http1,
             http2,
@@ -99,7 +123,7 @@ impl Inbound {
             limiter: std::sync::Mutex::new(None),
             tracer,
             access_log,
-            upgrades: config.allowed_upgrades.clone(),
+            upgrades: app.upgrades,
         }
     }
 
@@ -122,7 +146,7 @@ impl Inbound {
             self.metrics
                 .rate_limited
                 .get_or_create(&ServiceLabels {
-                    service: self.service.clone(),
+                    service: self.service.to_string(),
                 })
                 .inc();
             ProxyError::RateLimited {
@@ -284,7 +308,7 @@ impl Inbound {
         header: &OpaqueHeader,
         client: Option<&str>,
     ) -> Result<(), OpaqueRefusal> {
-        if header.service != self.service {
+        if *header.service != *self.service {
             return Err(OpaqueRefusal::NotThisService);
         }
         let snapshot = self.discovery.snapshot();
@@ -341,7 +365,7 @@ impl Inbound {
             let info = Info {
                 service: self.service.clone(),
                 upstream: Some(self.app_addr),
-                peer_identity: client.as_deref().unwrap_or_default().to_string(),
+                peer_identity: client.clone().unwrap_or_else(no_label),
                 peer: Some(peer),
                 ..Info::default()
             };
@@ -350,8 +374,8 @@ impl Inbound {
         let labels = RequestLabels {
             direction: INBOUND,
             service: self.service.clone(),
-            route: String::new(),
-            peer: client.as_deref().unwrap_or_default().to_string(),
+            route: no_label(),
+            peer: client.unwrap_or_else(no_label),
             status_class: crate::metrics::status_class(rsp.status().as_u16()),
             grpc_status: String::new(),
             error,
@@ -463,33 +487,5 @@ impl OpaqueRefusal {
     }
 }
 
-/// Connects the pooled clients to the app, whatever the request's authority says: the
-/// authority is preserved for the app, the address is always `app-addr`.
-#[derive(Clone)]
-struct AppConnector {
-    addr: SocketAddr,
-}
-
-impl tower::Service<Uri> for AppConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let addr = self.addr;
-        Box::pin(async move {
-            match transport::dial(addr, transport::DEFAULT_CONNECT_TIMEOUT).await {
-                Ok(stream) => Ok(TokioIo::new(stream)),
-                Err(ProxyError::ConnectFailed { addr, reason }) => Err(ProxyError::ConnectFailed {
-                    addr,
-                    reason: format!("{reason}; is the app listening on app-addr?"),
-                }),
-                Err(e) => Err(e),
-            }
-        })
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -73,4 +73,8 @@ pub mod tcp; // opaque TCP forwarding
 pub mod cli; // `weft-proxy run`
 pub mod wiring; // start(): tasks and listeners
 
+// Test fixtures: a fake network for component tests of the parts above.
+#[cfg(test)]
+mod fake_mesh;
+
 pub use wiring::{start, Listeners, Running};

@@ -6,21 +6,30 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::{Arc, LazyLock};
 
 pub const INBOUND: &str = "inbound";
 pub const OUTBOUND: &str = "outbound";
 
+/// The empty label value, shared: an `Arc<str>` of its own would be an allocation per request.
+pub fn no_label() -> Arc<str> {
+    static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
+}
+
+/// Labels of every request. The names (`service`, `route`, `peer`) come from the snapshot in
+/// force, shared (`Arc<str>`), so that recording a request copies no string.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: &'static str,
     /// Outbound: the logical service called (`name.namespace`); inbound: this proxy's service.
-    pub service: String,
+    pub service: Arc<str>,
     /// Outbound: the HTTPRoute rule that took the request (`namespace/name#index`, `default`);
     /// empty inbound and when no route matched.
-    pub route: String,
+    pub route: Arc<str>,
     /// The SPIFFE ID at the other end: outbound, the one the callee proved; inbound, the
     /// caller's. Empty when none was authenticated.
-    pub peer: String,
+    pub peer: Arc<str>,
     /// `1xx` … `5xx`.
     pub status_class: &'static str,
     /// The gRPC status (from the trailers, or a trailers-only response); empty for non-gRPC.

@@ -2,12 +2,14 @@
 //! directions turn a request and its response into trace attributes and a log entry.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{header, Request, Response, Version};
 
 use crate::access_log::{self, AccessLog, Entry};
 use crate::errors;
+use crate::metrics::no_label;
 use crate::trace::{self, KeyValue as Kv, Span, Tracer};
 
 /// The parts of a request that its span and log line report, taken before the request is
@@ -25,20 +27,34 @@ pub struct RequestLine {
     span: Option<Span>,
 }
 
-/// What the proxy learned while handling the request.
-#[derive(Debug, Default)]
+/// What the proxy learned while handling the request. Its names are shared with the snapshot
+/// in force and become the request's metric labels as they are.
+#[derive(Debug)]
 pub struct Info {
     /// Outbound: the service addressed; inbound: this proxy's own (`name.namespace`).
-    pub service: String,
+    pub service: Arc<str>,
     /// The HTTPRoute rule that took it (outbound).
-    pub route: String,
+    pub route: Arc<str>,
     /// Outbound: the endpoint of the last try; inbound: the app.
     pub upstream: Option<SocketAddr>,
     /// Outbound: the identity the endpoint proved; inbound: the caller's.
-    pub peer_identity: String,
+    pub peer_identity: Arc<str>,
     /// Inbound: the caller's address.
     pub peer: Option<SocketAddr>,
     pub retries: u32,
+}
+
+impl Default for Info {
+    fn default() -> Self {
+        Self {
+            service: no_label(),
+            route: no_label(),
+            upstream: None,
+            peer_identity: no_label(),
+            peer: None,
+            retries: 0,
+        }
+    }
 }
 
 impl RequestLine {
@@ -94,10 +110,10 @@ impl RequestLine {
                 protocol: format!("{:?}", self.version),
                 status: rsp.status().as_u16(),
                 duration_ms: self.start.elapsed().unwrap_or_default().as_secs_f64() * 1000.0,
-                service: info.service.clone(),
-                route: info.route.clone(),
+                service: info.service.to_string(),
+                route: info.route.to_string(),
                 upstream: info.upstream.map(|a| a.to_string()),
-                peer_identity: info.peer_identity.clone(),
+                peer_identity: info.peer_identity.to_string(),
                 peer_address: info.peer.map(|a| a.to_string()),
                 error: error.to_string(),
                 retries: info.retries,
@@ -127,7 +143,7 @@ impl RequestLine {
             Kv::new("http.request.method", self.method.to_string()),
             Kv::new("url.path", self.path.clone()),
             Kv::new("http.response.status_code", i64::from(status)),
-            Kv::new("weft.service", info.service.clone()),
+            Kv::new("weft.service", info.service.to_string()),
         ];
         if client {
             if let Some(auth) = &self.authority {
@@ -138,14 +154,14 @@ impl RequestLine {
             }
             a.push(Kv::new("weft.retries", i64::from(info.retries)));
             if !info.route.is_empty() {
-                a.push(Kv::new("weft.route", info.route.clone()));
+                a.push(Kv::new("weft.route", info.route.to_string()));
             }
             if let Some(ep) = info.upstream {
                 a.push(Kv::new("network.peer.address", ep.ip().to_string()));
                 a.push(Kv::new("network.peer.port", i64::from(ep.port())));
             }
         } else {
-            a.push(Kv::new("server.address", info.service.clone()));
+            a.push(Kv::new("server.address", info.service.to_string()));
             if let Some(peer) = info.peer {
                 a.push(Kv::new("client.address", peer.ip().to_string()));
                 a.push(Kv::new("network.peer.address", peer.ip().to_string()));
@@ -153,7 +169,10 @@ impl RequestLine {
             }
         }
         if !info.peer_identity.is_empty() {
-            a.push(Kv::new("weft.peer.identity", info.peer_identity.clone()));
+            a.push(Kv::new(
+                "weft.peer.identity",
+                info.peer_identity.to_string(),
+            ));
         }
         if !error.is_empty() {
             a.push(Kv::new("weft.error", error.to_string()));

@@ -33,7 +33,7 @@ use crate::policy::MAX_REPLAY_BODY;
 use crate::retry::{self, Outcome, Replay};
 use crate::routes::{Backend, LogicalService, Rule, ServiceKey};
 use crate::trace::{self, SpanKind, Tracer};
-use crate::transport::{SendError, ORIG_PROTO_HEADER};
+use crate::transport::{Connect, SendError, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
 
 /// Where an outbound listener sends its traffic.
@@ -48,11 +48,22 @@ pub enum Target {
 /// The `service` of a request whose name is no Service of the mesh.
 pub const UNKNOWN_SERVICE: &str = "unknown";
 
+/// [`UNKNOWN_SERVICE`] as a shared label.
+fn unknown_service() -> Arc<str> {
+    static UNKNOWN: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from(UNKNOWN_SERVICE));
+    UNKNOWN.clone()
+}
+
 pub struct Outbound {
     pub discovery: Arc<Discovery>,
     pub metrics: Arc<Metrics>,
     pub namespace: String,
+    /// This proxy's credentials, for the connections of their own that upgrades make.
     pub tls: Arc<crate::tls::Tls>,
+    /// Opens the pooled connection to an endpoint's proxy (`transport::PeerConnector` in
+    /// production), once per new connection.
+    pub connect: Arc<dyn Connect>,
     pub tracer: Arc<Tracer>,
     pub access_log: Arc<AccessLog>,
     /// The protocols the app's requests may upgrade to.
@@ -78,7 +89,7 @@ impl Outbound {
             Ok(rsp) => rsp,
             Err(e) => {
                 if info.service.is_empty() {
-                    info.service = UNKNOWN_SERVICE.into();
+                    info.service = unknown_service();
                 }
                 tracing::debug!(service = %info.service, error = %e, "outbound request failed");
                 errors::rescue(&e, grpc)
@@ -126,7 +137,7 @@ impl Outbound {
         // Labelled by the name only once it is a Service of the mesh: a caller's made-up
         // names stay `unknown` (metrics, spans and log lines are bounded by the mesh's config).
         let service = self.discovery.resolve(&key).await?;
-        info.service = key.to_string();
+        info.service = service.label();
         let port = service.port(port).ok_or_else(|| {
             ProxyError::NoRoute(format!(
                 "{key} on port {}",
@@ -236,7 +247,7 @@ impl Outbound {
         &self,
         service: &LogicalService,
         rule: &Rule,
-        parts: Parts,
+        mut parts: Parts,
         body: Incoming,
         info: &mut Info,
     ) -> Result<(Response<Body>, Option<std::time::Duration>), ProxyError> {
@@ -261,7 +272,13 @@ impl Outbound {
                 None => body::empty(),
                 Some(r) => body::boxed(r.body(retries)),
             };
-            let req = Request::from_parts(parts.clone(), req_body);
+            // The head is kept for another try only while the policy allows one.
+            let head = if retries < policy.max_retries {
+                parts.clone()
+            } else {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            };
+            let req = Request::from_parts(head, req_body);
             let (result, outcome, guard) = self.try_once(backend, req, policy, &tried).await?;
             info.upstream = Some(guard.inflight.endpoint().addr);
             info.peer_identity.clone_from(&backend.identity);
@@ -332,10 +349,11 @@ impl Outbound {
         };
         let mut inflight = pick.start();
         let addr = inflight.endpoint().addr;
-        let send = inflight
-            .endpoint()
-            .conn
-            .send(req, backend.policy.connect_timeout, &self.tls);
+        let send =
+            inflight
+                .endpoint()
+                .conn
+                .send(req, backend.policy.connect_timeout, &*self.connect);
         let sent = match policy.per_try_timeout {
             None => send.await,
             Some(t) => tokio::time::timeout(t, send).await.unwrap_or_else(|_| {
@@ -489,3 +507,6 @@ pub fn error_label<B>(rsp: &Response<B>) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method};
@@ -43,6 +43,8 @@ impl ServiceKey {
     /// Resolves a request authority's host to a service, the way cluster DNS would:
     /// `orders`, `orders.shop`, `orders.shop.svc` and `orders.shop.svc.cluster.local` (any
     /// cluster domain after `svc`). A bare name is in the caller's own namespace.
+    ///
+    /// Runs per request: it reads the host in place and allocates only the key's two names.
     pub fn from_host(host: &str, own_namespace: &str) -> Option<Self> {
         let host = host.trim_end_matches('.');
         // A DNS name (RFC 1035: labels of at most 63 characters, 253 in all), or it cannot be
@@ -50,25 +52,21 @@ impl ServiceKey {
         if host.len() > 253 {
             return None;
         }
-        let labels: Vec<&str> = host.split('.').collect();
-        let valid = |l: &&str| {
+        let valid = |l: &str| {
             (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         };
-        if !labels.iter().all(valid) {
+        if !host.split('.').all(valid) {
             return None;
         }
-        match labels.as_slice() {
-            [name] => Some(Self::new(name.to_ascii_lowercase(), own_namespace)),
-            [name, ns] => Some(Self::new(
-                name.to_ascii_lowercase(),
-                ns.to_ascii_lowercase(),
-            )),
-            [name, ns, svc, ..] if svc.eq_ignore_ascii_case("svc") => Some(Self::new(
-                name.to_ascii_lowercase(),
-                ns.to_ascii_lowercase(),
-            )),
-            _ => None,
-        }
+        let mut labels = host.split('.');
+        let name = labels.next()?;
+        let namespace = match (labels.next(), labels.next()) {
+            (None, _) => own_namespace.to_string(),
+            (Some(ns), None) => ns.to_ascii_lowercase(),
+            (Some(ns), Some(svc)) if svc.eq_ignore_ascii_case("svc") => ns.to_ascii_lowercase(),
+            _ => return None,
+        };
+        Some(Self::new(name.to_ascii_lowercase(), namespace))
     }
 }
 
@@ -106,9 +104,12 @@ pub struct LogicalService {
     pub state: Arc<ServiceState>,
 }
 
-/// What a logical service keeps across config updates: its retry budget and fault sequences.
+/// What a logical service keeps across config updates: its retry budget, fault sequences and
+/// metric label.
 #[derive(Debug, Default)]
 pub struct ServiceState {
+    /// `name.namespace`, made once ([`ServiceState::label`]): the request path shares it.
+    label: OnceLock<Arc<str>>,
     pub budget: Budget,
     pub delays: Spread,
     pub aborts: Spread,
@@ -117,7 +118,21 @@ pub struct ServiceState {
     pub last_used: std::sync::atomic::AtomicU64,
 }
 
+impl ServiceState {
+    /// The service's name as its metrics and logs spell it (`name.namespace`). The state is
+    /// shared by service key, so the label made for the first request holds for every later
+    /// snapshot.
+    pub fn label(&self, key: &ServiceKey) -> Arc<str> {
+        self.label.get_or_init(|| key.to_string().into()).clone()
+    }
+}
+
 impl LogicalService {
+    /// The service's metric label ([`ServiceState::label`]).
+    pub fn label(&self) -> Arc<str> {
+        self.state.label(&self.key)
+    }
+
     /// The port a request addressed to `port` uses: that port if the service has it; with no
     /// port in the authority, the service's first port.
     pub fn port(&self, port: Option<u16>) -> Option<&Port> {
@@ -147,8 +162,9 @@ impl LogicalService {
 
 #[derive(Debug, Serialize)]
 pub struct Rule {
-    /// `namespace/name#index` of the HTTPRoute rule, or `default`.
-    pub name: String,
+    /// `namespace/name#index` of the HTTPRoute rule, or `default`; shared with the metric
+    /// label of every request it takes.
+    pub name: Arc<str>,
     pub port: Option<u16>,
     /// Empty matches every request.
     pub matches: Vec<Match>,
@@ -271,8 +287,9 @@ impl Split {
 #[derive(Debug, Serialize)]
 pub struct Backend {
     pub key: ServiceKey,
-    /// The identity its endpoints must present (checked once mTLS is on).
-    pub identity: String,
+    /// The identity its endpoints must present (checked once mTLS is on); shared with the
+    /// `peer` metric label of every request it answers.
+    pub identity: Arc<str>,
     pub balancer: Balancer,
     pub policy: BackendPolicy,
     #[serde(skip)]
@@ -385,7 +402,7 @@ mod tests {
         let backend = |n: &str| {
             Arc::new(Backend {
                 key: ServiceKey::new(n, "ns"),
-                identity: String::new(),
+                identity: "".into(),
                 balancer: Balancer::new(vec![], Default::default()),
                 policy: Default::default(),
                 state: Default::default(),

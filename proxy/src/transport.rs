@@ -13,7 +13,11 @@
 //! - **HTTP/1.1**: a dedicated connection for a request that upgrades (WebSocket), which cannot
 //!   ride an HTTP/2 stream.
 //!
-//! [`dial`] is the single place a connection to a peer is made: mTLS wraps it.
+//! [`dial`] is the single place a connection to a peer is made: mTLS wraps it. How the pooled
+//! connection to a peer and the inbound's connection to the app are opened is the [`Connect`]
+//! seam (`transport/connect.rs`), which component tests fill with in-memory streams.
+
+mod connect;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -24,13 +28,15 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
 use crate::errors::ProxyError;
 use crate::tls::Tls;
+
+pub use connect::{client_config, handshake, AppConnector, Connect, Connecting, PeerConnector};
 
 /// A connection to a peer proxy: mutual TLS once this proxy has a certificate, plain TCP before.
 pub type PeerIo = tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
@@ -82,8 +88,8 @@ pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Prox
     Ok(stream)
 }
 
-/// A pooled HTTP/2 connection to one peer, dialed on first use and again after it closes.
-/// A connection made before this proxy had a certificate is replaced by a TLS one once it has.
+/// A pooled HTTP/2 connection to one peer, opened through a [`Connect`] on first use and again
+/// after it closes.
 #[derive(Debug)]
 pub struct PeerConn {
     addr: SocketAddr,
@@ -104,15 +110,11 @@ impl PeerConn {
         }
     }
 
-    /// The client config for this peer. Traffic between proxies is always mTLS: a proxy
-    /// without its certificate yet sends nothing.
+    /// The client config for this peer, for the connections of its own that an upgrade or
+    /// opaque TCP makes. Traffic between proxies is always mTLS: a proxy without its
+    /// certificate yet sends nothing.
     pub fn tls_config(&self, tls: &Tls) -> Result<Arc<rustls::ClientConfig>, ProxyError> {
-        tls.client(&self.identity)
-            .ok_or_else(|| ProxyError::TlsFailed {
-                addr: self.addr,
-                reason: "this proxy has no certificate yet (is the control plane reachable?)"
-                    .into(),
-            })
+        connect::client_config(tls, self.addr, &self.identity)
     }
 
     /// Whether a pooled connection is open (a request need not wait for one).
@@ -128,7 +130,7 @@ impl PeerConn {
     async fn sender(
         &self,
         timeout: Duration,
-        tls: &Tls,
+        connector: &dyn Connect,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
         if let Some(s) = self.cached() {
             return Ok(s);
@@ -138,42 +140,27 @@ impl PeerConn {
         if let Some(s) = self.cached() {
             return Ok(s);
         }
-        let stream = dial_peer(self.addr, timeout, Some(self.tls_config(tls)?)).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .timer(hyper_util::rt::TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ProxyError::ConnectFailed {
-                addr: self.addr,
-                reason: e.to_string(),
-            })?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "peer connection closed");
-            }
-        });
+        let sender = connector
+            .connect(self.addr, &self.identity, timeout)
+            .await?;
         if let Ok(mut slot) = self.h2.lock() {
             *slot = Some(sender.clone());
         }
         Ok(sender)
     }
 
-    /// Sends one request as a stream on the peer's HTTP/2 connection. The error says whether
-    /// the request may have reached the peer.
+    /// Sends one request as a stream on the peer's HTTP/2 connection, made through
+    /// `connector` when none is open. The error says whether the request may have reached the
+    /// peer.
     pub async fn send(
         &self,
         req: http::Request<Body>,
         connect_timeout: Duration,
-        tls: &Tls,
+        connector: &dyn Connect,
     ) -> Result<http::Response<Incoming>, SendError> {
         let not_sent = |error| SendError { error, sent: false };
         let mut sender = self
-            .sender(connect_timeout, tls)
+            .sender(connect_timeout, connector)
             .await
             .map_err(|e| match e {
                 ProxyError::ConnectFailed { addr, reason } => ProxyError::ConnectFailed {

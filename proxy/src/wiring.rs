@@ -296,6 +296,7 @@ fn spawn_listeners(
         metrics: shared.metrics.clone(),
         namespace: config.namespace.clone(),
         tls: shared.tls.clone(),
+        connect: Arc::new(crate::transport::PeerConnector::new(shared.tls.clone())),
         tracer: shared.tracer.clone(),
         access_log: shared.access_log.clone(),
         upgrades: config.allowed_upgrades.clone(),

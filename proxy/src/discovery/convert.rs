@@ -193,7 +193,7 @@ fn service(svc: &pb::Service, registry: &EndpointRegistry) -> Result<LogicalServ
         let policy = rule_policy(&service_policy, svc.policy.as_ref(), r)
             .map_err(|e| format!("rule {name}: {e}"))?;
         rules.push(Rule {
-            name,
+            name: name.into(),
             port,
             matches,
             split,
@@ -248,7 +248,7 @@ fn backend(b: &pb::Backend, registry: &EndpointRegistry) -> Result<Backend> {
     state.recount(balancer.open_endpoints());
     Ok(Backend {
         key,
-        identity: b.identity.clone(),
+        identity: b.identity.as_str().into(),
         balancer,
         policy,
         state,
