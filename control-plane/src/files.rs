@@ -3,9 +3,11 @@
 //! A change is picked up through inotify, debounced (quiet for 20 ms, at most 100 ms after the
 //! first event), then the whole set is read and checked again. A set with any problem is
 //! refused, every problem is logged with its file and field, and the config in force stays.
+//!
+//! This module reads and watches; it does not know what the resources are for: [`watch`] calls
+//! back on each settled change, and the caller (`State::reload`, wired in `lib.rs`) loads them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -14,7 +16,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::resources::{self, Sourced};
-use crate::state::State;
 
 const QUIET: Duration = Duration::from_millis(20);
 const MAX_DELAY: Duration = Duration::from_millis(100);
@@ -88,8 +89,9 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Sourced>, Vec<String>> {
     }
 }
 
-/// Watches the paths and reloads on change until `shutdown`.
-pub async fn watch(paths: Vec<PathBuf>, state: Arc<State>, shutdown: CancellationToken) {
+/// Watches the paths until `shutdown`, calling `changed` once the files have been quiet after a
+/// change (or at most [`MAX_DELAY`] after its first event).
+pub async fn watch(paths: Vec<PathBuf>, changed: impl Fn(), shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -127,7 +129,7 @@ pub async fn watch(paths: Vec<PathBuf>, state: Arc<State>, shutdown: Cancellatio
         while let Ok(Some(())) =
             tokio::time::timeout_at(deadline.min(Instant::now() + QUIET), rx.recv()).await
         {}
-        state.reload(&paths);
+        changed();
     }
 }
 
