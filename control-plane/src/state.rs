@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::files;
+use crate::files::{self, Refusal, RefusedFile};
 use crate::mesh::{Mesh, Trust};
 use crate::metrics::{Metrics, Outcome};
 use crate::resources::{self, Problem, Resource, Sourced};
@@ -166,7 +166,8 @@ impl WriteError {
 pub struct State {
     mesh: watch::Sender<Arc<Mesh>>,
     trust_domain: String,
-    last_error: Mutex<Vec<String>>,
+    /// Why the last reload of the files was refused; empty once a reload is accepted.
+    refusal: Mutex<Refusal>,
     /// Held by whoever computes the next generation.
     inputs: Mutex<Inputs>,
     store: Option<Store>,
@@ -214,7 +215,7 @@ impl State {
         Ok(Self {
             mesh: watch::channel(Arc::new(mesh)).0,
             trust_domain,
-            last_error: Mutex::default(),
+            refusal: Mutex::default(),
             inputs: Mutex::new(inputs),
             store,
             metrics,
@@ -292,10 +293,17 @@ impl State {
 
     /// The problems that refused the last reload, if it was refused.
     pub fn last_error(&self) -> Vec<String> {
-        self.last_error
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
+        self.refusal().problems
+    }
+
+    /// The files that refused the last reload, each with its problems; none once a reload is
+    /// accepted.
+    pub fn refused_files(&self) -> Vec<RefusedFile> {
+        self.refusal().files
+    }
+
+    fn refusal(&self) -> Refusal {
+        self.refusal.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Reads the files again; publishes a new generation if they are valid and changed.
@@ -303,8 +311,16 @@ impl State {
         let mut inputs = self.lock();
         match files::load(paths) {
             Ok(resources) => {
-                if let Ok(mut e) = self.last_error.lock() {
-                    e.clear();
+                let refused = match self.refusal.lock() {
+                    Ok(mut r) => std::mem::take(&mut *r).files,
+                    Err(_) => Vec::new(),
+                };
+                for f in refused {
+                    if std::path::Path::new(&f.file).is_file() {
+                        tracing::info!(file = %f.file, "config file accepted: it was refused before, and is now in force");
+                    } else {
+                        tracing::info!(file = %f.file, "config file no longer refused: it is gone");
+                    }
                 }
                 inputs.files = resources;
                 inputs.warn_shadowed();
@@ -319,8 +335,8 @@ impl State {
                     })
                     .inc();
             }
-            Err(problems) => {
-                for p in &problems {
+            Err(refusal) => {
+                for p in &refusal.problems {
                     tracing::error!("config refused: {p}");
                 }
                 let generation = self.mesh().generation;
@@ -332,8 +348,8 @@ impl State {
                     .reloads
                     .get_or_create(&Outcome { outcome: "refused" })
                     .inc();
-                if let Ok(mut e) = self.last_error.lock() {
-                    *e = problems;
+                if let Ok(mut r) = self.refusal.lock() {
+                    *r = refusal;
                 }
             }
         }
