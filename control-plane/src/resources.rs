@@ -555,16 +555,4 @@ pub struct AuthorizationTo {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_are_named_as_users_write_them() {
-        assert_eq!(kind_named("services"), Some("Service"));
-        assert_eq!(kind_named("HTTPRoute"), Some("HTTPRoute"));
-        assert_eq!(kind_named("httproutes"), Some("HTTPRoute"));
-        assert_eq!(kind_named("trafficpolicies"), Some("TrafficPolicy"));
-        assert_eq!(kind_named("meshconfig"), Some("MeshConfig"));
-        assert_eq!(kind_named("pods"), None);
-    }
-}
+mod tests;
