@@ -157,6 +157,7 @@ impl Api {
                     "version": mesh.generation.to_string(),
                     "trustDomain": mesh.trust_domain,
                     "lastRefusal": self.state.last_error(),
+                    "refusedFiles": self.state.refused_files(),
                     "resources": resources,
                 }))
             }

@@ -16,25 +16,32 @@
 //! roots takes effect without a restart, and a broken one is refused while the CA in force keeps
 //! signing. Each accepted change is published to proxies (roots and issuer fingerprint, in
 //! every config snapshot) and `DATA_DIR/trust-anchors.pem` is rewritten.
+//!
+//! This file is the CA in force ([`Ca`]: open, reload, watch) and its types; the files it is read
+//! from and written to are [`files`], making a new root and issuer is [`generate`], the
+//! trust-anchor rotation is [`rotate`], and signing (workload and serving certificates) is
+//! [`sign`].
 
-use std::fs;
+mod files;
+mod generate;
+mod rotate;
+mod sign;
+
+pub use rotate::{Phase, Step};
+pub use sign::{Issued, ServingCert};
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
-};
+use rcgen::{Issuer, KeyPair};
 use serde::Serialize;
-use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use x509_parser::pem::Pem;
 
-const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
-const ISSUER_LIFETIME: Duration = Duration::from_secs(365 * 86400);
+use self::files::{input_digest, read, write_file};
+
 /// Certificates start this long before they are issued, for clocks slightly behind ours.
 const BACKDATE: Duration = Duration::from_secs(60);
 /// How often the CA files are read again.
@@ -81,22 +88,6 @@ pub enum Source {
     },
 }
 
-/// A signed workload certificate.
-#[derive(Debug, Clone)]
-pub struct Issued {
-    /// The leaf, then the intermediates: what the workload presents.
-    pub chain_pem: String,
-    pub serial: String,
-    pub not_after: SystemTime,
-}
-
-/// A certificate and key made here for the control plane's own listener.
-pub struct ServingCert {
-    pub chain_der: Vec<Vec<u8>>,
-    pub key_der: Vec<u8>,
-    pub not_after: SystemTime,
-}
-
 /// One version of the CA: what it signs with and what it publishes as roots.
 pub struct Signer {
     signing: Issuer<'static, KeyPair>,
@@ -120,27 +111,6 @@ pub struct CertSummary {
     pub fingerprint: String,
     /// Seconds since the Unix epoch.
     pub not_after: i64,
-}
-
-/// Where a managed CA is in a trust-anchor rotation.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum Phase {
-    /// One root, one issuer.
-    Steady,
-    /// A new root is trusted beside the old one; the old issuer still signs.
-    Prepared,
-    /// The new issuer signs; the old root is still trusted while proxies renew.
-    Activated,
-}
-
-/// A step of `weft ca rotate`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Step {
-    Prepare,
-    Activate,
-    Retire,
 }
 
 pub struct Ca {
@@ -167,7 +137,7 @@ impl Ca {
     pub fn open(data_dir: &Path, trust_domain: &str, source: Source) -> Result<Self, CaError> {
         if let Source::Managed { dir } = &source {
             if !dir.join("root.pem").exists() && !dir.join("issuer.pem").exists() {
-                create(dir, trust_domain)?;
+                generate::create(dir, trust_domain)?;
                 tracing::info!(dir = %dir.display(), "created a new mesh CA (root and issuing intermediate)");
             }
         }
@@ -270,182 +240,9 @@ impl Ca {
         }
     }
 
-    /// Where a managed CA is in a rotation; `None` for a CA from files.
-    pub fn phase(&self) -> Option<Phase> {
-        let Source::Managed { dir } = &self.source else {
-            return None;
-        };
-        Some(if dir.join("next/root.pem").exists() {
-            Phase::Prepared
-        } else if dir.join("previous-root.pem").exists() {
-            Phase::Activated
-        } else {
-            Phase::Steady
-        })
-    }
-
     pub fn source(&self) -> &Source {
         &self.source
     }
-
-    /// Runs one step of a trust-anchor rotation of the managed CA:
-    /// - `prepare`: a new root and issuer are made; the new root is trusted beside the old one;
-    /// - `activate`: the new issuer signs; the old root stays trusted;
-    /// - `retire`: the old root is no longer trusted.
-    pub fn rotate(&self, step: Step) -> Result<(), CaError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let Source::Managed { dir } = &self.source else {
-            return Err(CaError::Rotation(
-                "this CA comes from --ca-cert/--ca-key files: rotate it by replacing those files \
-                 (roots first, then the issuer, then drop the old root); see docs/identity.md"
-                    .into(),
-            ));
-        };
-        let phase = self.phase().unwrap_or(Phase::Steady);
-        let next = dir.join("next");
-        let previous = dir.join("previous-root.pem");
-        match (step, phase) {
-            (Step::Prepare, Phase::Steady) => {
-                let _ = fs::remove_dir_all(&next);
-                create(&next, &self.trust_domain)?;
-            }
-            (Step::Activate, Phase::Prepared) => {
-                copy(&dir.join("root.pem"), &previous)?;
-                for f in ["issuer.key", "issuer.pem", "root.key", "root.pem"] {
-                    rename(&next.join(f), &dir.join(f))?;
-                }
-                fs::remove_dir_all(&next).map_err(|source| CaError::Io {
-                    path: next.clone(),
-                    source,
-                })?;
-            }
-            (Step::Retire, Phase::Activated) => {
-                fs::remove_file(&previous).map_err(|source| CaError::Io {
-                    path: previous.clone(),
-                    source,
-                })?;
-            }
-            (step, phase) => {
-                let hint = match phase {
-                    Phase::Steady => "start with `weft ca rotate prepare`",
-                    Phase::Prepared => {
-                        "a new root is prepared: `weft ca rotate activate` once every proxy trusts it"
-                    }
-                    Phase::Activated => {
-                        "the new issuer is active: `weft ca rotate retire` once every proxy has renewed"
-                    }
-                };
-                let step = match step {
-                    Step::Prepare => "prepare",
-                    Step::Activate => "activate",
-                    Step::Retire => "retire",
-                };
-                return Err(CaError::Rotation(format!("cannot {step} now: {hint}")));
-            }
-        }
-        tracing::info!(?step, "trust-anchor rotation step done");
-        self.reload_locked().map(|_| ())
-    }
-
-    /// Signs `csr_der` for `identity` (a SPIFFE ID the caller proved it owns), valid for `ttl`.
-    pub fn sign(&self, csr_der: &[u8], identity: &str, ttl: Duration) -> Result<Issued, CaError> {
-        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
-            .map_err(|e| CaError::BadCsr(e.to_string()))?;
-        let asked: Vec<String> = csr
-            .params
-            .subject_alt_names
-            .iter()
-            .map(|san| match san {
-                SanType::URI(uri) => uri.as_str().to_string(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        if asked != [identity] {
-            return Err(CaError::WrongIdentity {
-                asked: if asked.is_empty() {
-                    "no identity".into()
-                } else {
-                    asked.join(", ")
-                },
-                entitled: identity.to_string(),
-            });
-        }
-        let signer = self.signer();
-        let (params, serial, not_after) = leaf_params(identity, &[], ttl)?;
-        let leaf = params
-            .signed_by(&csr.public_key, &signer.signing)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
-        Ok(Issued {
-            chain_pem: format!("{}{}", leaf.pem(), signer.chain_pem),
-            serial,
-            not_after,
-        })
-    }
-
-    /// A certificate for the control plane's gRPC listener: the SPIFFE ID
-    /// `spiffe://TRUST_DOMAIN/ns/weft-system/sa/weft-control-plane` plus `dns_names`. Its key is
-    /// made here and never leaves this process.
-    pub fn serving_cert(
-        &self,
-        trust_domain: &str,
-        dns_names: &[String],
-        ttl: Duration,
-    ) -> Result<ServingCert, CaError> {
-        let sign = |e: rcgen::Error| CaError::Sign(e.to_string());
-        let id = format!("spiffe://{trust_domain}/ns/{SYSTEM_NAMESPACE}/sa/{CONTROL_PLANE_SA}");
-        let signer = self.signer();
-        let key = KeyPair::generate().map_err(sign)?;
-        let (params, _, not_after) = leaf_params(&id, dns_names, ttl)?;
-        let leaf = params.signed_by(&key, &signer.signing).map_err(sign)?;
-        let mut chain_der = vec![leaf.der().to_vec()];
-        for pem in Pem::iter_from_buffer(signer.chain_pem.as_bytes()).flatten() {
-            chain_der.push(pem.contents);
-        }
-        Ok(ServingCert {
-            chain_der,
-            key_der: key.serialize_der(),
-            not_after,
-        })
-    }
-}
-
-/// The parameters of a leaf certificate for `identity` (and `dns_names`), valid for `ttl`;
-/// with its serial (hex) and expiry.
-fn leaf_params(
-    identity: &str,
-    dns_names: &[String],
-    ttl: Duration,
-) -> Result<(CertificateParams, String, SystemTime), CaError> {
-    let now = SystemTime::now();
-    let not_after = now + ttl;
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(
-        identity
-            .try_into()
-            .map_err(|e: rcgen::Error| CaError::BadCsr(e.to_string()))?,
-    )];
-    for name in dns_names {
-        params.subject_alt_names.push(SanType::DnsName(
-            name.as_str()
-                .try_into()
-                .map_err(|e: rcgen::Error| CaError::Sign(format!("DNS name {name}: {e}")))?,
-        ));
-    }
-    params.distinguished_name = DistinguishedName::new();
-    params.is_ca = IsCa::ExplicitNoCa;
-    // Signing only: the keys are ECDSA, which cannot encipher keys, and TLS 1.3 (the only
-    // version the mesh speaks) authenticates by signature whatever the key.
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.not_before = OffsetDateTime::from(now - BACKDATE);
-    params.not_after = OffsetDateTime::from(not_after);
-    let serial: [u8; 16] = rand::random();
-    params.serial_number = Some(SerialNumber::from_slice(&serial));
-    params.use_authority_key_identifier_extension = true;
-    Ok((params, hex(&serial), not_after))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -457,309 +254,22 @@ pub fn fingerprint(der: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
 }
 
-/// The files a source is read from: (issuer chain, issuer key, roots).
-fn files(source: &Source) -> (PathBuf, PathBuf, Vec<PathBuf>) {
-    match source {
-        Source::Managed { dir } => (
-            dir.join("issuer.pem"),
-            dir.join("issuer.key"),
-            ["root.pem", "next/root.pem", "previous-root.pem"]
-                .iter()
-                .map(|f| dir.join(f))
-                .filter(|p| p.exists())
-                .collect(),
-        ),
-        Source::Files { cert, key, roots } => {
-            (cert.clone(), key.clone(), roots.iter().cloned().collect())
-        }
-    }
-}
-
-/// A digest of the CA files' contents; `None` when one cannot be read.
-fn input_digest(source: &Source) -> Option<Vec<u8>> {
-    let (cert, key, roots) = files(source);
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for path in std::iter::once(&cert).chain([&key]).chain(&roots) {
-        let data = fs::read(path).ok()?;
-        ctx.update(path.as_os_str().as_encoded_bytes());
-        ctx.update(&(data.len() as u64).to_le_bytes());
-        ctx.update(&data);
-    }
-    Some(ctx.finish().as_ref().to_vec())
-}
-
-fn read_text(path: &Path) -> Result<String, CaError> {
-    fs::read_to_string(path).map_err(|source| CaError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Reads and checks a CA: the key matches the issuing certificate, which is a CA, in date, and
-/// chains to one of the roots.
-fn read(source: &Source) -> Result<Signer, CaError> {
-    let inputs = input_digest(source).unwrap_or_default();
-    let (cert_path, key_path, root_paths) = files(source);
-    let bad = |path: &Path, reason: String| CaError::BadFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let cert_text = read_text(&cert_path)?;
-    let key_text = read_text(&key_path)?;
-    let mut chain: Vec<Pem> = Pem::iter_from_buffer(cert_text.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| bad(&cert_path, format!("not PEM: {e}")))?;
-    if chain.is_empty() {
-        return Err(bad(&cert_path, "no certificate in it".into()));
-    }
-    let mut roots: Vec<Pem> = Vec::new();
-    for path in &root_paths {
-        let text = read_text(path)?;
-        let pems = Pem::iter_from_buffer(text.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(path, format!("not PEM: {e}")))?;
-        if pems.is_empty() {
-            return Err(bad(path, "no certificate in it".into()));
-        }
-        roots.extend(pems);
-    }
-    let self_signed = |pem: &Pem| {
-        pem.parse_x509()
-            .is_ok_and(|c| c.subject() == c.issuer() && c.verify_signature(None).is_ok())
-    };
-    if root_paths.is_empty() {
-        // Files without --ca-roots: the root is the self-signed certificate ending the chain.
-        match chain.last() {
-            Some(last) if chain.len() > 1 && self_signed(last) => {
-                roots.push(chain.pop().expect("checked"));
-            }
-            _ => {
-                return Err(bad(
-                    &cert_path,
-                    "no trust anchors: end the chain with the self-signed root, or give --ca-roots"
-                        .into(),
-                ))
-            }
-        }
-    }
-    // The chain must not carry a root: proxies are sent roots separately.
-    chain.retain(|p| !self_signed(p));
-    if chain.is_empty() {
-        return Err(bad(
-            &cert_path,
-            "the issuing certificate is a self-signed root; weft signs with an intermediate".into(),
-        ));
-    }
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let mut parsed = Vec::new();
-    for pem in chain.iter().chain(&roots) {
-        let cert = pem
-            .parse_x509()
-            .map_err(|e| bad(&cert_path, format!("not a certificate: {e}")))?;
-        parsed.push(cert);
-    }
-    let (chain_certs, root_certs) = parsed.split_at(chain.len());
-    let issuer_cert = &chain_certs[0];
-    if !issuer_cert.is_ca() {
-        return Err(bad(
-            &cert_path,
-            "the issuing certificate is not a CA (basicConstraints cA is false)".into(),
-        ));
-    }
-    let validity = issuer_cert.validity();
-    if validity.not_after.timestamp() <= now || validity.not_before.timestamp() > now + 60 {
-        return Err(bad(
-            &cert_path,
-            format!(
-                "the issuing certificate is not valid now (valid {} to {})",
-                validity.not_before, validity.not_after
-            ),
-        ));
-    }
-    // Each certificate of the chain is signed by the next; the last by one of the roots.
-    for (i, cert) in chain_certs.iter().enumerate() {
-        let ok = match chain_certs.get(i + 1) {
-            Some(up) => cert.verify_signature(Some(up.public_key())).is_ok(),
-            None => root_certs
-                .iter()
-                .any(|r| cert.verify_signature(Some(r.public_key())).is_ok()),
-        };
-        if !ok {
-            return Err(bad(
-                &cert_path,
-                format!(
-                    "certificate {} of the chain ({}) is not signed by {}",
-                    i + 1,
-                    cert.subject(),
-                    if i + 1 < chain_certs.len() {
-                        "the next one"
-                    } else {
-                        "any trust anchor"
-                    }
-                ),
-            ));
-        }
-    }
-    let key = KeyPair::from_pem(&key_text).map_err(|e| bad(&key_path, e.to_string()))?;
-    if issuer_cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(bad(
-            &key_path,
-            format!(
-                "this key does not belong to the issuing certificate in {}",
-                cert_path.display()
-            ),
-        ));
-    }
-    let summary = |c: &x509_parser::certificate::X509Certificate<'_>, der: &[u8]| CertSummary {
-        subject: c.subject().to_string(),
-        fingerprint: fingerprint(der),
-        not_after: c.validity().not_after.timestamp(),
-    };
-    let issuer_summary = summary(issuer_cert, &chain[0].contents);
-    let anchors: Vec<CertSummary> = root_certs
-        .iter()
-        .zip(&roots)
-        .map(|(c, p)| summary(c, &p.contents))
-        .collect();
-    let to_pem = |p: &Pem| pem_encode(&p.contents);
-    let chain_pem: String = chain.iter().map(to_pem).collect();
-    let anchors_pem: String = roots.iter().map(to_pem).collect();
-    let issuer = Issuer::from_ca_cert_der(&chain[0].contents.clone().into(), key)
-        .map_err(|e| bad(&cert_path, e.to_string()))?;
-    Ok(Signer {
-        signing: issuer,
-        chain_pem,
-        anchors_pem,
-        issuer_id: issuer_summary.fingerprint.clone(),
-        issuer: issuer_summary,
-        anchors,
-        inputs,
-    })
-}
-
-/// PEM text of one certificate.
-fn pem_encode(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
-}
-
-fn ca_params(
-    trust_domain: &str,
-    name: &str,
-    lifetime: Duration,
-    path_len: u8,
-) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::OrganizationName, format!("weft {trust_domain}"));
-    dn.push(DnType::CommonName, name);
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let now = SystemTime::now();
-    params.not_before = OffsetDateTime::from(now - BACKDATE);
-    params.not_after = OffsetDateTime::from(now + lifetime);
-    let serial: [u8; 16] = rand::random();
-    params.serial_number = Some(SerialNumber::from_slice(&serial));
-    params
-}
-
-/// Generates a root and an issuing intermediate and writes them (keys readable by owner only).
-fn create(dir: &Path, trust_domain: &str) -> Result<(), CaError> {
-    crate::atomic::create_dir(dir, 0o700).map_err(|source| CaError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let sign = |e: rcgen::Error| CaError::Sign(e.to_string());
-    let root_key = KeyPair::generate().map_err(sign)?;
-    // Each root gets its own name, so that old and new can be told apart in a rotation.
-    let tag: [u8; 4] = rand::random();
-    let root_params = ca_params(
-        trust_domain,
-        &format!("weft root CA {}", hex(&tag)),
-        ROOT_LIFETIME,
-        1,
-    );
-    let root_cert = root_params.self_signed(&root_key).map_err(sign)?;
-    let root = Issuer::new(root_params, &root_key);
-    let issuer_key = KeyPair::generate().map_err(sign)?;
-    let issuer_cert = ca_params(
-        trust_domain,
-        &format!("weft issuing CA {}", hex(&tag)),
-        ISSUER_LIFETIME,
-        0,
-    )
-    .signed_by(&issuer_key, &root)
-    .map_err(sign)?;
-    write_file(
-        &dir.join("root.key"),
-        root_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(
-        &dir.join("issuer.key"),
-        issuer_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_file(&dir.join("issuer.pem"), issuer_cert.pem().as_bytes(), 0o644)?;
-    // The root certificate last: its presence marks a complete CA.
-    write_file(&dir.join("root.pem"), root_cert.pem().as_bytes(), 0o644)
-}
-
-fn copy(from: &Path, to: &Path) -> Result<(), CaError> {
-    let data = fs::read(from).map_err(|source| CaError::Io {
-        path: from.to_path_buf(),
-        source,
-    })?;
-    write_file(to, &data, 0o644)
-}
-
-fn rename(from: &Path, to: &Path) -> Result<(), CaError> {
-    fs::rename(from, to).map_err(|source| CaError::Io {
-        path: from.to_path_buf(),
-        source,
-    })
-}
-
-/// Writes a file atomically with the given mode (a new temporary file, then rename).
-pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
-    crate::atomic::write(path, data, mode).map_err(|source| CaError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+/// A fresh folder for a test's CA files.
+#[cfg(test)]
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "weft-ca-test-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use x509_parser::prelude::*;
-
-    fn temp_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "weft-ca-test-{}-{:x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn csr(sans: &[&str]) -> Vec<u8> {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = sans
-            .iter()
-            .map(|s| SanType::URI((*s).try_into().unwrap()))
-            .collect();
-        params.serialize_request(&key).unwrap().der().to_vec()
-    }
-
-    const ID: &str = "spiffe://weft.local/ns/shop/sa/orders";
+    use std::fs;
 
     #[test]
     fn created_once_then_loaded() {
@@ -785,164 +295,5 @@ mod tests {
             0o700
         );
         fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn a_leftover_world_readable_temp_file_does_not_make_a_key_readable() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = temp_dir();
-        fs::create_dir_all(dir.join("ca")).unwrap();
-        // Where an earlier write (of any version) may have left its temporary file.
-        for leftover in ["root.tmp", "issuer.tmp", "root.key.tmp", "issuer.key.tmp"] {
-            let path = dir.join("ca").join(leftover);
-            fs::write(&path, "").unwrap();
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
-        }
-        Ca::load_or_create(&dir, "weft.local").unwrap();
-        for key in ["root.key", "issuer.key"] {
-            let mode = fs::metadata(dir.join("ca").join(key))
-                .unwrap()
-                .permissions();
-            assert_eq!(mode.mode() & 0o777, 0o600, "{key}");
-        }
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn signs_the_entitled_identity_only() {
-        let dir = temp_dir();
-        let ca = Ca::load_or_create(&dir, "weft.local").unwrap();
-        let issued = ca.sign(&csr(&[ID]), ID, Duration::from_secs(3600)).unwrap();
-        let pems: Vec<_> = Pem::iter_from_buffer(issued.chain_pem.as_bytes())
-            .map(|p| p.unwrap())
-            .collect();
-        assert_eq!(pems.len(), 2, "leaf and intermediate");
-        let leaf = pems[0].parse_x509().unwrap();
-        let issuer = pems[1].parse_x509().unwrap();
-        assert_eq!(leaf.issuer(), issuer.subject());
-        leaf.verify_signature(Some(issuer.public_key())).unwrap();
-        let san = leaf.subject_alternative_name().unwrap().unwrap();
-        assert_eq!(
-            format!("{:?}", san.value.general_names),
-            format!("{:?}", [GeneralName::URI(ID)])
-        );
-        assert!(!leaf.is_ca());
-        // An ECDSA key signs; it cannot encipher keys, so the leaf does not claim it can.
-        let usage = leaf.key_usage().unwrap().unwrap().value;
-        assert!(usage.digital_signature());
-        assert!(!usage.key_encipherment(), "{usage:?}");
-        assert_eq!(usage.flags, 1, "digitalSignature only: {usage:?}");
-        let lifetime =
-            leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
-        assert_eq!(lifetime, 3600 + 60);
-
-        let other = "spiffe://weft.local/ns/shop/sa/payments";
-        let err = ca
-            .sign(&csr(&[other]), ID, Duration::from_secs(60))
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("asks for spiffe://weft.local/ns/shop/sa/payments"),
-            "{err}"
-        );
-        assert!(matches!(
-            ca.sign(&csr(&[ID, other]), ID, Duration::from_secs(60)),
-            Err(CaError::WrongIdentity { .. })
-        ));
-        assert!(matches!(
-            ca.sign(&csr(&[]), ID, Duration::from_secs(60)),
-            Err(CaError::WrongIdentity { .. })
-        ));
-        assert!(matches!(
-            ca.sign(b"not a csr", ID, Duration::from_secs(60)),
-            Err(CaError::BadCsr(_))
-        ));
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn rotation_steps_go_in_order_and_change_roots_then_issuer() {
-        let dir = temp_dir();
-        let ca = Ca::load_or_create(&dir, "weft.local").unwrap();
-        let first = ca.signer();
-        assert_eq!(ca.phase(), Some(Phase::Steady));
-        for step in [Step::Activate, Step::Retire] {
-            assert!(matches!(ca.rotate(step), Err(CaError::Rotation(_))));
-        }
-        ca.rotate(Step::Prepare).unwrap();
-        assert_eq!(ca.phase(), Some(Phase::Prepared));
-        assert_eq!(ca.signer().anchors.len(), 2);
-        assert_eq!(
-            ca.signer().issuer_id,
-            first.issuer_id,
-            "the old issuer still signs"
-        );
-        let err = ca.rotate(Step::Prepare).unwrap_err().to_string();
-        assert!(err.contains("cannot prepare now"), "{err}");
-        ca.rotate(Step::Activate).unwrap();
-        assert_eq!(ca.phase(), Some(Phase::Activated));
-        assert_ne!(ca.signer().issuer_id, first.issuer_id);
-        assert_eq!(ca.signer().anchors.len(), 2);
-        ca.rotate(Step::Retire).unwrap();
-        assert_eq!(ca.phase(), Some(Phase::Steady));
-        let anchors = &ca.signer().anchors;
-        assert_eq!(anchors.len(), 1);
-        assert_ne!(anchors[0], first.anchors[0]);
-        assert_eq!(
-            fs::read_to_string(dir.join("trust-anchors.pem")).unwrap(),
-            ca.trust_anchors_pem()
-        );
-        // A new CA from the same files after a restart.
-        let again = Ca::load_or_create(&dir, "weft.local").unwrap();
-        assert_eq!(again.signer().issuer_id, ca.signer().issuer_id);
-        fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn files_must_hold_a_ca_its_key_and_a_way_to_the_roots() {
-        let dir = temp_dir();
-        create(&dir, "weft.local").unwrap();
-        let source = |cert: &str, roots: Option<&str>| Source::Files {
-            cert: dir.join(cert),
-            key: dir.join("issuer.key"),
-            roots: roots.map(|r| dir.join(r)),
-        };
-        // Issuer + root in one file: the root is found at the end.
-        let bundle = format!(
-            "{}{}",
-            fs::read_to_string(dir.join("issuer.pem")).unwrap(),
-            fs::read_to_string(dir.join("root.pem")).unwrap()
-        );
-        fs::write(dir.join("bundle.pem"), bundle).unwrap();
-        let out = dir.join("out");
-        fs::create_dir_all(&out).unwrap();
-        let ca = Ca::open(&out, "weft.local", source("bundle.pem", None)).unwrap();
-        assert_eq!(ca.signer().anchors.len(), 1);
-        assert_eq!(ca.phase(), None);
-        assert!(ca.rotate(Step::Prepare).is_err());
-        // Issuer alone, roots beside it.
-        Ca::open(&out, "weft.local", source("issuer.pem", Some("root.pem"))).unwrap();
-        // Issuer alone without roots: nothing to trust.
-        let err = Ca::open(&out, "weft.local", source("issuer.pem", None)).unwrap_err();
-        assert!(err.to_string().contains("no trust anchors"), "{err}");
-        // The root as issuer: refused.
-        let err = Ca::open(&out, "weft.local", source("root.pem", Some("root.pem"))).unwrap_err();
-        assert!(err.to_string().contains("self-signed root"), "{err}");
-        // Roots that did not sign the issuer.
-        let other = temp_dir();
-        create(&other, "weft.local").unwrap();
-        fs::copy(other.join("root.pem"), dir.join("other-root.pem")).unwrap();
-        let err = Ca::open(
-            &out,
-            "weft.local",
-            source("issuer.pem", Some("other-root.pem")),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("not signed by any trust anchor"),
-            "{err}"
-        );
-        fs::remove_dir_all(dir).unwrap();
-        fs::remove_dir_all(other).unwrap();
     }
 }

@@ -84,14 +84,6 @@ impl Running {
     }
 }
 
-pub(crate) fn trust_of(ca: &ca::Ca) -> mesh::Trust {
-    let signer = ca.signer();
-    mesh::Trust {
-        anchors_pem: signer.anchors_pem.clone(),
-        issuer: signer.issuer_id.clone(),
-    }
-}
-
 /// Loads the config and starts serving. Invalid config: every problem, one per line.
 pub fn start(
     cfg: ServeConfig,
@@ -121,7 +113,7 @@ pub fn start(
             resources,
             Some(store),
             cfg.trust_domain.clone(),
-            trust_of(&ca),
+            mesh::Trust::of(&ca),
             metrics.clone(),
         )
         .map_err(|e| vec![e.to_string()])?,
@@ -135,11 +127,14 @@ pub fn start(
     let (grpc_addr, api_addr) = (local(&grpc)?, local(&api)?);
     let mut tasks = JoinSet::new();
 
-    tasks.spawn(files::watch(
-        cfg.config.clone(),
-        state.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn({
+        let (paths, state) = (cfg.config.clone(), state.clone());
+        files::watch(
+            cfg.config.clone(),
+            move || state.reload(&paths),
+            shutdown.clone(),
+        )
+    });
 
     // A changed CA (rotation step, replaced files) reaches every proxy with the next config.
     tasks.spawn(ca.clone().watch(shutdown.clone()));
@@ -152,7 +147,7 @@ pub fn start(
                     r = changes.changed() => if r.is_err() { return },
                     () = stop.cancelled() => return,
                 }
-                state.set_trust(trust_of(&ca));
+                state.set_trust(mesh::Trust::of(&ca));
             }
         }
     });

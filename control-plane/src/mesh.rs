@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weft_proto::discovery as pb;
 
+use crate::ca::Ca;
 use crate::resources::{
     self, AccessLogMode, HttpRouteSpec, MeshConfigSpec, MtlsMode, Object, PathMatchType, Resource,
     ServiceSpec, Sourced, TrafficPolicySpec,
@@ -21,6 +22,17 @@ pub struct Trust {
     pub issuer: String,
 }
 
+impl Trust {
+    /// What `ca` publishes now: its trust anchors and the fingerprint of the issuer in force.
+    pub fn of(ca: &Ca) -> Self {
+        let signer = ca.signer();
+        Self {
+            anchors_pem: signer.anchors_pem.clone(),
+            issuer: signer.issuer_id.clone(),
+        }
+    }
+}
+
 /// `(namespace, name)`.
 pub type Key = (String, String);
 
@@ -30,7 +42,7 @@ pub struct Mesh {
     pub trust_domain: String,
     pub settings: MeshConfigSpec,
     pub resources: Vec<Sourced>,
-    /// What the CA publishes to every proxy; set by [`crate::state::State`].
+    /// What the CA publishes to every proxy ([`Trust::of`]); set through `State::set_trust`.
     pub trust: Trust,
     services: BTreeMap<Key, ServiceSpec>,
     /// Rules attached to each parent service, in precedence order.

@@ -4,6 +4,11 @@
 //! values with the field's path (`spec.rules[0].backendRefs[1].weight: ...`); [`validate`] then
 //! checks what types cannot (ranges, references, duplicates), again naming each field. Nothing here knows about proxies:
 //! `mesh` compiles accepted resources into what proxies receive.
+//!
+//! Written back (API answers, the store, `weft get`), a resource has the fields its author gave:
+//! an absent `Option` is left out (`#[skip_serializing_none]` on each struct that has one), and
+//! so is an empty list or map where the field says `skip_serializing_if`; `resources/tests.rs`
+//! pins the JSON.
 
 mod parse;
 mod validate;
@@ -13,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_with::skip_serializing_none;
 
 pub use parse::{
     documents, parse, parse_each, Problem, Sourced, MAX_DEPTH, MAX_NODES, MAX_TEXT_BYTES,
@@ -112,6 +118,7 @@ pub struct Object<S> {
     pub spec: S,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {
@@ -122,7 +129,6 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
 }
 
@@ -170,22 +176,15 @@ pub fn format_duration(d: Duration) -> String {
 
 // ---- MeshConfig ----
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshConfigSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_domain: Option<String>,
-    #[serde(
-        default,
-        rename = "certificateTTL",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "certificateTTL")]
     pub certificate_ttl: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MtlsMode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogMode>,
 }
 
@@ -203,22 +202,21 @@ pub enum AccessLogMode {
     Json,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TracingSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling_ratio: Option<f64>,
 }
 
 // ---- Service ----
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceSpec {
     pub ports: Vec<ServicePort>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
     #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
     pub cluster_ips: Vec<IpAddr>,
@@ -226,10 +224,10 @@ pub struct ServiceSpec {
     pub endpoints: Vec<EndpointSpec>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServicePort {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub port: u16,
     #[serde(default)]
@@ -267,43 +265,37 @@ pub struct HttpRouteSpec {
     pub rules: Vec<RouteRule>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ParentRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RouteMatch>,
     #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<RouteTimeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RouteRetry>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
 }
 
@@ -342,17 +334,14 @@ pub enum HeaderMatchType {
     Exact,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -362,121 +351,99 @@ fn default_weight() -> u32 {
     1
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteTimeouts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_request: Option<Dur>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRetry {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub codes: Vec<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Dur>,
 }
 
 // ---- TrafficPolicy ----
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TargetRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
     pub target_ref: TargetRef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_injection: Option<FaultInjection>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Dur>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Retries {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
     /// Retry requests with non-idempotent methods (POST, PATCH, ...) even once sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub non_idempotent: bool,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backoff {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<Dur>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Budget {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_per_second: Option<u32>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CircuitBreaker {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_failures: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_ejection_time: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejection_time: Option<Dur>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ejected_percent: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pending_requests: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests: Option<u32>,
 }
 
@@ -488,20 +455,19 @@ pub enum LoadBalancer {
     LeastRequest,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimit {
     pub requests_per_second: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultInjection {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<FaultDelay>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<FaultAbort>,
 }
 
@@ -529,12 +495,11 @@ pub struct AuthorizationPolicySpec {
     pub rules: Vec<AuthorizationRule>,
 }
 
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizationRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<AuthorizationFrom>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<AuthorizationTo>,
 }
 
@@ -555,16 +520,4 @@ pub struct AuthorizationTo {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_are_named_as_users_write_them() {
-        assert_eq!(kind_named("services"), Some("Service"));
-        assert_eq!(kind_named("HTTPRoute"), Some("HTTPRoute"));
-        assert_eq!(kind_named("httproutes"), Some("HTTPRoute"));
-        assert_eq!(kind_named("trafficpolicies"), Some("TrafficPolicy"));
-        assert_eq!(kind_named("meshconfig"), Some("MeshConfig"));
-        assert_eq!(kind_named("pods"), None);
-    }
-}
+mod tests;

@@ -68,7 +68,7 @@ impl Api {
                     Ok(()) => {
                         tracing::info!(step = ?rotate.step, by = %caller.who, "CA rotation step");
                         // Proxies hear of it with the next config; do not wait for the watcher.
-                        self.state.set_trust(crate::trust_of(&self.ca));
+                        self.state.set_trust(crate::mesh::Trust::of(&self.ca));
                         json(&self.ca_status())
                     }
                     Err(e @ CaError::Rotation(_)) => text(StatusCode::CONFLICT, &e.to_string()),

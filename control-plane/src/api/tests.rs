@@ -17,7 +17,7 @@ fn api(dir: &std::path::Path) -> Arc<Api> {
         Vec::new(),
         Some(store),
         "weft.local".into(),
-        crate::trust_of(&ca),
+        crate::mesh::Trust::of(&ca),
         metrics,
     )
     .unwrap();

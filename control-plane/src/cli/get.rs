@@ -102,6 +102,7 @@ pub async fn get(
         ));
     }
     let doc: Value = client::answer(&body)?;
+    warn_refused_files(api).await;
     let mut doc = if is_proxies {
         if let Some(name) = name {
             // Proxies by identity, service or id.
@@ -322,6 +323,33 @@ fn resources_table(items: &[Value]) -> String {
         })
         .collect();
     table(&["KIND", "NAMESPACE", "NAME", "SOURCE", "SUMMARY"], rows)
+}
+
+/// Says on stderr which `--config` files the control plane refuses now, with their problems:
+/// what `weft get` shows is the last config it accepted, not what those files say.
+async fn warn_refused_files(api: &ApiClient) {
+    let Ok((200, body)) = api.request(http::Method::GET, "/admin/config", None).await else {
+        return;
+    };
+    let config: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let refused = config["refusedFiles"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if refused.is_empty() {
+        return;
+    }
+    eprintln!(
+        "warning: the control plane refuses {} config file{}; the config in force is the last one accepted:",
+        refused.len(),
+        if refused.len() == 1 { "" } else { "s" }
+    );
+    for f in &refused {
+        eprintln!("  {}:", f["file"].as_str().unwrap_or("?"));
+        for p in f["problems"].as_array().into_iter().flatten() {
+            eprintln!("    {}", p.as_str().unwrap_or("?"));
+        }
+    }
 }
 
 #[cfg(test)]

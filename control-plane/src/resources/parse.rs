@@ -1,5 +1,7 @@
 //! Reading resources from text: every YAML (or JSON) document of a text into a [`Resource`],
 //! each problem placed by document, field path and, for what the YAML reader refuses, line.
+//! Every document is read, whatever the others hold, and a document's field problems (wrong
+//! types, unknown fields) are listed together, not only the first (see [`typed`]).
 //!
 //! The reader (`serde-saphyr`) runs under hard budgets, so that no text costs more than a small
 //! multiple of its own size: anchors and aliases are refused outright (resources never need
@@ -87,7 +89,7 @@ pub fn parse_each(source: &str, text: &str) -> (Vec<Sourced>, Vec<Problem>) {
 
 /// [`parse_each`] with a node budget of `max_nodes` (small in tests).
 fn parse_with(source: &str, text: &str, max_nodes: usize) -> (Vec<Sourced>, Vec<Problem>) {
-    let docs: Vec<Result<Result<Resource, ParseError>, String>> = match fast(text, max_nodes) {
+    let docs: Vec<Result<Result<Resource, Vec<ParseError>>, String>> = match fast(text, max_nodes) {
         Some(Collect(parsed)) => parsed.into_iter().map(Ok).collect(),
         None => read(text, max_nodes)
             .into_iter()
@@ -119,7 +121,11 @@ fn parse_with(source: &str, text: &str, max_nodes: usize) -> (Vec<Sourced>, Vec<
                 source: source.to_string(),
                 document,
             }),
-            Err((resource, field, message)) => problems.push(problem(resource, field, message)),
+            Err(errors) => problems.extend(
+                errors
+                    .into_iter()
+                    .map(|(resource, field, message)| problem(resource, field, message)),
+            ),
         }
     }
     (out, problems)
@@ -128,7 +134,7 @@ fn parse_with(source: &str, text: &str, max_nodes: usize) -> (Vec<Sourced>, Vec<
 /// Each document's outcome, collected as the reader yields it (no document's JSON value
 /// outlives its turn).
 #[derive(Default)]
-struct Collect(Vec<Result<Resource, ParseError>>);
+struct Collect(Vec<Result<Resource, Vec<ParseError>>>);
 
 impl Extend<serde_json::Value> for Collect {
     fn extend<I: IntoIterator<Item = serde_json::Value>>(&mut self, values: I) {
@@ -241,18 +247,24 @@ fn reader_message(e: &serde_saphyr::Error) -> String {
     }
 }
 
+/// A problem found while parsing a document: its resource when known, field, message.
 type ParseError = (Option<String>, String, String);
 
-fn parse_value(value: serde_json::Value) -> Result<Resource, ParseError> {
+/// The most field problems listed for one document: after each, the document is read again
+/// without the offending field, so this bounds what a document full of mistakes costs.
+const MAX_FIELD_PROBLEMS: usize = 10;
+
+fn parse_value(value: serde_json::Value) -> Result<Resource, Vec<ParseError>> {
     let get = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let kind = get("kind").ok_or_else(|| {
-        (
+        vec![(
             None,
             "kind".into(),
             format!("missing; expected one of {}", known_kinds()),
-        )
+        )]
     })?;
-    let api_version = get("apiVersion").ok_or((None, "apiVersion".into(), "missing".into()))?;
+    let api_version =
+        get("apiVersion").ok_or_else(|| vec![(None, "apiVersion".into(), "missing".into())])?;
     let name = value
         .get("metadata")
         .and_then(|m| m.get("name"))
@@ -265,28 +277,18 @@ fn parse_value(value: serde_json::Value) -> Result<Resource, ParseError> {
         .unwrap_or("default");
     let id = Some(format!("{kind}/{ns}/{name}"));
     let Some((_, want_api)) = KINDS.iter().find(|(k, _)| *k == kind) else {
-        return Err((
+        return Err(vec![(
             None,
             "kind".into(),
             format!("unknown kind {kind:?}; expected one of {}", known_kinds()),
-        ));
+        )]);
     };
     if api_version != *want_api {
-        return Err((
+        return Err(vec![(
             id,
             "apiVersion".into(),
             format!("{kind} is {want_api}, not {api_version:?}"),
-        ));
-    }
-    fn typed<S: serde::de::DeserializeOwned>(
-        value: serde_json::Value,
-        id: &Option<String>,
-    ) -> Result<Object<S>, ParseError> {
-        serde_path_to_error::deserialize(value).map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            (id.clone(), field, e.into_inner().to_string())
-        })
+        )]);
     }
     Ok(match kind.as_str() {
         "MeshConfig" => Resource::MeshConfig(typed(value, &id)?),
@@ -295,6 +297,71 @@ fn parse_value(value: serde_json::Value) -> Result<Resource, ParseError> {
         "TrafficPolicy" => Resource::TrafficPolicy(typed(value, &id)?),
         _ => Resource::AuthorizationPolicy(typed(value, &id)?),
     })
+}
+
+/// The typed resource, or every field problem of the document (up to [`MAX_FIELD_PROBLEMS`]):
+/// serde stops at the first, so the field it names is dropped and the document read again,
+/// until it reads or the next problem cannot be told apart from the dropping — a required field
+/// now missing, or a problem that is not at a field of a mapping (a list's element: dropping it
+/// would renumber the ones after it).
+fn typed<S: serde::de::DeserializeOwned>(
+    mut value: serde_json::Value,
+    id: &Option<String>,
+) -> Result<Object<S>, Vec<ParseError>> {
+    let mut problems = Vec::new();
+    // The field last dropped, as its path reads.
+    let mut dropped: Option<String> = None;
+    loop {
+        let e = match serde_path_to_error::deserialize::<_, Object<S>>(&value) {
+            Ok(o) if problems.is_empty() => return Ok(o),
+            Ok(_) => return Err(problems),
+            Err(e) => e,
+        };
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        let segments: Vec<serde_path_to_error::Segment> = e.path().iter().cloned().collect();
+        let message = e.into_inner().to_string();
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+        {
+            let path = if field.is_empty() {
+                missing.to_string()
+            } else {
+                format!("{field}.{missing}")
+            };
+            if dropped.as_deref() != Some(path.as_str()) {
+                problems.push((id.clone(), field, message));
+            }
+            return Err(problems);
+        }
+        problems.push((id.clone(), field.clone(), message));
+        if problems.len() >= MAX_FIELD_PROBLEMS || !drop_field(&mut value, &segments) {
+            return Err(problems);
+        }
+        dropped = Some(field);
+    }
+}
+
+/// Removes the mapping entry at `path` from `value`; false when `path` does not end at one.
+fn drop_field(value: &mut serde_json::Value, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((Segment::Map { key }, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for segment in parents {
+        let next = match segment {
+            Segment::Map { key } => at.get_mut(key.as_str()),
+            Segment::Seq { index } => at.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(v) => at = v,
+            None => return false,
+        }
+    }
+    at.as_object_mut().is_some_and(|m| m.remove(key).is_some())
 }
 
 #[cfg(test)]
@@ -351,6 +418,35 @@ spec:
         let p = one_problem("apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: a}\nspec:\n  targetRef: {name: a}\n  timeouts: {request: 5 parsecs}\n");
         assert_eq!(p.field, "spec.timeouts.request");
         assert!(p.message.contains("unknown unit"), "{}", p.message);
+    }
+
+    #[test]
+    fn a_document_lists_each_of_its_field_problems() {
+        // An unknown field, a weight that does not parse, a bad duration: one document, three
+        // problems, each with its field.
+        let text = ROUTE.replace("parentRefs:", "hostname: x\n  parentRefs:")
+            + "    timeouts: {request: 5 parsecs}\n";
+        let problems = parse("f.yaml", &text).unwrap_err();
+        let mut fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "spec.hostname",
+                "spec.rules[0].backendRefs[1].weight",
+                "spec.rules[0].timeouts.request"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems.iter().all(|p| p.document == 1), "{problems:?}");
+        // A required field that does not parse is one problem, not also a missing field.
+        let p = one_problem("apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: eighty}]}\n");
+        assert_eq!(p.field, "spec.ports[0].port", "{p}");
+        // A field that is missing is named once.
+        let p = one_problem(
+            "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\nspec: {}\n",
+        );
+        assert!(p.message.contains("missing field `ports`"), "{p}");
     }
 
     #[test]
