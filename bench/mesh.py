@@ -24,7 +24,7 @@ All traffic stays on 127.0.0.1; every load is bounded by --duration.
 import argparse, json, os, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (add_load_args, build, cpu_seconds, envoy_config, failures, fixed_rate,  # noqa: E402
+from harness import (REL, ROOT, add_load_args, build, cpu_seconds, envoy_config, failures, fixed_rate,  # noqa: E402
                      free_port, ms, oha, peak_rss_mib, require, run, start_envoy, start_upstream, start_weft,
                      wait_http)
 
@@ -78,11 +78,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_load_args(ap, duration=30)
     ap.add_argument("--max-duration", type=int, default=10)
-    ap.add_argument("--profile", metavar="FILE", help="perf-record the weft client proxy during the constant-rate run into FILE")
+    ap.add_argument("--profile", metavar="FILE", help="perf-record the weft client proxy during the constant-rate run into FILE "
+                    "(the weft row then runs the `profiling` build, release with line tables; release builds carry no debuginfo)")
     ap.add_argument("--baseline", metavar="DIR", help="weft and weft-proxy from an earlier commit, for a 'weft (before)' row")
     args = ap.parse_args()
     require("oha", "envoy")
     build(args)
+    weft_bin = REL
+    if args.profile:
+        weft_bin = os.path.join(ROOT, "target", "profiling")
+        if not args.skip_build:
+            subprocess.run(["cargo", "build", "--profile", "profiling", "-p", "weft", "-p", "weft-proxy", "--locked"], cwd=ROOT, check=True)
     results = []
     with run() as (tmp, procs):
         up = free_port()
@@ -98,7 +104,7 @@ def main():
             results.append(measure("weft (before)", url, [client, *servers], args))
             procs.stop_all_but(1)
         os.makedirs(f"{tmp}/weft")
-        url, client, servers, _, _ = start_weft(f"{tmp}/weft", procs, [up], "")
+        url, client, servers, _, _ = start_weft(f"{tmp}/weft", procs, [up], "", bindir=weft_bin)
         results.append(measure("weft", url, [client, *servers], args, args.profile))
         procs.stop_all_but(1)
         os.makedirs(f"{tmp}/policy")
