@@ -118,8 +118,13 @@ impl ControlPlane {
 
     /// Replaces the config files with `orders.shop` at these endpoints, and reloads them.
     fn configure(&self, endpoints: &[&str]) {
+        self.apply(&orders(endpoints));
+    }
+
+    /// Replaces the config files with `yaml`, and reloads them.
+    fn apply(&self, yaml: &str) {
         let folder = self.dir.0.join("config");
-        std::fs::write(folder.join("services.yaml"), orders(endpoints)).unwrap();
+        std::fs::write(folder.join("services.yaml"), yaml).unwrap();
         self.state.reload(&[folder]);
         assert!(
             self.state.last_error().is_empty(),
@@ -590,4 +595,35 @@ async fn a_config_change_pushes_the_newest_version_once_the_last_is_acknowledged
     let newest = stream.next().await;
     assert_eq!(newest.version, "5");
     assert_eq!(endpoints(&newest, "orders.shop"), ["127.0.0.4:15006"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_that_moves_to_another_service_account_ends_its_streams() {
+    let cp = ControlPlane::start(Duration::from_secs(10));
+    let (chain, _) = cp.certificate(ORDERS);
+    let mut client = cp.client(Some(chain)).await;
+    let mut stream = open(&mut client, hello("orders-1")).await.unwrap();
+    let rsp = stream.next().await;
+    stream.reply(&rsp, "").await;
+
+    cp.apply(
+        &orders(&["127.0.0.1:15006"]).replace("serviceAccount: orders", "serviceAccount: billing"),
+    );
+    let end = stream.within(PATIENCE).await.expect("the stream ends");
+    let refused = end.expect_err("ended with a refusal, not a snapshot");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("\"billing\"") && refused.message().contains(ORDERS),
+        "names the Service's service account and the certificate's identity: {refused:?}"
+    );
+    eventually("the proxy is no longer listed", || {
+        cp.proxies.list().is_empty()
+    })
+    .await;
+    // And it is refused when it comes back.
+    let again = open(&mut client, hello("orders-1"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(again.code(), tonic::Code::PermissionDenied, "{again:?}");
 }
