@@ -11,6 +11,8 @@
 //! which certificate `weft get proxies` shows for it, come from [`peer`], never from its claims.
 
 mod peer;
+#[cfg(test)]
+mod tests;
 
 pub use peer::{
     MAX_ERROR_DETAIL, MAX_NAME_LEN, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CERTIFICATE,
