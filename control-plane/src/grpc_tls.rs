@@ -304,7 +304,7 @@ struct WithPeer {
     routes: tonic::service::Routes,
 }
 
-type GrpcResponse = http::Response<weft_proxy::body::Body>;
+type GrpcResponse = http::Response<weft_runtime::body::Body>;
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithPeer {
     type Response = GrpcResponse;
@@ -320,7 +320,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithPeer 
         let mut routes = self.routes.clone();
         Box::pin(async move {
             let rsp = tonic::codegen::Service::call(&mut routes, req).await?;
-            Ok(rsp.map(weft_proxy::body::boxed))
+            Ok(rsp.map(weft_runtime::body::boxed))
         })
     }
 }

@@ -24,7 +24,7 @@ pub struct Metrics {
     pub push_duration: Histogram,
     pub certificates: Family<Outcome, Counter>,
     pub api_writes: Family<Outcome, Counter>,
-    pub trace: weft_proxy::trace::TraceCounters,
+    pub trace: weft_runtime::trace::TraceCounters,
     pub listeners: weft_proxy::server::ListenerMetrics,
 }
 
@@ -93,7 +93,7 @@ impl Default for Metrics {
             "Writes through the API (apply, PUT, DELETE), by outcome (accepted, unchanged, dry-run, invalid, conflict, file-managed, not-found, failed)",
             api_writes.clone(),
         );
-        let trace = weft_proxy::trace::TraceCounters::default();
+        let trace = weft_runtime::trace::TraceCounters::default();
         trace.register(&mut registry);
         let listeners = weft_proxy::server::ListenerMetrics::default();
         listeners.register(&mut registry);

@@ -64,7 +64,7 @@ pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::logging::init();
+    weft_runtime::logging::init();
     crate::server::raise_fd_limit();
     if exit_with_parent {
         follow_parent();

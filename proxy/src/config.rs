@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::duration::ser_duration;
-use crate::routes::ServiceKey;
+use weft_runtime::duration::{parse_duration, ser_duration};
 
-/// Re-exported for the control plane, which parses its resources' durations the same way.
-pub use crate::duration::parse_duration;
+use crate::routes::ServiceKey;
 
 /// `weft-proxy run` flags, as given. Checked into a [`Config`] by [`Config::from_args`].
 #[derive(clap::Args, Debug, Clone, Default)]

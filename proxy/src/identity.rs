@@ -29,8 +29,8 @@ use crate::config::Proof;
 use crate::control::ControlPlane;
 use crate::discovery::Discovery;
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::spiffe;
 use crate::tls::{Credentials, Tls};
+use weft_runtime::spiffe;
 
 const RETRY_BASE: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);

@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::access_log::AccessLog;
-use crate::body::{self, Body};
 use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
 use crate::headers;
@@ -35,10 +34,11 @@ use crate::server::Accepted;
 use crate::server::Http;
 use crate::shared::Shared;
 use crate::tls::Tls;
-use crate::trace::{self, SpanKind, Tracer};
 use crate::transport::{self, AppConnector, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
 use tokio::io::{AsyncRead, AsyncWrite};
+use weft_runtime::body::{self, Body};
+use weft_runtime::trace::{self, SpanKind, Tracer};
 
 /// Removed from every request arriving at the inbound listener: only the proxy sets it, and only
 /// for callers it authenticated.
@@ -392,7 +392,7 @@ where
         let caller_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
         // The one spelling of the path that the policy checks and the app receives.
-        crate::path::normalize_uri(&mut parts.uri)?;
+        weft_runtime::path::normalize_uri(&mut parts.uri)?;
         if !self.authorize(|p| p.allows(client, &parts.method, parts.uri.path())) {
             return Err(ProxyError::Forbidden(format!(
                 "{} may not {} {}",
@@ -446,7 +446,7 @@ where
             .request(Request::from_parts(parts, body::boxed(body)))
             .await
             .map_err(|e| {
-                let reason = transport::error_chain(&e);
+                let reason = weft_runtime::error_chain(&e);
                 if e.is_connect() {
                     ProxyError::ConnectFailed { addr, reason }
                 } else {

@@ -30,14 +30,7 @@
 //! `tls`, `control`, `transport`, `metrics::exposition`, `identity::key_and_csr` and `config`.
 
 // Leaves: no imports from this crate.
-pub mod admin_guard; // refusals every local admin listener applies first
 pub mod authz; // AuthorizationPolicy rules and their evaluation
-pub mod body; // the one body type of proxied requests
-pub mod duration; // durations as weft writes them
-pub mod logging; // process logging for both binaries
-pub mod path; // request-path normalization and rule-path checks
-pub mod spiffe; // SPIFFE ID names
-pub mod trace; // spans, trace headers, OTLP export
 
 // Foundations: errors, policy, TLS and the proxy-to-proxy transport.
 pub mod breaker; // outlier ejection and concurrency limits

@@ -41,8 +41,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::{self, Body, Guarded};
 use crate::transport::Prefixed;
+use weft_runtime::body::{self, Body, Guarded};
 
 /// hyper's timeout for an HTTP/1 request's headers, from when the connection is ready for them.
 pub const HTTP1_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,10 +55,10 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// From accept to the first request's headers.
-    #[serde(serialize_with = "crate::duration::ser_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
     pub first_request: Duration,
     /// An HTTP connection with no request in flight this long is closed.
-    #[serde(serialize_with = "crate::duration::ser_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
     pub idle: Duration,
     /// Connections open at once.
     pub max_connections: usize,

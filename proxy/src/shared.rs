@@ -11,7 +11,7 @@ use crate::access_log::AccessLog;
 use crate::discovery::Discovery;
 use crate::metrics::Metrics;
 use crate::tls::Tls;
-use crate::trace::Tracer;
+use weft_runtime::trace::Tracer;
 
 /// The shared handles of one proxy.
 #[derive(Clone)]

@@ -21,10 +21,10 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use serde::Serialize;
 
-use crate::spiffe;
+use weft_runtime::spiffe;
 
 /// Re-exported for the control plane, which reads its callers' identities the same way.
-pub use crate::spiffe::spiffe_id;
+pub use weft_runtime::spiffe::spiffe_id;
 
 /// A certificate and the key it certifies: what the configs are built from. `identity` obtains
 /// and renews them; this module only reads them.

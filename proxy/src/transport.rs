@@ -32,9 +32,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::body::Body;
 use crate::errors::ProxyError;
 use crate::tls::Tls;
+use weft_runtime::body::Body;
 
 pub use connect::{client_config, handshake, AppConnector, Connect, Connecting, PeerConnector};
 
@@ -59,7 +59,7 @@ pub async fn dial_peer(
     let connect = tokio_rustls::TlsConnector::from(config).connect(name, stream);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok(tls)) => Ok(PeerIo::Right(tls)),
-        Ok(Err(e)) => Err(fail(error_chain(&e))),
+        Ok(Err(e)) => Err(fail(weft_runtime::error_chain(&e))),
         Err(_) => Err(fail(format!(
             "handshake timed out after {HANDSHAKE_TIMEOUT:?}"
         ))),
@@ -184,7 +184,7 @@ impl PeerConn {
     fn reset(&self, e: &hyper::Error) -> ProxyError {
         ProxyError::UpstreamReset {
             addr: self.addr,
-            reason: error_chain(e),
+            reason: weft_runtime::error_chain(e),
         }
     }
 }
@@ -397,18 +397,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
 }
 
-/// An error and its causes, on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
 /// A gRPC status: its message and code, then the causes of a transport error (which say what
 /// failed: refused, TLS, ...).
 pub fn status_text(s: &tonic::Status) -> String {
@@ -416,7 +404,7 @@ pub fn status_text(s: &tonic::Status) -> String {
     let mut out = format!("{} ({:?})", s.message(), s.code());
     if let Some(cause) = s.source() {
         out.push_str(": ");
-        out.push_str(&error_chain(cause));
+        out.push_str(&weft_runtime::error_chain(cause));
     }
     out
 }

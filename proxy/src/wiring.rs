@@ -26,7 +26,7 @@ use crate::server;
 use crate::shared::Shared;
 use crate::tcp;
 use crate::tls::Tls;
-use crate::trace::Tracer;
+use weft_runtime::trace::Tracer;
 
 /// The proxy's listeners, bound before it starts.
 pub struct Listeners {

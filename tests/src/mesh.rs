@@ -17,7 +17,7 @@ use crate::temp_dir::TempDir;
 /// The harness's log filter (`warn`, unless `WEFT_LOG` says otherwise); set once, by the first
 /// control plane started.
 pub fn init_logging() {
-    weft_proxy::logging::init_with_default("warn");
+    weft_runtime::logging::init_with_default("warn");
 }
 
 /// How to start a [`Mesh`]: every setting has the value `weft serve` would give it, except the

@@ -162,7 +162,7 @@ impl ApiClient {
                 .http
                 .request(req)
                 .await
-                .map_err(|e| unreachable(weft_proxy::transport::error_chain(&e)))?,
+                .map_err(|e| unreachable(weft_runtime::error_chain(&e)))?,
         };
         let status = rsp.status().as_u16();
         let body = rsp
@@ -265,7 +265,7 @@ async fn send_tls(
     sender
         .send_request(http::Request::from_parts(parts, body))
         .await
-        .map_err(|e| weft_proxy::transport::error_chain(&e))
+        .map_err(|e| weft_runtime::error_chain(&e))
 }
 
 #[cfg(test)]

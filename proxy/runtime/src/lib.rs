@@ -1,0 +1,37 @@
+//! weft-runtime: the runtime both weft binaries are built on. It holds what the sidecar
+//! (`weft-proxy`) and the control plane (`weft`) each need to run as a process and to serve and
+//! dial over TLS: the body type, durations as weft writes them, request-path and rule-path
+//! rules, SPIFFE ID names, logging set-up, tracing and span export, what a `/metrics` scrape
+//! answers, and what every local admin listener refuses first. It holds no request routing and
+//! no control-plane state: routes, balancing, retries and discovery are the proxy's; resources,
+//! the CA and the config in force are the control plane's; and each binary's metric families
+//! stay in its own crate. It depends on neither binary's crate.
+//!
+//! # Where does X live
+//!
+//! | what | where |
+//! |---|---|
+//! | the one body type of proxied requests and responses | `body.rs` |
+//! | durations: parsing, writing back (`1h`, `5m`, `2s`, `250ms`) | `duration.rs` |
+//! | request-path normalization, rule-path patterns | `path.rs` |
+//! | SPIFFE ID names (workloads, the control plane) | `spiffe.rs` |
+//! | process logging (`WEFT_LOG`, `WEFT_LOG_FORMAT`) | `logging.rs` |
+//! | an error and its causes on one line | `error_chain.rs` ([`error_chain()`]) |
+//! | traces: sampling and spans, trace headers, OTLP export | `trace.rs`, `trace/propagation.rs`, `trace/export.rs` |
+//! | `/metrics` answers: OpenMetrics or the classic text | `exposition.rs` |
+//! | refusals every local admin listener applies first | `admin_guard.rs` |
+//!
+//! Modules depend downward only: the leaves above import nothing from the crate.
+
+// Leaves: no imports from this crate.
+pub mod admin_guard; // refusals every local admin listener applies first
+pub mod body; // the one body type of proxied requests
+pub mod duration; // durations as weft writes them
+mod error_chain; // an error and its causes, on one line
+pub mod exposition; // what a `/metrics` scrape answers
+pub mod logging; // process logging for both binaries
+pub mod path; // request-path normalization and rule-path checks
+pub mod spiffe; // SPIFFE ID names
+pub mod trace; // spans, trace headers, OTLP export
+
+pub use error_chain::error_chain;
