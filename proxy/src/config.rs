@@ -293,7 +293,7 @@ impl Config {
                 String::new()
             }
             Some(path) => match std::fs::read_to_string(path) {
-                Ok(pem) => match crate::tls::parse_anchors(&pem) {
+                Ok(pem) => match weft_runtime::tls::parse_anchors(&pem) {
                     Ok(_) => pem,
                     Err(e) => {
                         errors.push(format!("trust-anchors={}: {e}", path.display()));

@@ -33,11 +33,11 @@ use crate::routes::Protocol;
 use crate::server::Accepted;
 use crate::server::Http;
 use crate::shared::Shared;
-use crate::tls::Tls;
 use crate::transport::{self, AppConnector, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
 use tokio::io::{AsyncRead, AsyncWrite};
 use weft_runtime::body::{self, Body};
+use weft_runtime::tls::Tls;
 use weft_runtime::trace::{self, SpanKind, Tracer};
 
 /// Removed from every request arriving at the inbound listener: only the proxy sets it, and only
@@ -195,7 +195,7 @@ where
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(crate::tls::spiffe_id);
+                .and_then(weft_runtime::tls::spiffe_id);
             self.count_connection("true", "accepted");
             self.serve(tls, peer, client.map(Arc::from), http).await;
         } else {

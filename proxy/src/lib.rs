@@ -40,7 +40,6 @@ pub mod headers; // header rewriting between hops
 pub mod policy; // resilience policy types and defaults
 pub mod ratelimit; // token buckets and spread percentages
 pub mod retry; // retry budget and replayable bodies
-pub mod tls; // TLS configs from the proxy's credentials
 pub mod transport; // the hop between proxies
 
 // State and models: listeners, routing, metrics, config.

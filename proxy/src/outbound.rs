@@ -60,7 +60,7 @@ pub struct Outbound {
     pub metrics: Arc<Metrics>,
     pub namespace: String,
     /// This proxy's credentials, for the connections of their own that upgrades make.
-    pub tls: Arc<crate::tls::Tls>,
+    pub tls: Arc<weft_runtime::tls::Tls>,
     /// Opens the pooled connection to an endpoint's proxy (`transport::PeerConnector` in
     /// production), once per new connection.
     pub connect: Arc<dyn Connect>,

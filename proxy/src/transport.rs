@@ -33,8 +33,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::errors::ProxyError;
-use crate::tls::Tls;
 use weft_runtime::body::Body;
+use weft_runtime::tls::Tls;
 
 pub use connect::{client_config, handshake, AppConnector, Connect, Connecting, PeerConnector};
 

@@ -25,7 +25,7 @@ use crate::routes::{Protocol, ServiceKey};
 use crate::server;
 use crate::shared::Shared;
 use crate::tcp;
-use crate::tls::Tls;
+use weft_runtime::tls::Tls;
 use weft_runtime::trace::Tracer;
 
 /// The proxy's listeners, bound before it starts.

@@ -20,8 +20,12 @@
 //! | traces: sampling and spans, trace headers, OTLP export | `trace.rs`, `trace/propagation.rs`, `trace/export.rs` |
 //! | `/metrics` answers: OpenMetrics or the classic text | `exposition.rs` |
 //! | refusals every local admin listener applies first | `admin_guard.rs` |
+//! | TLS configs, SPIFFE verification, credentials, trust anchors | `tls.rs` |
+//! | a new key and its CSR for a SPIFFE ID | `tls/csr.rs` ([`tls::key_and_csr`]) |
+//! | TLS to the control plane: settings that verify it, the connection | `control_channel.rs` |
 //!
-//! Modules depend downward only: the leaves above import nothing from the crate.
+//! Modules depend downward only, with no circle: the leaves import nothing from the crate,
+//! `tls` imports `spiffe`, `control_channel` imports `tls`.
 
 // Leaves: no imports from this crate.
 pub mod admin_guard; // refusals every local admin listener applies first
@@ -33,5 +37,9 @@ pub mod logging; // process logging for both binaries
 pub mod path; // request-path normalization and rule-path checks
 pub mod spiffe; // SPIFFE ID names
 pub mod trace; // spans, trace headers, OTLP export
+
+// TLS: configs, verification and credentials, then the channel to the control plane.
+pub mod control_channel;
+pub mod tls; // TLS configs, SPIFFE verification, credentials, key and CSR // TLS to the control plane: verifying settings, connecting
 
 pub use error_chain::error_chain;

@@ -109,7 +109,7 @@ fn mesh_settings(m: &pb::MeshSettings) -> Result<MeshSettings> {
         ));
     }
     if !m.trust_anchors.is_empty() {
-        crate::tls::parse_anchors(&m.trust_anchors).map_err(|e| format!("mesh: {e}"))?;
+        weft_runtime::tls::parse_anchors(&m.trust_anchors).map_err(|e| format!("mesh: {e}"))?;
     }
     Ok(MeshSettings {
         trust_domain: m.trust_domain.clone(),

@@ -23,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::errors::ProxyError;
-use crate::tls::Tls;
 use weft_runtime::body::Body;
+use weft_runtime::tls::Tls;
 
 /// A boxed, sendable future, as a [`Connect`] returns.
 pub type Connecting<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
