@@ -272,13 +272,13 @@ impl AsyncWrite for GrpcConn {
 
 /// Serves one connection accepted by the gRPC listener's accept loop: the TLS handshake by the
 /// connection's first-request deadline, then `routes` over HTTP/2 with the listener's limits
-/// (`weft_proxy::server`), each request carrying the connection's [`PeerInfo`].
+/// (`weft_runtime::server`), each request carrying the connection's [`PeerInfo`].
 pub async fn serve(
     acceptor: Arc<GrpcAcceptor>,
     routes: tonic::service::Routes,
-    conn: weft_proxy::server::Accepted,
+    conn: weft_runtime::server::Accepted,
 ) {
-    let weft_proxy::server::Accepted { stream, peer, http } = conn;
+    let weft_runtime::server::Accepted { stream, peer, http } = conn;
     let acceptor = match acceptor.current() {
         Ok(a) => a,
         Err(e) => return tracing::error!(error = %e, "gRPC listener TLS settings"),

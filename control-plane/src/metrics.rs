@@ -25,7 +25,7 @@ pub struct Metrics {
     pub certificates: Family<Outcome, Counter>,
     pub api_writes: Family<Outcome, Counter>,
     pub trace: weft_runtime::trace::TraceCounters,
-    pub listeners: weft_proxy::server::ListenerMetrics,
+    pub listeners: weft_runtime::server::ListenerMetrics,
 }
 
 impl Default for Metrics {
@@ -95,7 +95,7 @@ impl Default for Metrics {
         );
         let trace = weft_runtime::trace::TraceCounters::default();
         trace.register(&mut registry);
-        let listeners = weft_proxy::server::ListenerMetrics::default();
+        let listeners = weft_runtime::server::ListenerMetrics::default();
         listeners.register(&mut registry);
         Self {
             registry,

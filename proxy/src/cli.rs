@@ -65,7 +65,7 @@ pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
         }
     };
     weft_runtime::logging::init();
-    crate::server::raise_fd_limit();
+    weft_runtime::server::raise_fd_limit();
     if exit_with_parent {
         follow_parent();
     }

@@ -218,7 +218,7 @@ pub struct Config {
     pub access_log: Option<PathBuf>,
     pub allowed_upgrades: crate::upgrade::Upgrades,
     /// Every listener's connection limits.
-    pub limits: crate::server::Limits,
+    pub limits: weft_runtime::server::Limits,
     /// Settings that work but should change, one line each; logged at start-up.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -400,7 +400,7 @@ impl Config {
             }
         }
 
-        let defaults = crate::server::Limits::default();
+        let defaults = weft_runtime::server::Limits::default();
         let mut duration = |name: &str, v: &Option<String>, default: Duration| match v {
             None => default,
             Some(v) => match parse_duration(v) {
@@ -461,7 +461,7 @@ impl Config {
                     p => Some(PathBuf::from(p)),
                 },
                 allowed_upgrades: crate::upgrade::Upgrades(allowed_upgrades),
-                limits: crate::server::Limits {
+                limits: weft_runtime::server::Limits {
                     first_request,
                     idle,
                     max_connections,

@@ -30,13 +30,14 @@ use crate::observe::{Info, RequestLine};
 use crate::outbound::error_label;
 use crate::ratelimit::TokenBucket;
 use crate::routes::Protocol;
-use crate::server::Accepted;
-use crate::server::Http;
 use crate::shared::Shared;
-use crate::transport::{self, AppConnector, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
+use crate::transport::{self, AppConnector, Detected, OpaqueHeader, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
 use tokio::io::{AsyncRead, AsyncWrite};
 use weft_runtime::body::{self, Body};
+use weft_runtime::server::Accepted;
+use weft_runtime::server::Http;
+use weft_runtime::server::Prefixed;
 use weft_runtime::tls::Tls;
 use weft_runtime::trace::{self, SpanKind, Tracer};
 

@@ -50,7 +50,6 @@ pub mod discovery; // the config stream and the snapshot in force
 pub mod metrics; // Prometheus metrics
 pub mod observe; // a request's span attributes and access-log entry
 pub mod routes; // logical services, rules, splits, backends
-pub mod server; // accept loops, limits, drain
 pub mod upgrade; // HTTP/1.1 upgrades, spliced
 
 // The parts of a running proxy.

@@ -158,7 +158,7 @@ pub struct Metrics {
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     pub authorization: Family<DecisionLabels, Counter>,
     pub opaque_refused: Family<ReasonLabels, Counter>,
-    pub listeners: crate::server::ListenerMetrics,
+    pub listeners: weft_runtime::server::ListenerMetrics,
     pub renewals: Family<OutcomeLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
@@ -277,7 +277,7 @@ impl Metrics {
             "Inbound requests and TCP connections checked against AuthorizationPolicy, by decision",
             authorization.clone(),
         );
-        let listeners = crate::server::ListenerMetrics::default();
+        let listeners = weft_runtime::server::ListenerMetrics::default();
         listeners.register(&mut registry);
         let opaque_refused = Family::default();
         registry.register(

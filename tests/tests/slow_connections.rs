@@ -13,7 +13,7 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weft_proxy::server::Limits;
+use weft_runtime::server::Limits;
 use weft_tests::apps::HttpApp;
 use weft_tests::*;
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use weft_proxy::server::Accepted;
+use weft_runtime::server::Accepted;
 
 use super::{Api, Conn};
 use crate::ca::Ca;

@@ -23,9 +23,13 @@
 //! | TLS configs, SPIFFE verification, credentials, trust anchors | `tls.rs` |
 //! | a new key and its CSR for a SPIFFE ID | `tls/csr.rs` ([`tls::key_and_csr`]) |
 //! | TLS to the control plane: settings that verify it, the connection | `control_channel.rs` |
+//! | accept loops, connection limits, listener metrics, drain, fd limit | `server.rs` |
+//! | a connection's first bytes, read and replayed | `server/prefix.rs` |
+//! | a binary's tasks and their one shutdown (both `Running`s hold one) | `tasks.rs` |
 //!
 //! Modules depend downward only, with no circle: the leaves import nothing from the crate,
-//! `tls` imports `spiffe`, `control_channel` imports `tls`.
+//! `tls` imports `spiffe`, `control_channel` imports `tls`, `server` imports `body` and
+//! `duration`.
 
 // Leaves: no imports from this crate.
 pub mod admin_guard; // refusals every local admin listener applies first
@@ -41,5 +45,9 @@ pub mod trace; // spans, trace headers, OTLP export
 // TLS: configs, verification and credentials, then the channel to the control plane.
 pub mod control_channel;
 pub mod tls; // TLS configs, SPIFFE verification, credentials, key and CSR // TLS to the control plane: verifying settings, connecting
+
+// Serving: accept loops and limits, and a binary's tasks.
+pub mod server; // accept loops, limits, listener metrics, drain, fd limit
+pub mod tasks; // a binary's tasks and their one shutdown signal
 
 pub use error_chain::error_chain;

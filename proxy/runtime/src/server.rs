@@ -1,5 +1,7 @@
 //! Accept loops, connection limits and draining, shared by every listener of the proxy and by
-//! the control plane's API.
+//! the control plane's gRPC and API listeners; and the process's file-descriptor limit.
+//! Reading a connection's first bytes and replaying them is `server/prefix.rs`. What a
+//! connection carries beyond HTTP (the proxy's TLS and opaque TCP) is the caller's.
 //!
 //! Each listener holds at most [`Limits::max_connections`] connections: one past the cap is
 //! accepted and closed at once, and counted, so that a flood of connections to one listener
@@ -41,8 +43,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::transport::Prefixed;
-use weft_runtime::body::{self, Body, Guarded};
+use crate::body::{self, Body, Guarded};
+
+mod prefix;
+
+pub use prefix::{read_prefix, Prefixed};
 
 /// hyper's timeout for an HTTP/1 request's headers, from when the connection is ready for them.
 pub const HTTP1_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,10 +60,10 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// From accept to the first request's headers.
-    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
+    #[serde(serialize_with = "crate::duration::ser_duration")]
     pub first_request: Duration,
     /// An HTTP connection with no request in flight this long is closed.
-    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
+    #[serde(serialize_with = "crate::duration::ser_duration")]
     pub idle: Duration,
     /// Connections open at once.
     pub max_connections: usize,
@@ -268,7 +273,7 @@ async fn sleep_until(due: Option<Instant>) {
 /// Reads a connection's first bytes: the HTTP/2 preface, or as soon as they cannot be one.
 async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Bytes> {
     let mut buf = [0u8; 24];
-    let n = crate::transport::read_prefix(io, &mut buf, &[H2_PREFACE]).await?;
+    let n = read_prefix(io, &mut buf, &[H2_PREFACE]).await?;
     Ok(Bytes::copy_from_slice(&buf[..n]))
 }
 
