@@ -2,6 +2,13 @@
 //!
 //! [`start`] takes already-bound listeners so tests run control planes on port 0 in-process;
 //! [`cli`] is the command line, which `main.rs` runs.
+//!
+//! Its infrastructure is the `weft-runtime` crate (`proxy/runtime/`), which the sidecar is built
+//! on too: the accept loops and limits its gRPC and API listeners run on, the tasks a
+//! [`Running`] holds, TLS verification and SPIFFE names, tracing, logging, durations,
+//! rule-path patterns, `/metrics` exposition and the admin guard. This library does not link
+//! the sidecar: `weft-proxy` is linked only for the `weft proxy` entry in `main.rs`, which the
+//! demo runs as its sidecars' processes.
 
 pub mod api;
 pub mod atomic;
