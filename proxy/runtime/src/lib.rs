@@ -1,11 +1,13 @@
 //! weft-runtime: the runtime both weft binaries are built on. It holds what the sidecar
-//! (`weft-proxy`) and the control plane (`weft`) each need to run as a process and to serve and
-//! dial over TLS: the body type, durations as weft writes them, request-path and rule-path
-//! rules, SPIFFE ID names, logging set-up, tracing and span export, what a `/metrics` scrape
-//! answers, and what every local admin listener refuses first. It holds no request routing and
-//! no control-plane state: routes, balancing, retries and discovery are the proxy's; resources,
-//! the CA and the config in force are the control plane's; and each binary's metric families
-//! stay in its own crate. It depends on neither binary's crate.
+//! (`weft-proxy`) and the control plane (`weft`) each need to run as a process, to serve and to
+//! dial over TLS: accept loops with their limits and drain, a binary's tasks and its one
+//! shutdown, TLS configs and SPIFFE verification, the key-and-CSR helper, TLS to the control
+//! plane, tracing and span export, logging set-up, what a `/metrics` scrape answers, what every
+//! local admin listener refuses first, and the leaves under them (the body type, durations as
+//! weft writes them, request-path and rule-path rules, SPIFFE ID names). It holds no request
+//! routing and no control-plane state: routes, balancing, retries and discovery are the
+//! proxy's; resources, the CA and the config in force are the control plane's; each binary's
+//! metric families stay in its own crate. It depends on neither binary's crate.
 //!
 //! # Where does X live
 //!
@@ -43,8 +45,8 @@ pub mod spiffe; // SPIFFE ID names
 pub mod trace; // spans, trace headers, OTLP export
 
 // TLS: configs, verification and credentials, then the channel to the control plane.
-pub mod control_channel;
-pub mod tls; // TLS configs, SPIFFE verification, credentials, key and CSR // TLS to the control plane: verifying settings, connecting
+pub mod control_channel; // TLS to the control plane: verifying settings, connecting
+pub mod tls; // TLS configs, SPIFFE verification, credentials, key and CSR
 
 // Serving: accept loops and limits, and a binary's tasks.
 pub mod server; // accept loops, limits, listener metrics, drain, fd limit
