@@ -2,7 +2,7 @@
 //! under `/api/v1` (docs/api.md; its OpenAPI document at `/api/v1/openapi.json`).
 //!
 //! This file is the router and the resource endpoints. Every request but the probes,
-//! `/admin/metrics` and the OpenAPI document first passes `weft_proxy::admin_guard` (allowed
+//! `/admin/metrics` and the OpenAPI document first passes `weft_runtime::admin_guard` (allowed
 //! Hosts, no browser requests, JSON or YAML bodies), then [`auth`] (who calls, and whether they
 //! may); join tokens are in [`tokens`], the CA in [`ca`]; each connection is accepted (plain or
 //! TLS) in [`listener`].
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use tokio_util::sync::CancellationToken;
-use weft_proxy::body::{self, Body};
+use weft_runtime::body::{self, Body};
 
 pub use self::auth::{AdminToken, AdminTokenError, ADMIN_TOKEN_FILE};
 use self::auth::{Caller, Denied};
@@ -117,7 +117,7 @@ impl Api {
                     .get(http::header::ACCEPT)
                     .and_then(|v| v.to_str().ok());
                 let (body, content_type) =
-                    weft_proxy::metrics::exposition(self.state.metrics.encode(), accept);
+                    weft_runtime::exposition::exposition(self.state.metrics.encode(), accept);
                 typed(StatusCode::OK, body, content_type)
             }
             "/api/v1/openapi.json" => typed(
@@ -131,7 +131,7 @@ impl Api {
 
     /// Checks the request's shape, then who sends it and whether they may.
     fn admit<B: RequestBody>(&self, conn: &Conn, req: &Request<B>) -> Result<Caller, Denied> {
-        weft_proxy::admin_guard::check(
+        weft_runtime::admin_guard::check(
             req,
             &self.hosts,
             ", or start weft serve with --api-host NAME for a name callers use",

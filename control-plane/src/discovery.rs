@@ -225,7 +225,7 @@ struct Connection {
     /// The response in flight: its nonce, when its ACK or NACK is overdue, and when it was sent.
     unacked: Option<(u64, Instant, Instant)>,
     /// The span of the push in flight, ended by its ACK or NACK, and its config version.
-    push_span: Option<weft_proxy::trace::Span>,
+    push_span: Option<weft_runtime::trace::Span>,
     push_version: String,
 }
 
@@ -273,7 +273,7 @@ impl Connection {
                 }
                 self.push_version = version;
                 self.push_span = self.state.tracer.start(
-                    weft_proxy::trace::SpanKind::Producer,
+                    weft_runtime::trace::SpanKind::Producer,
                     &http::HeaderMap::new(),
                 );
                 self.state.metrics.pushes.inc();
@@ -313,11 +313,11 @@ impl Connection {
     /// Ends a push's span: `outcome` is `ack`, `nack`, `superseded` or `unacknowledged`.
     fn end_push(
         &self,
-        span: weft_proxy::trace::Span,
+        span: weft_runtime::trace::Span,
         outcome: &'static str,
         error: Option<String>,
     ) {
-        use weft_proxy::trace::KeyValue;
+        use weft_runtime::trace::KeyValue;
         let attributes = vec![
             KeyValue::new("weft.proxy.id", self.node.id.clone()),
             KeyValue::new("weft.proxy.identity", self.workload.identity.clone()),

@@ -272,13 +272,13 @@ impl AsyncWrite for GrpcConn {
 
 /// Serves one connection accepted by the gRPC listener's accept loop: the TLS handshake by the
 /// connection's first-request deadline, then `routes` over HTTP/2 with the listener's limits
-/// (`weft_proxy::server`), each request carrying the connection's [`PeerInfo`].
+/// (`weft_runtime::server`), each request carrying the connection's [`PeerInfo`].
 pub async fn serve(
     acceptor: Arc<GrpcAcceptor>,
     routes: tonic::service::Routes,
-    conn: weft_proxy::server::Accepted,
+    conn: weft_runtime::server::Accepted,
 ) {
-    let weft_proxy::server::Accepted { stream, peer, http } = conn;
+    let weft_runtime::server::Accepted { stream, peer, http } = conn;
     let acceptor = match acceptor.current() {
         Ok(a) => a,
         Err(e) => return tracing::error!(error = %e, "gRPC listener TLS settings"),
@@ -304,7 +304,7 @@ struct WithPeer {
     routes: tonic::service::Routes,
 }
 
-type GrpcResponse = http::Response<weft_proxy::body::Body>;
+type GrpcResponse = http::Response<weft_runtime::body::Body>;
 
 impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithPeer {
     type Response = GrpcResponse;
@@ -320,7 +320,7 @@ impl hyper::service::Service<http::Request<hyper::body::Incoming>> for WithPeer 
         let mut routes = self.routes.clone();
         Box::pin(async move {
             let rsp = tonic::codegen::Service::call(&mut routes, req).await?;
-            Ok(rsp.map(weft_proxy::body::boxed))
+            Ok(rsp.map(weft_runtime::body::boxed))
         })
     }
 }

@@ -31,7 +31,7 @@ impl identity_server::Identity for IdentityService {
         &self,
         request: Request<pb::CertifyRequest>,
     ) -> Result<Response<pb::CertifyResponse>, Status> {
-        use weft_proxy::trace::{KeyValue, SpanKind};
+        use weft_runtime::trace::{KeyValue, SpanKind};
         let span = self
             .state
             .tracer

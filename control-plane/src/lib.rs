@@ -2,6 +2,13 @@
 //!
 //! [`start`] takes already-bound listeners so tests run control planes on port 0 in-process;
 //! [`cli`] is the command line, which `main.rs` runs.
+//!
+//! Its infrastructure is the `weft-runtime` crate (`proxy/runtime/`), which the sidecar is built
+//! on too: the accept loops and limits its gRPC and API listeners run on, the tasks a
+//! [`Running`] holds, TLS verification and SPIFFE names, tracing, logging, durations,
+//! rule-path patterns, `/metrics` exposition and the admin guard. This library does not link
+//! the sidecar: `weft-proxy` is linked only for the `weft proxy` entry in `main.rs`, which the
+//! demo runs as its sidecars' processes.
 
 pub mod api;
 pub mod atomic;
@@ -27,12 +34,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{DiscoveryService, Proxies};
 use crate::metrics::Metrics;
 use crate::state::State;
+use weft_runtime::tasks::Tasks;
 
 /// `weft serve` settings.
 #[derive(Clone, Debug)]
@@ -65,22 +71,21 @@ pub struct Running {
     pub proxies: Arc<Proxies>,
     pub ca: Arc<ca::Ca>,
     pub tokens: Arc<tokens::Tokens>,
-    shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
 }
 
 impl Running {
     pub fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.tasks.shutdown();
     }
 
     pub async fn shutdown_requested(&self) {
-        self.shutdown.cancelled().await;
+        self.tasks.shutdown_requested().await;
     }
 
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn stop(self) {
+        self.tasks.shutdown();
+        self.tasks.join().await;
     }
 }
 
@@ -122,10 +127,10 @@ pub fn start(
         .map_err(|e| vec![format!("control plane serving certificate: {e}")])?;
     let api_serving = serving.clone();
     let proxies = Arc::new(Proxies::default());
-    let shutdown = CancellationToken::new();
+    let mut tasks = Tasks::default();
+    let shutdown = tasks.shutdown_token().clone();
     let local = |l: &TcpListener| l.local_addr().map_err(|e| vec![e.to_string()]);
     let (grpc_addr, api_addr) = (local(&grpc)?, local(&api)?);
-    let mut tasks = JoinSet::new();
 
     tasks.spawn({
         let (paths, state) = (cfg.config.clone(), state.clone());
@@ -175,13 +180,13 @@ pub fn start(
     // connections cannot take the descriptors proxies need for their config streams.
     let grpc_acceptor = serving.grpc_acceptor(ca.clone());
     let routes = tonic::service::Routes::new(discovery).add_service(identity);
-    let grpc_listener = weft_proxy::server::Listener {
+    let grpc_listener = weft_runtime::server::Listener {
         name: "grpc",
-        limits: weft_proxy::server::Limits::default(),
+        limits: weft_runtime::server::Limits::default(),
         grace: Duration::from_secs(5),
         metrics: metrics.listeners.clone(),
     };
-    tasks.spawn(weft_proxy::server::accept_loop(
+    tasks.spawn(weft_runtime::server::accept_loop(
         grpc_listener,
         grpc,
         shutdown.clone(),
@@ -202,13 +207,13 @@ pub fn start(
             .collect(),
     });
     let api_ca = ca.clone();
-    let api_listener = weft_proxy::server::Listener {
+    let api_listener = weft_runtime::server::Listener {
         name: "api",
-        limits: weft_proxy::server::Limits::operator(),
+        limits: weft_runtime::server::Limits::operator(),
         grace: Duration::from_secs(5),
         metrics: metrics.listeners.clone(),
     };
-    tasks.spawn(weft_proxy::server::accept_loop(
+    tasks.spawn(weft_runtime::server::accept_loop(
         api_listener,
         api,
         shutdown.clone(),
@@ -222,7 +227,6 @@ pub fn start(
         proxies,
         ca,
         tokens,
-        shutdown,
         tasks,
     })
 }

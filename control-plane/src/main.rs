@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         let argv = std::iter::once("weft-proxy".to_string()).chain(args);
         return weft_proxy::cli::main(argv);
     }
-    weft_proxy::logging::init_with_default(if cli.is_quiet() { "warn" } else { "info" });
+    weft_runtime::logging::init_with_default(if cli.is_quiet() { "warn" } else { "info" });
     let outcome = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

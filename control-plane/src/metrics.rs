@@ -24,8 +24,8 @@ pub struct Metrics {
     pub push_duration: Histogram,
     pub certificates: Family<Outcome, Counter>,
     pub api_writes: Family<Outcome, Counter>,
-    pub trace: weft_proxy::trace::TraceCounters,
-    pub listeners: weft_proxy::server::ListenerMetrics,
+    pub trace: weft_runtime::trace::TraceCounters,
+    pub listeners: weft_runtime::server::ListenerMetrics,
 }
 
 impl Default for Metrics {
@@ -93,9 +93,9 @@ impl Default for Metrics {
             "Writes through the API (apply, PUT, DELETE), by outcome (accepted, unchanged, dry-run, invalid, conflict, file-managed, not-found, failed)",
             api_writes.clone(),
         );
-        let trace = weft_proxy::trace::TraceCounters::default();
+        let trace = weft_runtime::trace::TraceCounters::default();
         trace.register(&mut registry);
-        let listeners = weft_proxy::server::ListenerMetrics::default();
+        let listeners = weft_runtime::server::ListenerMetrics::default();
         listeners.register(&mut registry);
         Self {
             registry,

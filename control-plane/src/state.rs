@@ -27,7 +27,7 @@ use crate::mesh::{Mesh, Trust};
 use crate::metrics::{Metrics, Outcome};
 use crate::resources::{Resource, Sourced};
 use crate::store::{AuditEntry, Contents, Store, StoreError};
-use weft_proxy::trace::Tracer;
+use weft_runtime::trace::Tracer;
 
 /// The `source` of resources that came through the API.
 pub const API_SOURCE: &str = "api";

@@ -13,12 +13,12 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{self, Body};
 use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::shared::Shared;
+use weft_runtime::body::{self, Body};
 
 pub struct Admin {
     pub config: Arc<Config>,
@@ -58,7 +58,7 @@ impl Admin {
         let open = req.method() == Method::GET
             && matches!(req.uri().path(), "/live" | "/ready" | "/metrics");
         if !open {
-            if let Err(e) = crate::admin_guard::check(req, &[], "") {
+            if let Err(e) = weft_runtime::admin_guard::check(req, &[], "") {
                 return text(e.status(), &e.to_string());
             }
         }
@@ -119,7 +119,7 @@ impl Admin {
                     .get(http::header::ACCEPT)
                     .and_then(|v| v.to_str().ok());
                 let (body, content_type) =
-                    crate::metrics::exposition(self.metrics.encode(), accept);
+                    weft_runtime::exposition::exposition(self.metrics.encode(), accept);
                 with_type(StatusCode::OK, body, content_type)
             }
             (&Method::POST, "/shutdown") if !self.config.admin_shutdown => text(

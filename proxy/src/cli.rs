@@ -64,8 +64,8 @@ pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::logging::init();
-    crate::server::raise_fd_limit();
+    weft_runtime::logging::init();
+    weft_runtime::server::raise_fd_limit();
     if exit_with_parent {
         follow_parent();
     }

@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::duration::ser_duration;
-use crate::routes::ServiceKey;
+use weft_runtime::duration::{parse_duration, ser_duration};
 
-/// Re-exported for the control plane, which parses its resources' durations the same way.
-pub use crate::duration::parse_duration;
+use crate::routes::ServiceKey;
 
 /// `weft-proxy run` flags, as given. Checked into a [`Config`] by [`Config::from_args`].
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -220,7 +218,7 @@ pub struct Config {
     pub access_log: Option<PathBuf>,
     pub allowed_upgrades: crate::upgrade::Upgrades,
     /// Every listener's connection limits.
-    pub limits: crate::server::Limits,
+    pub limits: weft_runtime::server::Limits,
     /// Settings that work but should change, one line each; logged at start-up.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -295,7 +293,7 @@ impl Config {
                 String::new()
             }
             Some(path) => match std::fs::read_to_string(path) {
-                Ok(pem) => match crate::tls::parse_anchors(&pem) {
+                Ok(pem) => match weft_runtime::tls::parse_anchors(&pem) {
                     Ok(_) => pem,
                     Err(e) => {
                         errors.push(format!("trust-anchors={}: {e}", path.display()));
@@ -402,7 +400,7 @@ impl Config {
             }
         }
 
-        let defaults = crate::server::Limits::default();
+        let defaults = weft_runtime::server::Limits::default();
         let mut duration = |name: &str, v: &Option<String>, default: Duration| match v {
             None => default,
             Some(v) => match parse_duration(v) {
@@ -463,7 +461,7 @@ impl Config {
                     p => Some(PathBuf::from(p)),
                 },
                 allowed_upgrades: crate::upgrade::Upgrades(allowed_upgrades),
-                limits: crate::server::Limits {
+                limits: weft_runtime::server::Limits {
                     first_request,
                     idle,
                     max_connections,

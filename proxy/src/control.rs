@@ -17,6 +17,10 @@
 //! ([`ControlPlane::trust_domain`]). A proxy that was away while MeshConfig changed the trust
 //! domain no longer recognises the control plane and must be restarted with the new
 //! `trust-domain`: an identity in another trust domain is never taken on trust.
+//!
+//! This file holds the [`ControlPlane`] the proxy follows (roots, client certificate, trust
+//! domain) and its gRPC channel; the TLS settings that verify the control plane and the TLS
+//! connection are `weft_runtime::control_channel`, which the `weft` CLI dials with too.
 
 use rustls::pki_types::pem::PemObject;
 use std::sync::Arc;
@@ -24,12 +28,12 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor};
-use rustls::ClientConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
 use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::tls::{self, SpiffeVerifier};
+use weft_runtime::control_channel::{connect_tls, verifying};
+use weft_runtime::tls;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -152,44 +156,4 @@ impl ControlPlane {
         let tls = connect_tls(&uri, Arc::new(config)).await?;
         Ok(TokioIo::new(tls))
     }
-}
-
-/// TLS 1.3 client settings that verify the control plane: its chain against `anchors`, then its
-/// SPIFFE ID, exactly [`crate::spiffe::control_plane_id`] of `trust_domain`. The caller chooses whether to
-/// present a client certificate.
-pub fn verifying(
-    anchors: Arc<Vec<TrustAnchor<'static>>>,
-    trust_domain: &str,
-) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeVerifier::control_plane(
-            anchors,
-            trust_domain,
-        ))))
-}
-
-/// A TLS connection to the host and port of `uri` (443 by default).
-pub async fn connect_tls(
-    uri: &Uri,
-    config: Arc<ClientConfig>,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
-    let io = |e: String| std::io::Error::other(e);
-    let host = uri
-        .host()
-        .ok_or_else(|| io(format!("no host in {uri}")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let tcp = TcpStream::connect((host.as_str(), port)).await?;
-    tcp.set_nodelay(true)?;
-    // The name is not what is verified (the SPIFFE ID is), but rustls needs one.
-    let name = ServerName::try_from(host).map_err(|e| io(e.to_string()))?;
-    tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::{self, Body};
+use weft_runtime::body::{self, Body};
 
 /// The header that marks a response the proxy made up itself.
 pub const ERROR_HEADER: &str = "x-weft-error";
@@ -35,7 +35,7 @@ pub enum ProxyError {
     BadRequest(String),
     /// A path with no single meaning across servers (`path::normalize`).
     #[error("bad request path: {0}")]
-    BadPath(#[from] crate::path::PathError),
+    BadPath(#[from] weft_runtime::path::PathError),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn a_refused_path_is_a_bad_request() {
         let rsp = rescue(
-            &ProxyError::from(crate::path::PathError::EncodedSlash),
+            &ProxyError::from(weft_runtime::path::PathError::EncodedSlash),
             false,
         );
         assert_eq!(rsp.status(), StatusCode::BAD_REQUEST);

@@ -25,13 +25,13 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use weft_proto::discovery as pb;
 
 use crate::access_log::AccessLog;
-use crate::body::{self, Body};
 use crate::discovery::Discovery;
 use crate::errors::ProxyError;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
-use crate::trace::Tracer;
 use crate::transport::{Connect, Connecting};
+use weft_runtime::body::{self, Body};
+use weft_runtime::trace::Tracer;
 
 /// What one scripted server answers: the request with its whole body, to a response.
 type Handler = Arc<

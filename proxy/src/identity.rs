@@ -29,8 +29,8 @@ use crate::config::Proof;
 use crate::control::ControlPlane;
 use crate::discovery::Discovery;
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::spiffe;
-use crate::tls::{Credentials, Tls};
+use weft_runtime::spiffe;
+use weft_runtime::tls::{Credentials, Tls};
 
 const RETRY_BASE: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -248,7 +248,7 @@ impl Identity {
             ),
         };
         // A fresh key for every certificate: nothing to leak from an old one.
-        let (key, csr) = key_and_csr(id)?;
+        let (key, csr) = weft_runtime::tls::key_and_csr(id)?;
         let issued_at = SystemTime::now();
         let rsp = IdentityClient::new(control.channel(false)?)
             .certify(CertifyRequest {
@@ -305,18 +305,6 @@ pub fn renew_after(
     let lifetime = expiry.duration_since(issued).unwrap_or_default();
     let at = issued + lifetime.mul_f64((0.7 + jitter).clamp(0.1, 0.95));
     at.duration_since(now).unwrap_or_default()
-}
-
-/// A new key pair, made here, and a CSR whose only SAN is the SPIFFE ID `id`.
-pub fn key_and_csr(id: &str) -> Result<(rcgen::KeyPair, rcgen::CertificateSigningRequest), String> {
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut params = rcgen::CertificateParams::default();
-    let uri = id
-        .try_into()
-        .map_err(|e: rcgen::Error| format!("identity {id}: {e}"))?;
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
-    let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
-    Ok((key, csr))
 }
 
 #[cfg(test)]

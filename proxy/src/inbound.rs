@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::access_log::AccessLog;
-use crate::body::{self, Body};
 use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
 use crate::headers;
@@ -31,14 +30,16 @@ use crate::observe::{Info, RequestLine};
 use crate::outbound::error_label;
 use crate::ratelimit::TokenBucket;
 use crate::routes::Protocol;
-use crate::server::Accepted;
-use crate::server::Http;
 use crate::shared::Shared;
-use crate::tls::Tls;
-use crate::trace::{self, SpanKind, Tracer};
-use crate::transport::{self, AppConnector, Detected, OpaqueHeader, Prefixed, ORIG_PROTO_HEADER};
+use crate::transport::{self, AppConnector, Detected, OpaqueHeader, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
 use tokio::io::{AsyncRead, AsyncWrite};
+use weft_runtime::body::{self, Body};
+use weft_runtime::server::Accepted;
+use weft_runtime::server::Http;
+use weft_runtime::server::Prefixed;
+use weft_runtime::tls::Tls;
+use weft_runtime::trace::{self, SpanKind, Tracer};
 
 /// Removed from every request arriving at the inbound listener: only the proxy sets it, and only
 /// for callers it authenticated.
@@ -195,7 +196,7 @@ where
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(crate::tls::spiffe_id);
+                .and_then(weft_runtime::tls::spiffe_id);
             self.count_connection("true", "accepted");
             self.serve(tls, peer, client.map(Arc::from), http).await;
         } else {
@@ -392,7 +393,7 @@ where
         let caller_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
         // The one spelling of the path that the policy checks and the app receives.
-        crate::path::normalize_uri(&mut parts.uri)?;
+        weft_runtime::path::normalize_uri(&mut parts.uri)?;
         if !self.authorize(|p| p.allows(client, &parts.method, parts.uri.path())) {
             return Err(ProxyError::Forbidden(format!(
                 "{} may not {} {}",
@@ -446,7 +447,7 @@ where
             .request(Request::from_parts(parts, body::boxed(body)))
             .await
             .map_err(|e| {
-                let reason = transport::error_chain(&e);
+                let reason = weft_runtime::error_chain(&e);
                 if e.is_connect() {
                     ProxyError::ConnectFailed { addr, reason }
                 } else {

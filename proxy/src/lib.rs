@@ -4,42 +4,40 @@
 //! one process; `main.rs` hands the command line to [`cli`], which binds the configured
 //! addresses and waits for a signal.
 //!
+//! What the sidecar shares with the control plane — the body type, durations, paths, SPIFFE
+//! names, logging, tracing, `/metrics` exposition, the admin guard, TLS configs and
+//! verification, the accept loops and limits, and the tasks of a running binary — is the
+//! `weft-runtime` crate (`proxy/runtime/`), which this crate imports as `weft_runtime`.
+//!
 //! # Where does X live
 //!
 //! | what | where |
 //! |---|---|
-//! | flags, environment, `/config` dump | `config.rs` (durations: `duration.rs`) |
+//! | flags, environment, `/config` dump | `config.rs` (durations: `weft_runtime::duration`) |
 //! | start-up: shared handles, tasks, one accept loop per listener | `wiring.rs` ([`start`]), handles bundled in `shared.rs` |
-//! | accept loops, connection limits, drain | `server.rs` |
+//! | accept loops, connection limits, drain | `weft_runtime::server` |
 //! | the app's requests: route, retry, balance, connect | `outbound.rs`, then `routes.rs`, `retry.rs`, `balance.rs`, `breaker.rs` |
 //! | peers' requests: mTLS, authorization, rate limit, to the app | `inbound.rs`, `authz.rs`, `ratelimit.rs` |
 //! | the hop between proxies (HTTP/2, upgrades, opaque TCP) | `transport.rs`, `upgrade.rs`, `tcp.rs` |
 //! | error reasons (`x-weft-error`) and the one rescue | `errors.rs` |
 //! | config from the control plane, proto → domain types | `discovery.rs`, `discovery/convert.rs` (+ `convert/policies.rs`), per-endpoint state in `discovery/registry.rs` |
-//! | the certificate: key, CSR, renewal | `identity.rs` |
-//! | TLS configs, peer verification, credentials | `tls.rs`; SPIFFE ID names in `spiffe.rs` |
-//! | the channel to the control plane | `control.rs` |
-//! | traces: sampling and spans, trace headers, OTLP export | `trace.rs`, `trace/propagation.rs`, `trace/export.rs` |
-//! | metrics and `/metrics` exposition | `metrics.rs` |
+//! | the certificate: obtaining and renewing it | `identity.rs` (key and CSR: `weft_runtime::tls::key_and_csr`) |
+//! | TLS configs, peer verification, credentials | `weft_runtime::tls`; SPIFFE ID names in `weft_runtime::spiffe` |
+//! | the channel to the control plane | `control.rs` (its TLS: `weft_runtime::control_channel`) |
+//! | traces: sampling and spans, trace headers, OTLP export | `weft_runtime::trace` |
+//! | metrics | `metrics.rs` (`/metrics` exposition: `weft_runtime::exposition`) |
 //! | access log, per-request observation | `access_log.rs`, `observe.rs` |
-//! | admin listener, and what it refuses | `admin.rs`, `admin_guard.rs` |
+//! | admin listener, and what it refuses | `admin.rs`, `weft_runtime::admin_guard` |
 //!
 //! Modules depend downward only, with no circle: each group below imports from its own group
-//! and the groups above it, never from one below (ARCHITECTURE.md, "Proxy start-up and module
-//! layers", has the order). The control plane uses this library too: the leaves, `server`,
-//! `tls`, `control`, `transport`, `metrics::exposition`, `identity::key_and_csr` and `config`.
+//! and the groups above it, never from one below, and any of them from `weft_runtime`
+//! (ARCHITECTURE.md, "Proxy start-up and module layers", has the order). The control plane
+//! does not use this library; only the `weft proxy` entry of its binary runs [`cli::main`].
 
 // Leaves: no imports from this crate.
-pub mod admin_guard; // refusals every local admin listener applies first
 pub mod authz; // AuthorizationPolicy rules and their evaluation
-pub mod body; // the one body type of proxied requests
-pub mod duration; // durations as weft writes them
-pub mod logging; // process logging for both binaries
-pub mod path; // request-path normalization and rule-path checks
-pub mod spiffe; // SPIFFE ID names
-pub mod trace; // spans, trace headers, OTLP export
 
-// Foundations: errors, policy, TLS and the proxy-to-proxy transport.
+// Foundations: errors, policy, the control-plane channel and the proxy-to-proxy transport.
 pub mod breaker; // outlier ejection and concurrency limits
 pub mod control; // the verified channel to the control plane
 pub mod errors; // request-path errors and the one rescue
@@ -47,10 +45,9 @@ pub mod headers; // header rewriting between hops
 pub mod policy; // resilience policy types and defaults
 pub mod ratelimit; // token buckets and spread percentages
 pub mod retry; // retry budget and replayable bodies
-pub mod tls; // TLS configs from the proxy's credentials
 pub mod transport; // the hop between proxies
 
-// State and models: listeners, routing, metrics, config.
+// State and models: routing, metrics, config.
 pub mod access_log; // one JSON line per request
 pub mod balance; // which endpoint takes the next request
 pub mod config; // the proxy's settings
@@ -58,7 +55,6 @@ pub mod discovery; // the config stream and the snapshot in force
 pub mod metrics; // Prometheus metrics
 pub mod observe; // a request's span attributes and access-log entry
 pub mod routes; // logical services, rules, splits, backends
-pub mod server; // accept loops, limits, drain
 pub mod upgrade; // HTTP/1.1 upgrades, spliced
 
 // The parts of a running proxy.

@@ -158,7 +158,7 @@ pub struct Metrics {
     pub inbound_connections: Family<ConnectionLabels, Counter>,
     pub authorization: Family<DecisionLabels, Counter>,
     pub opaque_refused: Family<ReasonLabels, Counter>,
-    pub listeners: crate::server::ListenerMetrics,
+    pub listeners: weft_runtime::server::ListenerMetrics,
     pub renewals: Family<OutcomeLabels, Counter>,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
@@ -169,7 +169,7 @@ pub struct Metrics {
     pub overloaded: Family<LimitLabels, Counter>,
     pub rate_limited: Family<ServiceLabels, Counter>,
     pub faults: Family<FaultLabels, Counter>,
-    pub trace: crate::trace::TraceCounters,
+    pub trace: weft_runtime::trace::TraceCounters,
     pub access_log_dropped: Counter,
 }
 
@@ -277,7 +277,7 @@ impl Metrics {
             "Inbound requests and TCP connections checked against AuthorizationPolicy, by decision",
             authorization.clone(),
         );
-        let listeners = crate::server::ListenerMetrics::default();
+        let listeners = weft_runtime::server::ListenerMetrics::default();
         listeners.register(&mut registry);
         let opaque_refused = Family::default();
         registry.register(
@@ -339,7 +339,7 @@ impl Metrics {
             "Faults injected into outbound requests, by kind (delay, abort)",
             faults.clone(),
         );
-        let trace = crate::trace::TraceCounters::default();
+        let trace = weft_runtime::trace::TraceCounters::default();
         trace.register(&mut registry);
         let access_log_dropped = Counter::default();
         registry.register(
@@ -445,77 +445,5 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-/// The content type of OpenMetrics text.
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of the classic Prometheus text format.
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// What a scrape answers: OpenMetrics when the `Accept` header asks for it (as Prometheus
-/// does), else the classic Prometheus text format (`curl`, `promtool check metrics`).
-pub fn exposition(openmetrics: String, accept: Option<&str>) -> (String, &'static str) {
-    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
-        (openmetrics, OPENMETRICS)
-    } else {
-        (to_prometheus_text(&openmetrics), PROMETHEUS_TEXT)
-    }
-}
-
-/// OpenMetrics text to the classic format: a counter family's `# HELP` and `# TYPE` name its
-/// samples' `_total` name, and `# EOF` and `# UNIT` lines go.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta = line
-            .strip_prefix("# HELP ")
-            .map(|r| ("# HELP ", r))
-            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
-        match meta {
-            Some((kind, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                out.push_str(kind);
-                out.push_str(name);
-                if counters.contains(name) {
-                    out.push_str("_total");
-                }
-                out.push(' ');
-                out.push_str(tail);
-            }
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classic_text_names_counters_by_their_samples() {
-        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 3\n# HELP a_open Open.\n# TYPE a_open gauge\na_open 1\n# EOF\n";
-        assert_eq!(
-            to_prometheus_text(om),
-            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 3\n# HELP a_open Open.\n# TYPE a_open gauge\na_open 1\n"
-        );
-        assert_eq!(
-            exposition(
-                om.into(),
-                Some("application/openmetrics-text;version=1.0.0")
-            )
-            .1,
-            OPENMETRICS
-        );
     }
 }

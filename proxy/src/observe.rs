@@ -10,7 +10,7 @@ use http::{header, Request, Response, Version};
 use crate::access_log::{self, AccessLog, Entry};
 use crate::errors;
 use crate::metrics::no_label;
-use crate::trace::{self, KeyValue as Kv, Span, Tracer};
+use weft_runtime::trace::{self, KeyValue as Kv, Span, Tracer};
 
 /// The parts of a request that its span and log line report, taken before the request is
 /// consumed; `None` of it is taken when neither is on.
@@ -278,15 +278,15 @@ pub fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
 /// Records a request's metrics when its response ends: the duration histogram covers the whole
 /// exchange, and a gRPC status sent in trailers is counted too.
 pub fn record_on_end(
-    rsp: Response<crate::body::Body>,
+    rsp: Response<weft_runtime::body::Body>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     mut labels: crate::metrics::RequestLabels,
     grpc: bool,
     start: tokio::time::Instant,
-) -> Response<crate::body::Body> {
+) -> Response<weft_runtime::body::Body> {
     let head = grpc_status(rsp.headers());
     rsp.map(|b| {
-        crate::body::boxed(OnEnd::new(b, head, move |status| {
+        weft_runtime::body::boxed(OnEnd::new(b, head, move |status| {
             if grpc {
                 // gRPC has codes 0–16; an app's other numbers count as UNKNOWN (2), so that an
                 // upstream cannot mint series.

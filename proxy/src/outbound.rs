@@ -20,7 +20,6 @@ use tokio::time::Instant;
 
 use crate::access_log::AccessLog;
 use crate::balance::{InFlight, Pick};
-use crate::body::{self, Body};
 use crate::breaker::{Limit, Permit};
 use crate::discovery::Discovery;
 use crate::errors::{self, ProxyError};
@@ -32,9 +31,10 @@ use crate::observe::{Info, RequestLine};
 use crate::policy::MAX_REPLAY_BODY;
 use crate::retry::{self, Outcome, Replay};
 use crate::routes::{Backend, LogicalService, Rule, ServiceKey};
-use crate::trace::{self, SpanKind, Tracer};
 use crate::transport::{Connect, SendError, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
+use weft_runtime::body::{self, Body};
+use weft_runtime::trace::{self, SpanKind, Tracer};
 
 /// Where an outbound listener sends its traffic.
 #[derive(Clone, Debug)]
@@ -60,7 +60,7 @@ pub struct Outbound {
     pub metrics: Arc<Metrics>,
     pub namespace: String,
     /// This proxy's credentials, for the connections of their own that upgrades make.
-    pub tls: Arc<crate::tls::Tls>,
+    pub tls: Arc<weft_runtime::tls::Tls>,
     /// Opens the pooled connection to an endpoint's proxy (`transport::PeerConnector` in
     /// production), once per new connection.
     pub connect: Arc<dyn Connect>,
@@ -122,7 +122,7 @@ impl Outbound {
         let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
         // Routes match the spelling the callee's proxy will check and its app receive.
-        crate::path::normalize_uri(&mut parts.uri)?;
+        weft_runtime::path::normalize_uri(&mut parts.uri)?;
         let authority = headers::authority(&parts).ok_or_else(|| {
             ProxyError::BadRequest("request has no Host header or authority".into())
         })?;

@@ -30,7 +30,7 @@ pub const MAX_REPLAY_BODY: usize = 64 * 1024;
 #[serde(rename_all = "camelCase")]
 pub struct RequestPolicy {
     /// The whole exchange, retries included, up to the end of the response body.
-    #[serde(serialize_with = "crate::duration::ser_opt_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_opt_duration")]
     pub request_timeout: Option<Duration>,
     pub retry: RetryPolicy,
     pub faults: Option<Faults>,
@@ -43,11 +43,11 @@ pub struct RetryPolicy {
     pub max_retries: u32,
     pub on: Conditions,
     /// Each try, to its response head.
-    #[serde(serialize_with = "crate::duration::ser_opt_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_opt_duration")]
     pub per_try_timeout: Option<Duration>,
-    #[serde(serialize_with = "crate::duration::ser_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
     pub backoff_base: Duration,
-    #[serde(serialize_with = "crate::duration::ser_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
     pub backoff_max: Duration,
     /// Retry a request that was sent even if its method is not idempotent.
     pub non_idempotent: bool,
@@ -208,7 +208,7 @@ impl Default for BudgetParams {
 pub struct Faults {
     /// Percent of requests delayed, and by how long.
     pub delay_percent: f64,
-    #[serde(serialize_with = "crate::duration::ser_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
     pub delay: Duration,
     /// Percent of requests answered with `abort_status` without reaching an upstream.
     pub abort_percent: f64,
@@ -219,10 +219,10 @@ pub struct Faults {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackendPolicy {
-    #[serde(serialize_with = "crate::duration::ser_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
     pub connect_timeout: Duration,
     /// Opaque TCP connections, and HTTP streams when set.
-    #[serde(serialize_with = "crate::duration::ser_opt_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_opt_duration")]
     pub idle_timeout: Option<Duration>,
     /// Endpoint ejection after consecutive failures; `None`: never ejected.
     pub outlier: Option<Outlier>,
@@ -251,9 +251,9 @@ impl BackendPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct Outlier {
     pub consecutive_failures: u32,
-    #[serde(serialize_with = "crate::duration::ser_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
     pub base_ejection: Duration,
-    #[serde(serialize_with = "crate::duration::ser_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
     pub max_ejection: Duration,
     pub max_ejected_percent: u32,
 }

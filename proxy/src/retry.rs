@@ -13,8 +13,8 @@ use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::body::{Body, BoxError};
 use crate::policy::{is_idempotent, BudgetParams, RetryPolicy};
+use weft_runtime::body::{Body, BoxError};
 
 /// How long a request's deposit counts toward the budget.
 const WINDOW: Duration = Duration::from_secs(10);
@@ -354,8 +354,8 @@ impl http_body::Body for TryBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::body;
     use http_body_util::BodyExt;
+    use weft_runtime::body;
 
     fn params(ratio: f64, min: u32) -> BudgetParams {
         BudgetParams {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use crate::access_log::AccessLog;
 use crate::discovery::Discovery;
 use crate::metrics::Metrics;
-use crate::tls::Tls;
-use crate::trace::Tracer;
+use weft_runtime::tls::Tls;
+use weft_runtime::trace::Tracer;
 
 /// The shared handles of one proxy.
 #[derive(Clone)]

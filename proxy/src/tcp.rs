@@ -31,7 +31,7 @@ pub async fn outbound(
     port: u16,
     discovery: Arc<Discovery>,
     metrics: Arc<Metrics>,
-    tls: Arc<crate::tls::Tls>,
+    tls: Arc<weft_runtime::tls::Tls>,
 ) {
     let labels = TcpLabels {
         direction: OUTBOUND,
@@ -53,7 +53,7 @@ async fn connect(
     service: &ServiceKey,
     port: u16,
     discovery: &Discovery,
-    tls: &crate::tls::Tls,
+    tls: &weft_runtime::tls::Tls,
     metrics: &Metrics,
 ) -> Result<(transport::PeerIo, Permit, Duration), ProxyError> {
     let svc = discovery.resolve(service).await?;

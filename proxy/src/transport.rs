@@ -20,21 +20,20 @@
 mod connect;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::body::Body;
 use crate::errors::ProxyError;
-use crate::tls::Tls;
+use weft_runtime::body::Body;
+use weft_runtime::server::read_prefix;
+use weft_runtime::tls::Tls;
 
 pub use connect::{client_config, handshake, AppConnector, Connect, Connecting, PeerConnector};
 
@@ -59,7 +58,7 @@ pub async fn dial_peer(
     let connect = tokio_rustls::TlsConnector::from(config).connect(name, stream);
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
         Ok(Ok(tls)) => Ok(PeerIo::Right(tls)),
-        Ok(Err(e)) => Err(fail(error_chain(&e))),
+        Ok(Err(e)) => Err(fail(weft_runtime::error_chain(&e))),
         Err(_) => Err(fail(format!(
             "handshake timed out after {HANDSHAKE_TIMEOUT:?}"
         ))),
@@ -184,7 +183,7 @@ impl PeerConn {
     fn reset(&self, e: &hyper::Error) -> ProxyError {
         ProxyError::UpstreamReset {
             addr: self.addr,
-            reason: error_chain(e),
+            reason: weft_runtime::error_chain(e),
         }
     }
 }
@@ -302,7 +301,7 @@ pub enum Detected {
 }
 
 /// Reads the first 8 bytes of a connection to tell what it carries. Returns them too, to be
-/// replayed with [`Prefixed`] (except the opaque magic, which is consumed).
+/// replayed with [`Prefixed`](weft_runtime::server::Prefixed) (except the opaque magic, which is consumed).
 pub async fn detect<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<(Detected, Bytes)> {
     let mut buf = [0u8; 8];
     // An HTTP/1 request line can be shorter than 8 bytes only if malformed.
@@ -317,98 +316,6 @@ pub async fn detect<R: AsyncRead + Unpin>(io: &mut R) -> std::io::Result<(Detect
     })
 }
 
-/// Reads into `buf` until it is full, the connection ends, or what has come can no longer be
-/// the start of any of `prefixes`; returns how many bytes it read.
-pub async fn read_prefix<R: AsyncRead + Unpin>(
-    io: &mut R,
-    buf: &mut [u8],
-    prefixes: &[&[u8]],
-) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        let read = io.read(&mut buf[n..]).await?;
-        if read == 0 {
-            break;
-        }
-        n += read;
-        if !prefixes.iter().any(|p| p.starts_with(&buf[..n])) {
-            break;
-        }
-    }
-    Ok(n)
-}
-
-/// An IO that first replays bytes already read from it.
-#[derive(Debug)]
-pub struct Prefixed<T> {
-    prefix: Bytes,
-    inner: T,
-}
-
-impl<T> Prefixed<T> {
-    pub fn new(prefix: Bytes, inner: T) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
-/// An error and its causes, on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
 /// A gRPC status: its message and code, then the causes of a transport error (which say what
 /// failed: refused, TLS, ...).
 pub fn status_text(s: &tonic::Status) -> String {
@@ -416,7 +323,7 @@ pub fn status_text(s: &tonic::Status) -> String {
     let mut out = format!("{} ({:?})", s.message(), s.code());
     if let Some(cause) = s.source() {
         out.push_str(": ");
-        out.push_str(&error_chain(cause));
+        out.push_str(&weft_runtime::error_chain(cause));
     }
     out
 }
@@ -456,13 +363,5 @@ mod tests {
         bytes.extend_from_slice(&60000u16.to_be_bytes());
         let mut io = &bytes[8..];
         assert!(OpaqueHeader::read(&mut io).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn prefixed_replays_before_reading_on() {
-        let mut io = Prefixed::new(Bytes::from_static(b"abc"), &b"def"[..]);
-        let mut out = String::new();
-        io.read_to_string(&mut out).await.unwrap();
-        assert_eq!(out, "abcdef");
     }
 }

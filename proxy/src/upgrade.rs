@@ -15,9 +15,9 @@ use http::request::Parts;
 use http::{header, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 
-use crate::body::{self, Body};
 use crate::errors::ProxyError;
 use crate::transport;
+use weft_runtime::body::{self, Body};
 
 /// The protocols requests may upgrade to, lowercase (`websocket`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -92,7 +92,7 @@ pub async fn forward<G: Send + 'static>(
         .await
         .map_err(|e| ProxyError::UpstreamReset {
             addr,
-            reason: transport::error_chain(&e),
+            reason: weft_runtime::error_chain(&e),
         })?;
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut rsp);

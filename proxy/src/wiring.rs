@@ -1,6 +1,7 @@
 //! Starting a proxy: the shared handles made once ([`Shared`]), the control-plane tasks
 //! (identity, then discovery), the tracing settings that follow the mesh config, and one accept
-//! loop per listener, every task in one [`JoinSet`] so that a drain waits for all of them.
+//! loop per listener, every task in one `weft_runtime::tasks::Tasks` so that a drain waits for
+//! all of them.
 //!
 //! What each part does is its own module's; this file only connects them. It binds nothing
 //! itself: [`Listeners::bind`] is for `cli`, and tests pass listeners bound to port 0.
@@ -9,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
@@ -22,11 +22,12 @@ use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::{Outbound, Target};
 use crate::routes::{Protocol, ServiceKey};
-use crate::server;
 use crate::shared::Shared;
 use crate::tcp;
-use crate::tls::Tls;
-use crate::trace::Tracer;
+use weft_runtime::server;
+use weft_runtime::tasks::Tasks;
+use weft_runtime::tls::Tls;
+use weft_runtime::trace::Tracer;
 
 /// The proxy's listeners, bound before it starts.
 pub struct Listeners {
@@ -70,24 +71,23 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// Follows MeshConfig `tracing` a moment after each config.
     pub tracer: Arc<Tracer>,
-    shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
 }
 
 impl Running {
     /// Starts a drain: stop accepting, finish in-flight requests.
     pub fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.tasks.shutdown();
     }
 
     /// Resolves once a drain has been requested (signal or `POST /shutdown`).
     pub async fn shutdown_requested(&self) {
-        self.shutdown.cancelled().await;
+        self.tasks.shutdown_requested().await;
     }
 
     /// Waits for every task (listeners, control-plane tasks, tracing settings) to finish.
-    pub async fn join(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn join(self) {
+        self.tasks.join().await;
     }
 
     /// Drains and waits.
@@ -124,8 +124,8 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
     };
     let identity = Arc::new(Identity::new(shared.metrics.clone(), shared.tls.clone()));
     let config = Arc::new(config);
-    let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::default();
+    let shutdown = tasks.shutdown_token().clone();
 
     spawn_control_plane(
         &mut tasks, &config, &shared, &identity, control, node, &shutdown,
@@ -152,7 +152,6 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Running> {
         tls,
         metrics,
         tracer,
-        shutdown,
         tasks,
     })
 }
@@ -221,7 +220,7 @@ fn node(config: &Config, advertise: SocketAddr) -> weft_proto::discovery::Node {
 /// the first certificate is in hand: the control plane serves the config stream only to a
 /// proxy that presents one.
 fn spawn_control_plane(
-    tasks: &mut JoinSet<()>,
+    tasks: &mut Tasks,
     config: &Config,
     shared: &Shared,
     identity: &Arc<Identity>,
@@ -276,7 +275,7 @@ async fn follow_tracing(shared: Shared, shutdown: CancellationToken) {
 
 /// One accept loop per listener: outbound, each upstream, inbound, admin.
 fn spawn_listeners(
-    tasks: &mut JoinSet<()>,
+    tasks: &mut Tasks,
     config: &Arc<Config>,
     shared: &Shared,
     identity: &Arc<Identity>,

@@ -106,7 +106,7 @@ async fn respond(
         .to_string();
     let version = format!("{:?}", req.version());
     let served = lenient_path(&path);
-    let trace_headers: Vec<(String, http::HeaderValue)> = weft_proxy::trace::HEADER_NAMES
+    let trace_headers: Vec<(String, http::HeaderValue)> = weft_runtime::trace::HEADER_NAMES
         .iter()
         .filter_map(|h| Some((format!("x-seen-{h}"), req.headers().get(*h)?.clone())))
         .collect();

@@ -17,7 +17,7 @@ use crate::temp_dir::TempDir;
 /// The harness's log filter (`warn`, unless `WEFT_LOG` says otherwise); set once, by the first
 /// control plane started.
 pub fn init_logging() {
-    weft_proxy::logging::init_with_default("warn");
+    weft_runtime::logging::init_with_default("warn");
 }
 
 /// How to start a [`Mesh`]: every setting has the value `weft serve` would give it, except the
@@ -178,7 +178,7 @@ impl Mesh {
         service_account: &str,
     ) -> (tonic::transport::Channel, weft::ca::Issued) {
         let id = self.state().mesh().identity(namespace, service_account);
-        let (key, csr) = weft_proxy::identity::key_and_csr(&id).expect("key and CSR");
+        let (key, csr) = weft_runtime::tls::key_and_csr(&id).expect("key and CSR");
         let issued = self
             .running()
             .ca
@@ -193,24 +193,26 @@ impl Mesh {
     /// A gRPC channel to the control plane that presents `chain_pem` with `key_pem`.
     pub fn channel_presenting(&self, chain_pem: &str, key_pem: &str) -> tonic::transport::Channel {
         let anchors = std::fs::read_to_string(self.anchors()).expect("trust anchors");
-        let anchors = Arc::new(weft_proxy::tls::parse_anchors(&anchors).expect("anchors"));
+        let anchors = Arc::new(weft_runtime::tls::parse_anchors(&anchors).expect("anchors"));
         let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
             rustls::pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
                 .collect::<Result<_, _>>()
                 .expect("chain");
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .expect("a key in the PEM");
-        let mut config =
-            weft_proxy::control::verifying(anchors, &self.running().state.mesh().trust_domain)
-                .expect("TLS config")
-                .with_client_auth_cert(chain, key)
-                .expect("client certificate");
+        let mut config = weft_runtime::control_channel::verifying(
+            anchors,
+            &self.running().state.mesh().trust_domain,
+        )
+        .expect("TLS config")
+        .with_client_auth_cert(chain, key)
+        .expect("client certificate");
         config.alpn_protocols = vec![b"h2".to_vec()];
         let config = Arc::new(config);
         let connector = tower::service_fn(move |uri: tonic::transport::Uri| {
             let config = config.clone();
             async move {
-                weft_proxy::control::connect_tls(&uri, config)
+                weft_runtime::control_channel::connect_tls(&uri, config)
                     .await
                     .map(hyper_util::rt::TokioIo::new)
             }

@@ -24,7 +24,7 @@ pub const NO_APP: &str = "127.0.0.1:9";
 pub struct SidecarBuilder {
     upstreams: Vec<String>,
     access_log: Option<PathBuf>,
-    limits: Option<weft_proxy::server::Limits>,
+    limits: Option<weft_runtime::server::Limits>,
     admin_shutdown: bool,
     trust_domain: Option<String>,
 }
@@ -44,7 +44,7 @@ impl SidecarBuilder {
     }
 
     /// The listeners' connection limits (the proxy's defaults unless given).
-    pub fn limits(mut self, limits: weft_proxy::server::Limits) -> Self {
+    pub fn limits(mut self, limits: weft_runtime::server::Limits) -> Self {
         self.limits = Some(limits);
         self
     }

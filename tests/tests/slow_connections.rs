@@ -13,7 +13,7 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use weft_proxy::server::Limits;
+use weft_runtime::server::Limits;
 use weft_tests::apps::HttpApp;
 use weft_tests::*;
 
@@ -276,14 +276,14 @@ async fn the_control_planes_listeners_close_connections_that_bring_no_request_in
     }
     // A TLS handshake with the gRPC listener, then nothing: no HTTP/2 preface, no request.
     let anchors = std::fs::read_to_string(mesh.anchors()).unwrap();
-    let anchors = std::sync::Arc::new(weft_proxy::tls::parse_anchors(&anchors).unwrap());
-    let mut config = weft_proxy::control::verifying(anchors, "weft.local")
+    let anchors = std::sync::Arc::new(weft_runtime::tls::parse_anchors(&anchors).unwrap());
+    let mut config = weft_runtime::control_channel::verifying(anchors, "weft.local")
         .unwrap()
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let start = Instant::now();
     let uri: tonic::transport::Uri = format!("https://{}", mesh.grpc_addr).parse().unwrap();
-    let mut tls = weft_proxy::control::connect_tls(&uri, std::sync::Arc::new(config))
+    let mut tls = weft_runtime::control_channel::connect_tls(&uri, std::sync::Arc::new(config))
         .await
         .unwrap();
     let mut sink = [0u8; 1024];

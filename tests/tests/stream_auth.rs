@@ -111,8 +111,7 @@ async fn a_stream_without_a_client_certificate_is_refused_and_never_listed() {
 
     // Certify still works on the same listener without a client certificate.
     let (_, token) = create_token(&mesh, "shop/orders", "1h").await;
-    let (_, csr) =
-        weft_proxy::identity::key_and_csr("spiffe://weft.local/ns/shop/sa/orders").unwrap();
+    let (_, csr) = weft_runtime::tls::key_and_csr("spiffe://weft.local/ns/shop/sa/orders").unwrap();
     let issued = weft_proto::identity::identity_client::IdentityClient::new(mesh.channel())
         .certify(weft_proto::identity::CertifyRequest {
             csr: csr.der().to_vec(),

@@ -18,8 +18,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use http::{header, Method, Request, Response, StatusCode};
-use weft_proxy::admin_guard::Refused;
-use weft_proxy::body::Body;
+use weft_runtime::admin_guard::Refused;
+use weft_runtime::body::Body;
 
 use super::{error_json, Api, Conn};
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
-use weft_proxy::body::Body;
+use weft_runtime::body::Body;
 
 use super::auth::Caller;
 use super::{json, read_json, text, Api, RequestBody};
@@ -100,7 +100,11 @@ impl Api {
                 crate::ca::CONTROL_PLANE_SA
             ));
         }
-        let ttl = match req.ttl.as_deref().map(weft_proxy::config::parse_duration) {
+        let ttl = match req
+            .ttl
+            .as_deref()
+            .map(weft_runtime::duration::parse_duration)
+        {
             None => Duration::from_secs(24 * 3600),
             Some(Ok(d)) if (Duration::from_secs(60)..=MAX_ADMIN_TTL).contains(&d) => d,
             Some(Ok(_)) => return unprocessable("ttl: must be 1m to 30d".into()),

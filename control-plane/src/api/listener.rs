@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use weft_proxy::server::Accepted;
+use weft_runtime::server::Accepted;
 
 use super::{Api, Conn};
 use crate::ca::Ca;
@@ -44,7 +44,7 @@ pub async fn serve(api: Arc<Api>, serving: Arc<ServingIdentity>, ca: Arc<Ca>, co
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .and_then(weft_proxy::tls::spiffe_id);
+        .and_then(weft_runtime::tls::spiffe_id);
     let info = Conn {
         peer,
         client_identity,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
-use weft_proxy::body::Body;
+use weft_runtime::body::Body;
 
 use super::auth::Caller;
 use super::{json, read_json, text, Api, RequestBody};
@@ -64,7 +64,7 @@ impl Api {
                 let ttl = match create
                     .ttl
                     .as_deref()
-                    .map(weft_proxy::config::parse_duration)
+                    .map(weft_runtime::duration::parse_duration)
                 {
                     None => Duration::from_secs(24 * 3600),
                     Some(Ok(d)) if d >= Duration::from_secs(1) => d,

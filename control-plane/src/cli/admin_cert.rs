@@ -81,7 +81,7 @@ pub async fn admin_cert(
         config.trust_domain,
         crate::ca::SYSTEM_NAMESPACE
     );
-    let (key, csr) = weft_proxy::identity::key_and_csr(&identity)?;
+    let (key, csr) = weft_runtime::tls::key_and_csr(&identity)?;
     let csr = csr.pem().map_err(|e| e.to_string())?;
     let (status, body) = api
         .request(

@@ -70,9 +70,10 @@ impl ApiClient {
             return Ok(self);
         };
         let anchors = String::from_utf8_lossy(&read("certificate-authority", ca)?).into_owned();
-        let anchors = weft_proxy::tls::parse_anchors(&anchors)
+        let anchors = weft_runtime::tls::parse_anchors(&anchors)
             .map_err(|e| format!("--certificate-authority {}: {e}", ca.display()))?;
-        let builder = weft_proxy::control::verifying(Arc::new(anchors), &files.trust_domain)?;
+        let builder =
+            weft_runtime::control_channel::verifying(Arc::new(anchors), &files.trust_domain)?;
         let mut config = match (&files.client_certificate, &files.client_key) {
             (Some(cert), Some(key)) => {
                 let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&read(
@@ -162,7 +163,7 @@ impl ApiClient {
                 .http
                 .request(req)
                 .await
-                .map_err(|e| unreachable(weft_proxy::transport::error_chain(&e)))?,
+                .map_err(|e| unreachable(weft_runtime::error_chain(&e)))?,
         };
         let status = rsp.status().as_u16();
         let body = rsp
@@ -244,7 +245,7 @@ async fn send_tls(
     req: http::Request<Full<Bytes>>,
 ) -> Result<http::Response<hyper::body::Incoming>, String> {
     let uri = req.uri().clone();
-    let tls = weft_proxy::control::connect_tls(&uri, config)
+    let tls = weft_runtime::control_channel::connect_tls(&uri, config)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -265,7 +266,7 @@ async fn send_tls(
     sender
         .send_request(http::Request::from_parts(parts, body))
         .await
-        .map_err(|e| weft_proxy::transport::error_chain(&e))
+        .map_err(|e| weft_runtime::error_chain(&e))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ impl Args {
     pub async fn run(self) -> Result<(), Error> {
         let duration = self
             .duration
-            .map(|d| weft_proxy::config::parse_duration(&d))
+            .map(|d| weft_runtime::duration::parse_duration(&d))
             .transpose()
             .map_err(|e| Error::usage(SAID_BY, format!("--duration: {e}")))?;
         if self.rps == 0 {

@@ -75,7 +75,7 @@ impl Args {
 }
 
 async fn serve(cfg: crate::ServeConfig, grpc_addr: &str, api_addr: &str) -> Result<(), Error> {
-    weft_proxy::server::raise_fd_limit();
+    weft_runtime::server::raise_fd_limit();
     let mut errors = Vec::new();
     let mut addr = |name: &str, v: &str| -> Option<SocketAddr> {
         v.parse()

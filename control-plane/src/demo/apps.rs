@@ -76,7 +76,7 @@ async fn handle(
         let uri = format!("http://{next}{}", req.uri().path());
         // Like any app in a mesh, pass the trace context on, so that one trace spans every hop.
         let mut downstream = Request::get(uri);
-        for h in weft_proxy::trace::HEADER_NAMES {
+        for h in weft_runtime::trace::HEADER_NAMES {
             if let Some(v) = req.headers().get(h) {
                 downstream = downstream.header(h, v);
             }

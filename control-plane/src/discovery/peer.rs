@@ -151,7 +151,7 @@ pub fn verify(chain: &[CertificateDer<'_>], mesh: &Mesh) -> Result<Verified, Ref
         .map(|c| crate::ca::fingerprint(&c.der()))
         .ok_or_else(|| bad(&"signed by a root itself, not by the mesh's issuer"))?;
     let identity =
-        weft_proxy::tls::spiffe_id(leaf).ok_or_else(|| bad(&"it carries no SPIFFE ID"))?;
+        weft_runtime::tls::spiffe_id(leaf).ok_or_else(|| bad(&"it carries no SPIFFE ID"))?;
     let workload = workload(&identity, &mesh.trust_domain)
         .ok_or_else(|| Refused::NotWorkload(identity.clone(), mesh.trust_domain.clone()))?;
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf).map_err(|e| bad(&e))?;
@@ -166,7 +166,7 @@ pub fn verify(chain: &[CertificateDer<'_>], mesh: &Mesh) -> Result<Verified, Ref
 }
 
 fn anchors(pem: &str) -> Result<Vec<TrustAnchor<'static>>, String> {
-    weft_proxy::tls::parse_anchors(pem)
+    weft_runtime::tls::parse_anchors(pem)
 }
 
 /// `spiffe://TRUST_DOMAIN/ns/NS/sa/SA` with valid names, outside the control plane's namespace.

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::ca::SYSTEM_NAMESPACE;
-use weft_proxy::path::{self, PatternError};
+use weft_runtime::path::{self, PatternError};
 
 use super::{
     AuthorizationPolicySpec, HttpRouteSpec, MeshConfigSpec, Problem, Resource, ServiceSpec,

@@ -13,7 +13,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{json, Map, Value};
 use weft::resources::{parse, validate, Problem, Resource, Sourced, GATEWAY_API, WEFT_API};
-use weft_proxy::config::parse_duration;
+use weft_runtime::duration::parse_duration;
 
 type S = BoxedStrategy<Value>;
 

@@ -109,7 +109,7 @@ fn mesh_settings(m: &pb::MeshSettings) -> Result<MeshSettings> {
         ));
     }
     if !m.trust_anchors.is_empty() {
-        crate::tls::parse_anchors(&m.trust_anchors).map_err(|e| format!("mesh: {e}"))?;
+        weft_runtime::tls::parse_anchors(&m.trust_anchors).map_err(|e| format!("mesh: {e}"))?;
     }
     Ok(MeshSettings {
         trust_domain: m.trust_domain.clone(),
@@ -262,7 +262,8 @@ fn route_match(m: &pb::RouteMatch) -> Result<Match> {
             if p.value == "*" || !p.value.starts_with('/') {
                 return Err(format!("path {:?} does not start with '/'", p.value));
             }
-            crate::path::check_pattern(&p.value).map_err(|e| format!("path {:?} {e}", p.value))?;
+            weft_runtime::path::check_pattern(&p.value)
+                .map_err(|e| format!("path {:?} {e}", p.value))?;
             Some(match p.kind() {
                 pb::path_match::Kind::Exact => PathMatch::Exact(p.value.clone()),
                 pb::path_match::Kind::Prefix => PathMatch::Prefix(p.value.clone()),

@@ -25,7 +25,7 @@ pub struct Snapshot {
 #[serde(rename_all = "camelCase")]
 pub struct MeshSettings {
     pub trust_domain: String,
-    #[serde(serialize_with = "crate::duration::ser_duration")]
+    #[serde(serialize_with = "weft_runtime::duration::ser_duration")]
     pub certificate_ttl: Duration,
     pub mtls_permissive: bool,
     pub otlp_endpoint: String,

@@ -22,9 +22,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::body::Body;
 use crate::errors::ProxyError;
-use crate::tls::Tls;
+use weft_runtime::body::Body;
+use weft_runtime::tls::Tls;
 
 /// A boxed, sendable future, as a [`Connect`] returns.
 pub type Connecting<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -221,7 +221,7 @@ pub(super) fn authz_rule(r: &pb::AuthorizationRule) -> Result<crate::authz::Rule
         .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("method {m:?} is invalid")))
         .collect::<Result<_>>()?;
     for p in &r.paths {
-        crate::path::check_pattern(p).map_err(|e| format!("path {p:?} {e}"))?;
+        weft_runtime::path::check_pattern(p).map_err(|e| format!("path {p:?} {e}"))?;
     }
     Ok(crate::authz::Rule {
         identities: r.identities.clone(),

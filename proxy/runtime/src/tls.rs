@@ -1,4 +1,6 @@
-//! Mutual TLS between proxies: rustls configs built from the proxy's current credentials.
+//! Mutual TLS between proxies: rustls configs built from the proxy's current credentials, and
+//! the verifiers, trust-anchor parsing and key-and-CSR making that the control plane and its CLI
+//! use too (`tls/csr.rs`). Obtaining and renewing the credentials is the proxy's `identity`.
 //!
 //! Mesh certificates carry a SPIFFE ID as their only SAN and no DNS name, so a client verifies a
 //! peer in two steps: the chain against the trust anchors (webpki), then the SPIFFE ID against
@@ -23,8 +25,10 @@ use serde::Serialize;
 
 use crate::spiffe;
 
-/// Re-exported for the control plane, which reads its callers' identities the same way.
+mod csr;
+
 pub use crate::spiffe::spiffe_id;
+pub use csr::key_and_csr;
 
 /// A certificate and the key it certifies: what the configs are built from. `identity` obtains
 /// and renews them; this module only reads them.

@@ -3,7 +3,7 @@
 //! separator, a dot or a parameter.
 
 use proptest::prelude::*;
-use weft_proxy::path::normalize;
+use weft_runtime::path::normalize;
 
 /// Paths built from the pieces that matter: separators, dots, escapes (valid, invalid, of
 /// slashes, dots and controls), `;`, backslashes, non-ASCII.

@@ -1,5 +1,7 @@
 //! Accept loops, connection limits and draining, shared by every listener of the proxy and by
-//! the control plane's API.
+//! the control plane's gRPC and API listeners; and the process's file-descriptor limit.
+//! Reading a connection's first bytes and replaying them is `server/prefix.rs`. What a
+//! connection carries beyond HTTP (the proxy's TLS and opaque TCP) is the caller's.
 //!
 //! Each listener holds at most [`Limits::max_connections`] connections: one past the cap is
 //! accepted and closed at once, and counted, so that a flood of connections to one listener
@@ -42,7 +44,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::{self, Body, Guarded};
-use crate::transport::Prefixed;
+
+mod prefix;
+
+pub use prefix::{read_prefix, Prefixed};
 
 /// hyper's timeout for an HTTP/1 request's headers, from when the connection is ready for them.
 pub const HTTP1_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -268,7 +273,7 @@ async fn sleep_until(due: Option<Instant>) {
 /// Reads a connection's first bytes: the HTTP/2 preface, or as soon as they cannot be one.
 async fn read_preface<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<Bytes> {
     let mut buf = [0u8; 24];
-    let n = crate::transport::read_prefix(io, &mut buf, &[H2_PREFACE]).await?;
+    let n = read_prefix(io, &mut buf, &[H2_PREFACE]).await?;
     Ok(Bytes::copy_from_slice(&buf[..n]))
 }
 

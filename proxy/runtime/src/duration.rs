@@ -1,8 +1,10 @@
 //! Durations as weft writes them (`250ms`, `2s`, `1m`, `1h`, `1.5s`): parsing flags and
-//! resources, and writing them back for `/config`.
+//! resources, and writing them back, for the proxy's `/config` and the control plane's
+//! resources alike.
 //!
-//! A leaf: it knows no setting, resource or component. Config, policies and the listeners'
-//! limits all serialize through it; the control plane parses its resources' durations with it.
+//! A leaf: it knows no setting, resource or component. The proxy's config, policies and the
+//! listeners' limits serialize through it; the control plane parses and writes its resources'
+//! durations with it.
 
 use std::time::Duration;
 
@@ -35,14 +37,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Writes a duration the way weft's resources do (`250ms`, `2s`, `1.5s`), for `/config`.
+/// Writes a duration the way weft's resources do: in the largest unit of `h`, `m`, `s` and `ms`
+/// that holds it exactly (`1h`, `5m`, `2s`, `250ms`; zero is `0s`), and in fractional seconds
+/// (`0.0000015s`) only when it is not a whole number of milliseconds. [`parse_duration`] reads
+/// every spelling back to the same duration. Both the proxy's `/config` and the control plane's
+/// resources write durations with it.
 pub fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
-        format!("{}ms", d.as_millis())
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{}s", d.as_secs_f64());
+    }
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0s".to_string()
+    } else if ms.is_multiple_of(3_600_000) {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
     } else {
-        format!("{}s", d.as_secs_f64())
+        format!("{ms}ms")
     }
 }
 
@@ -77,7 +91,25 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("1e400s").is_err());
-        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+    }
+
+    #[test]
+    fn durations_are_written_in_the_largest_exact_unit() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(36 * 3600), "36h"),
+            (Duration::from_nanos(1_500), "0.0000015s"),
+            (Duration::from_nanos(2_000_000_500), "2.0000005s"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(format_duration(d), text, "{d:?}");
+            assert_eq!(parse_duration(text).unwrap(), d, "{text} reads back");
+        }
     }
 }
