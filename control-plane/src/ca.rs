@@ -109,7 +109,8 @@ pub struct Signer {
 pub struct CertSummary {
     pub subject: String,
     pub fingerprint: String,
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch; written as RFC 3339.
+    #[serde(serialize_with = "weft_runtime::timestamp::ser_unix")]
     pub not_after: i64,
 }
 

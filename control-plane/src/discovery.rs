@@ -52,6 +52,8 @@ pub struct ProxyStatus {
     pub address: String,
     pub remote: Option<SocketAddr>,
     pub version: String,
+    /// Seconds since the Unix epoch; written as RFC 3339, like every time in the API.
+    #[serde(serialize_with = "weft_runtime::timestamp::ser_unix_u64")]
     pub connected_at: u64,
     pub acked_version: Option<String>,
     pub last_nack: Option<String>,
@@ -65,7 +67,8 @@ pub struct ProxyStatus {
 #[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
     pub serial: String,
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch; written as RFC 3339.
+    #[serde(serialize_with = "weft_runtime::timestamp::ser_unix")]
     pub expires_at: i64,
     /// Fingerprint of its issuer (see `weft ca status`).
     pub issuer: String,

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use http::{header, Request, Response, Version};
 
-use crate::access_log::{self, AccessLog, Entry};
+use crate::access_log::{AccessLog, Entry};
 use crate::errors;
 use crate::metrics::no_label;
 use weft_runtime::trace::{self, KeyValue as Kv, Span, Tracer};
@@ -98,7 +98,7 @@ impl RequestLine {
         if let Some(log) = log {
             let (trace_id, span_id) = ids.unwrap_or_default();
             log.log(&Entry {
-                start: access_log::rfc3339(self.start),
+                start: weft_runtime::timestamp::rfc3339(self.start),
                 direction,
                 method: self.method.to_string(),
                 path: self.path.clone(),

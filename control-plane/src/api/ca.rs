@@ -128,9 +128,11 @@ impl Api {
                     "certificateChain": issued.chain_pem,
                     "trustAnchors": self.ca.trust_anchors_pem(),
                     "serial": issued.serial,
-                    "expiresAt": issued.not_after
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs()),
+                    "expiresAt": weft_runtime::timestamp::rfc3339_seconds(
+                        issued.not_after
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+                    ),
                 }))
             }
             Err(e @ (CaError::WrongIdentity { .. } | CaError::BadCsr(_))) => {

@@ -18,13 +18,17 @@ struct CreateToken {
     ttl: Option<String>,
 }
 
+fn ser_time(unix: u64) -> String {
+    weft_runtime::timestamp::rfc3339_seconds(i64::try_from(unix).unwrap_or(i64::MAX))
+}
+
 /// A token as the API shows it: never its secret or the secret's hash.
 fn token_view(r: &Record) -> serde_json::Value {
     serde_json::json!({
         "id": r.id,
         "workload": r.workload.to_string(),
-        "createdAt": r.created_at,
-        "expiresAt": r.expires_at,
+        "createdAt": ser_time(r.created_at),
+        "expiresAt": ser_time(r.expires_at),
         "revoked": r.revoked,
     })
 }

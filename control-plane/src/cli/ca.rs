@@ -140,8 +140,8 @@ mod tests {
     #[test]
     fn a_status_answer_reads_into_lines() {
         let body = r#"{"source":"managed","phase":"prepared",
-            "issuer":{"subject":"CN=issuer","fingerprint":"0123456789abcdef0123","notAfter":1},
-            "trustAnchors":[{"subject":"CN=root","fingerprint":"fedcba9876543210fe","notAfter":1}],
+            "issuer":{"subject":"CN=issuer","fingerprint":"0123456789abcdef0123","notAfter":"1970-01-01T00:00:01Z"},
+            "trustAnchors":[{"subject":"CN=root","fingerprint":"fedcba9876543210fe","notAfter":"1970-01-01T00:00:01Z"}],
             "proxies":{"currentIssuer":2,"otherIssuer":1,"withoutCertificate":0,"onOtherIssuer":[]},
             "next":"weft ca rotate activate"}"#;
         let status: Status = client::answer(body).unwrap();

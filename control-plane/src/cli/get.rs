@@ -170,7 +170,8 @@ struct Proxy {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Certificate {
-    /// Seconds since the Unix epoch.
+    /// RFC 3339 in the API, read as Unix seconds.
+    #[serde(deserialize_with = "weft_runtime::timestamp::de_unix")]
     expires_at: i64,
 }
 

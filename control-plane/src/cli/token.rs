@@ -58,7 +58,8 @@ struct List {
 struct Token {
     id: String,
     workload: String,
-    /// Seconds since the Unix epoch.
+    /// RFC 3339 in the API, read as Unix seconds.
+    #[serde(deserialize_with = "weft_runtime::timestamp::de_unix")]
     expires_at: i64,
     revoked: bool,
 }
@@ -134,7 +135,7 @@ mod tests {
 
     #[test]
     fn a_list_answer_reads_into_rows_and_a_missing_field_is_an_error() {
-        let body = r#"{"items":[{"id":"a1b2","workload":"shop/orders","createdAt":1,"expiresAt":700,"revoked":false}]}"#;
+        let body = r#"{"items":[{"id":"a1b2","workload":"shop/orders","createdAt":"1970-01-01T00:00:01Z","expiresAt":"1970-01-01T00:11:40Z","revoked":false}]}"#;
         let list: List = client::answer(body).unwrap();
         let table = list_table(&list.items, 100);
         assert!(table.starts_with("ID "), "{table}");

@@ -15,6 +15,7 @@
 //! |---|---|
 //! | the one body type of proxied requests and responses | `body.rs` |
 //! | durations: parsing, writing back (`1h`, `5m`, `2s`, `250ms`) | `duration.rs` |
+//! | points in time: RFC 3339 in UTC, written and read | `timestamp.rs` |
 //! | request-path normalization, rule-path patterns | `path.rs` |
 //! | SPIFFE ID names (workloads, the control plane) | `spiffe.rs` |
 //! | process logging (`WEFT_LOG`, `WEFT_LOG_FORMAT`) | `logging.rs` |
@@ -42,6 +43,7 @@ pub mod exposition; // what a `/metrics` scrape answers
 pub mod logging; // process logging for both binaries
 pub mod path; // request-path normalization and rule-path checks
 pub mod spiffe; // SPIFFE ID names
+pub mod timestamp; // points in time as weft writes them (RFC 3339)
 pub mod trace; // spans, trace headers, OTLP export
 
 // TLS: configs, verification and credentials, then the channel to the control plane.

@@ -37,7 +37,8 @@ pub use csr::key_and_csr;
 pub struct Credentials {
     pub identity: String,
     pub serial: String,
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch; `/identity` writes it as RFC 3339.
+    #[serde(serialize_with = "crate::timestamp::ser_unix")]
     pub not_after: i64,
     /// Fingerprint of the issuing certificate.
     pub issuer: String,
