@@ -175,6 +175,16 @@ async fn the_cli_creates_lists_and_revokes_tokens() {
             .any(|l| l.contains("shop/orders") && (l.contains(" 10m0s ") || l.contains(" 9m5"))),
         "{list}"
     );
+    // The API writes its times in RFC 3339, ten minutes apart.
+    let (_, answer) = api_call(mesh.api_addr, "GET", "/api/v1/tokens", "").await;
+    let at = |field: &str| {
+        let text = answer["items"][0][field]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        weft_runtime::timestamp::parse_rfc3339(&text).unwrap_or_else(|| panic!("{field}: {answer}"))
+    };
+    assert_eq!(at("expiresAt") - at("createdAt"), 600, "{answer}");
 
     let (code, _, err) = weft(&["token", "revoke", id]);
     assert_eq!(code, Some(0), "{err}");
@@ -219,6 +229,17 @@ async fn a_proxy_gets_its_certificate_and_renews_it() {
     })
     .await;
     assert_eq!(first["identity"], ORDERS);
+    // Its expiry in RFC 3339, within the 2 s lifetime (give or take the clock's second).
+    let not_after = first["notAfter"].as_str().expect("notAfter is a string");
+    let not_after = weft_runtime::timestamp::parse_rfc3339(not_after).expect("RFC 3339");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now - 2..=now + 4).contains(&not_after),
+        "{not_after} vs now {now}"
+    );
     // The config stream opens with the certificate, so readiness follows it.
     eventually("readiness", Duration::from_secs(10), || async {
         let r = get(&http1_client(), proxy.admin, "localhost", "/ready")
