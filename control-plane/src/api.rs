@@ -3,9 +3,9 @@
 //!
 //! This file is the router and the resource endpoints. Every request but the probes,
 //! `/admin/metrics` and the OpenAPI document first passes `weft_runtime::admin_guard` (allowed
-//! Hosts, no browser requests, JSON or YAML bodies), then [`auth`] (who calls, and whether they
-//! may); join tokens are in [`tokens`], the CA in [`ca`]; each connection is accepted (plain or
-//! TLS) in [`listener`].
+//! Hosts, no browser requests, JSON or YAML bodies), then `auth` (who calls, and whether they
+//! may); join tokens are in `tokens`, the CA in `ca`; each connection is accepted (plain or
+//! TLS) in `listener`.
 
 mod auth;
 mod ca;

@@ -9,7 +9,7 @@
 //! Where the CA comes from ([`Source`]):
 //! - **managed** (default): on first start, a root and an issuing intermediate are generated in
 //!   `DATA_DIR/ca/`; `weft ca rotate` replaces them in three steps (see docs/identity.md);
-//! - **files** (`--ca-cert`/`--ca-key`[/`--ca-roots`]): an issuer made elsewhere, e.g. a
+//! - **files** (`--ca-cert`/`--ca-key`, optionally `--ca-roots`): an issuer made elsewhere, e.g. a
 //!   Kubernetes Secret kept by cert-manager.
 //!
 //! Either way the files are read again every second ([`Ca::watch`]); a changed issuer or set of
@@ -18,9 +18,9 @@
 //! every config snapshot) and `DATA_DIR/trust-anchors.pem` is rewritten.
 //!
 //! This file is the CA in force ([`Ca`]: open, reload, watch) and its types; the files it is read
-//! from and written to are [`files`], making a new root and issuer is [`generate`], the
-//! trust-anchor rotation is [`rotate`], and signing (workload and serving certificates) is
-//! [`sign`].
+//! from and written to are `files`, making a new root and issuer is `generate`, the
+//! trust-anchor rotation is `rotate`, and signing (workload and serving certificates) is
+//! `sign`.
 
 mod files;
 mod generate;

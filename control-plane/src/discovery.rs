@@ -8,7 +8,7 @@
 //! for a backoff that doubles with each consecutive NACK. See docs/protocol.md.
 //!
 //! A stream is served only to a proxy that presented its workload certificate; who it is, and
-//! which certificate `weft get proxies` shows for it, come from [`peer`], never from its claims.
+//! which certificate `weft get proxies` shows for it, come from `peer`, never from its claims.
 
 mod peer;
 #[cfg(test)]

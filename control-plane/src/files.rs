@@ -145,7 +145,7 @@ pub fn load(paths: &[PathBuf]) -> Result<Vec<Sourced>, Refusal> {
 }
 
 /// Watches the paths until `shutdown`, calling `changed` once the files have been quiet after a
-/// change (or at most [`MAX_DELAY`] after its first event).
+/// change (or at most `MAX_DELAY` after its first event).
 pub async fn watch(paths: Vec<PathBuf>, changed: impl Fn(), shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

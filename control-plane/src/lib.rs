@@ -9,24 +9,48 @@
 //! rule-path patterns, `/metrics` exposition and the admin guard. This library does not link
 //! the sidecar: `weft-proxy` is linked only for the `weft proxy` entry in `main.rs`, which the
 //! demo runs as its sidecars' processes.
+//!
+//! # Where does X live
+//!
+//! | what | where |
+//! |---|---|
+//! | resources: types, parsing (field paths, budgets), validation | `resources.rs`, `resources/{parse,validate}.rs` |
+//! | config files: loading, watching (a callback), refusals | `files.rs` |
+//! | the config in force, its one writer lock, API writes, the store | `state.rs`, `state/write.rs`, `store.rs` (atomic files: `atomic.rs`) |
+//! | resources compiled into a `Mesh`, each proxy's view | `mesh.rs` |
+//! | the config stream to proxies | `discovery.rs`, `discovery/peer.rs` |
+//! | the CA | `ca.rs`, `ca/{files,generate,sign,rotate}.rs` |
+//! | the gRPC listener's TLS and serving certificate | `grpc_tls.rs` |
+//! | proofs of identity and `Certify` | `tokens.rs`, `kubernetes.rs`, `identity.rs` |
+//! | the REST API and its OpenAPI document | `api.rs`, `api/`, `openapi.rs` (+ `openapi.json`) |
+//! | control-plane metrics | `metrics.rs` |
+//! | start-up: listeners, tasks, watchers | this file, [`start`] |
+//! | the command line, and `weft demo` | `cli.rs`, `cli/`; `demo.rs`, `demo/` |
 
-pub mod api;
-pub mod atomic;
-pub mod ca;
-pub mod cli;
-pub mod demo;
-pub mod discovery;
-pub mod files;
-pub mod grpc_tls;
-pub mod identity;
-pub mod kubernetes;
-pub mod mesh;
-pub mod metrics;
-pub mod openapi;
-pub mod resources;
-pub mod state;
-pub mod store;
-pub mod tokens;
+// Resources and the config in force.
+pub mod atomic; // files written whole or not at all, owner-only
+pub mod files; // --config files and folders: loading and watching
+pub mod mesh; // resources compiled into the mesh, each proxy's view
+pub mod resources; // resource types, parsing and validation
+pub mod state; // the config in force and its writers
+pub mod store; // the API's resources, revision and audit on disk
+
+// Identity.
+pub mod ca; // the mesh CA: files, signing, rotation
+pub mod identity; // Identity/Certify
+pub mod kubernetes; // service-account tokens through TokenReview
+pub mod tokens; // join tokens
+
+// Serving.
+pub mod api; // the REST API
+pub mod discovery; // the config stream to proxies
+pub mod grpc_tls; // the gRPC listener's TLS
+pub mod metrics; // control-plane metrics
+pub mod openapi; // the API's OpenAPI document
+
+// The command line and the demo.
+pub mod cli; // `weft`: one file per command
+pub mod demo; // `weft demo`: a whole mesh on loopback
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -281,7 +281,7 @@ impl InFlight {
         self.endpoint.observe(now - self.start, now);
     }
 
-    /// The request could not reach the endpoint: it is charged [`FAILURE_PENALTY`], so the
+    /// The request could not reach the endpoint: it is charged `FAILURE_PENALTY`, so the
     /// balancer steers away from it until that decays.
     pub fn unreachable(&self) {
         self.endpoint.observe(FAILURE_PENALTY, Instant::now());

@@ -7,7 +7,7 @@
 //!
 //! A proxy asks only for the services it calls: the `upstream` mappings up front, and any other
 //! service the first time the app addresses it (on-demand subscription, [`Discovery::resolve`]).
-//! Every update is checked in [`convert`] before it takes effect; a rejected update is NACKed
+//! Every update is checked in `convert` before it takes effect; a rejected update is NACKed
 //! with the reason and the last-good snapshot stays in force. See docs/protocol.md.
 
 mod convert;

@@ -22,7 +22,7 @@ const SLOTS: usize = 10;
 const SLOT: Duration = Duration::from_secs(1);
 
 /// A retry budget (as Finagle and Linkerd): every request deposits `ratio` of a retry, which
-/// stays available for [`WINDOW`]; a reserve refills at `minPerSecond` (holding at most one
+/// stays available for `WINDOW`; a reserve refills at `minPerSecond` (holding at most one
 /// second's worth, full at start). Over any run of S seconds with R requests, retries therefore
 /// stay within `ratio × R + minPerSecond × (S + 1)`.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use crate::tls::SpiffeVerifier;
 
 /// TLS 1.3 client settings that verify the control plane: its chain against `anchors`, then its
-/// SPIFFE ID, exactly [`weft_runtime::spiffe::control_plane_id`] of `trust_domain`. The caller chooses whether to
+/// SPIFFE ID, exactly [`crate::spiffe::control_plane_id`] of `trust_domain`. The caller chooses whether to
 /// present a client certificate.
 pub fn verifying(
     anchors: Arc<Vec<TrustAnchor<'static>>>,
