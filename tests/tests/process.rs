@@ -397,6 +397,9 @@ async fn a_killed_demo_leaves_no_sidecar_behind() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    // The demo's working folder (its config, data dir and logs): killed outright it cannot
+    // remove it, so the test does, also when it fails.
+    let _folder = TempDir(std::env::temp_dir().join(format!("weft-demo-{}", demo.id().unwrap())));
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     first_figures(&mut lines, &mut String::new()).await;
     assert!(

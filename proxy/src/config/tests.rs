@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// [`Config::from_args`], then the trust-anchor file [`args`] wrote is removed: the tests leave
+/// nothing in the temp folder.
+fn from_args(a: Args) -> Result<Config, Vec<String>> {
+    let written = a.trust_anchors.clone();
+    let result = Config::from_args(a);
+    if let Some(path) = written.filter(|p| p.starts_with(std::env::temp_dir())) {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
 fn args() -> Args {
     // One file per call: tests run in parallel, and one must not read another's half-written.
     let anchors = std::env::temp_dir().join(format!(
@@ -31,11 +42,11 @@ fn args() -> Args {
 
 #[test]
 fn the_admin_drain_is_off_unless_asked_for() {
-    assert!(!Config::from_args(args()).unwrap().admin_shutdown);
+    assert!(!from_args(args()).unwrap().admin_shutdown);
     let with = |v: &str| {
         let mut a = args();
         a.admin_shutdown = v.into();
-        Config::from_args(a)
+        from_args(a)
     };
     assert!(with("true").unwrap().admin_shutdown);
     assert!(!with("false").unwrap().admin_shutdown);
@@ -55,22 +66,19 @@ fn the_admin_drain_is_off_unless_asked_for() {
 
 #[test]
 fn service_defaults_to_service_account() {
-    let c = Config::from_args(args()).unwrap();
+    let c = from_args(args()).unwrap();
     assert_eq!(c.service, "orders");
 }
 
 #[test]
 fn the_trust_domain_defaults_to_weft_local_and_must_be_a_name() {
-    assert_eq!(
-        Config::from_args(args()).unwrap().trust_domain,
-        "weft.local"
-    );
+    assert_eq!(from_args(args()).unwrap().trust_domain, "weft.local");
     let mut a = args();
     a.trust_domain = Some("corp.example".into());
-    assert_eq!(Config::from_args(a).unwrap().trust_domain, "corp.example");
+    assert_eq!(from_args(a).unwrap().trust_domain, "corp.example");
     let mut a = args();
     a.trust_domain = Some("evil/ns/x".into());
-    let errs = Config::from_args(a).unwrap_err();
+    let errs = from_args(a).unwrap_err();
     assert!(
         errs[0].starts_with("trust-domain=\"evil/ns/x\""),
         "{errs:?}"
@@ -84,26 +92,26 @@ fn a_join_token_is_read_from_a_file_and_one_on_the_command_line_is_warned_about(
     let mut a = args();
     a.join_token = None;
     a.join_token_file = Some(file.clone());
-    let c = Config::from_args(a).unwrap();
+    let c = from_args(a).unwrap();
     assert!(matches!(&c.proof, Proof::JoinToken(t) if t == "weft1.from.file"));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     // From the environment (what `args()` stands for): no warning.
-    assert!(Config::from_args(args()).unwrap().warnings.is_empty());
+    assert!(from_args(args()).unwrap().warnings.is_empty());
     let mut a = args();
     a.join_token_on_command_line = true;
-    let warnings = Config::from_args(a).unwrap().warnings;
+    let warnings = from_args(a).unwrap().warnings;
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].contains("--join-token-file"), "{warnings:?}");
     // Two proofs, or an empty file, are refused.
     let mut a = args();
     a.join_token_file = Some(file.clone());
-    let errs = Config::from_args(a).unwrap_err();
+    let errs = from_args(a).unwrap_err();
     assert!(errs[0].contains("not several"), "{errs:?}");
     std::fs::write(&file, "\n").unwrap();
     let mut a = args();
     a.join_token = None;
     a.join_token_file = Some(file.clone());
-    assert!(Config::from_args(a).unwrap_err()[0].ends_with("empty"));
+    assert!(from_args(a).unwrap_err()[0].ends_with("empty"));
     std::fs::remove_file(file).unwrap();
 }
 
@@ -114,7 +122,7 @@ fn every_bad_setting_is_reported() {
     a.namespace = None;
     a.upstream = vec!["127.0.0.1:1=orders".into()];
     a.drain_timeout = "10".into();
-    let errs = Config::from_args(a).unwrap_err();
+    let errs = from_args(a).unwrap_err();
     assert_eq!(errs.len(), 4, "{errs:?}");
     assert!(errs[0].starts_with("inbound-addr=\"nope\""));
     assert!(errs.iter().any(|e| e == "namespace: required"));
@@ -124,9 +132,11 @@ fn every_bad_setting_is_reported() {
 fn tls_to_the_control_plane_anchors_and_proof_are_required() {
     let mut a = args();
     a.control_plane = "http://127.0.0.1:15012".into();
-    a.trust_anchors = None;
+    if let Some(written) = a.trust_anchors.take() {
+        let _ = std::fs::remove_file(written);
+    }
     a.join_token = None;
-    let errs = Config::from_args(a).unwrap_err();
+    let errs = from_args(a).unwrap_err();
     assert_eq!(errs.len(), 3, "{errs:?}");
     assert!(errs[0].contains("over TLS only; use https://"), "{errs:?}");
     assert!(errs[1].starts_with("trust-anchors: required"), "{errs:?}");
@@ -138,8 +148,10 @@ fn tls_to_the_control_plane_anchors_and_proof_are_required() {
     let mut a = args();
     let bad = std::env::temp_dir().join(format!("weft-bad-anchors-{}.pem", std::process::id()));
     std::fs::write(&bad, "not a certificate").unwrap();
-    a.trust_anchors = Some(bad);
-    let errs = Config::from_args(a).unwrap_err();
+    if let Some(written) = a.trust_anchors.replace(bad) {
+        let _ = std::fs::remove_file(written);
+    }
+    let errs = from_args(a).unwrap_err();
     assert!(errs[0].contains("no certificate in the PEM"), "{errs:?}");
 }
 
