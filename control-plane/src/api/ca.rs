@@ -129,9 +129,7 @@ impl Api {
                     "trustAnchors": self.ca.trust_anchors_pem(),
                     "serial": issued.serial,
                     "expiresAt": weft_runtime::timestamp::rfc3339_seconds(
-                        issued.not_after
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+                        weft_runtime::timestamp::unix_seconds(issued.not_after),
                     ),
                 }))
             }

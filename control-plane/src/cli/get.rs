@@ -1,7 +1,7 @@
 //! `weft get`: the resources in force, the connected proxies and the audit log, as a table
 //! (laid out by `table`), YAML or JSON.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -189,9 +189,7 @@ struct AuditEntry {
 }
 
 fn proxies_table(proxies: &[Proxy]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = weft_runtime::timestamp::unix_seconds(SystemTime::now());
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
     let rows = proxies
         .iter()

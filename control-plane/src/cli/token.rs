@@ -105,9 +105,7 @@ impl Args {
 
 /// Seconds since the Unix epoch.
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    weft_runtime::timestamp::unix_seconds(std::time::SystemTime::now())
 }
 
 /// `weft token list`'s table: time left, as `weft get proxies` shows a certificate's, not epoch

@@ -22,6 +22,12 @@ pub fn rfc3339_seconds(unix: i64) -> String {
     format!("{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{sec:02}Z")
 }
 
+/// `t` as whole seconds since the Unix epoch (0 before it).
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// `serialize_with` for a time kept as Unix seconds, written as [`rfc3339_seconds`].
 pub fn ser_unix<S: serde::Serializer>(unix: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339_seconds(*unix))
