@@ -20,6 +20,7 @@
 //! | [`client`] | HTTP clients as apps use them, one request read whole, the admin API |
 //! | [`load`] | callers sending back to back until stopped ([`Load`]) |
 //! | [`process`] | the built binaries as processes: `weft serve` ([`ServeProcess`]), the CLI |
+//! | [`cluster`] | the real Kubernetes cluster of `scripts/cluster` ([`Cluster`]), a namespace per test ([`TestNamespace`]) |
 //!
 //! Every item is re-exported here, so a suite needs only `use weft_tests::*;`.
 
@@ -27,6 +28,7 @@
 
 pub mod apps;
 pub mod client;
+pub mod cluster;
 pub mod data_dirs;
 pub mod eventually;
 pub mod load;
@@ -45,6 +47,7 @@ pub use client::{
     api_call, api_call_as, create_token, get, http1_client, http2_client, metric, send, send_body,
     HttpClient, Reply,
 };
+pub use cluster::{Cluster, TestNamespace, TEST_APP_IMAGE, WEFT_IMAGE};
 pub use data_dirs::{admin_token, data_dir_of};
 pub use eventually::eventually;
 pub use load::Load;

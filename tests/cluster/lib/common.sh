@@ -1,0 +1,100 @@
+# shellcheck shell=bash
+# The test cluster's names, addresses and folders, and the helpers every part of
+# `scripts/cluster` uses: starting a component in the background, waiting for a condition with
+# a bound, failing with the component's log.
+#
+# Addresses exist only on this machine: the node is a network namespace of its own
+# (`weft-node`), joined to the host by one veth pair; pods and Services use ranges that are
+# routed only into that namespace, which has no default route, so no packet can leave.
+
+CLUSTER_STATE=${WEFT_CLUSTER_STATE:-/var/lib/weft-cluster}
+CLUSTER_RUN=/run/weft-cluster
+CLUSTER_PKI=$CLUSTER_STATE/pki
+CLUSTER_LOGS=$CLUSTER_STATE/logs
+CLUSTER_KUBECONFIG=$CLUSTER_STATE/kubeconfig
+# Outside both folders, so that `down` removing them cannot pull it from under a waiting `up`.
+CLUSTER_LOCK=/run/weft-cluster.lock
+
+NODE_NAME=weft-node
+NODE_NS=weft-node
+HOST_IF=weft-host
+NODE_IF=weft-node0
+HOST_IP=10.250.0.1
+NODE_IP=10.250.0.2
+POD_CIDR=10.251.0.0/16
+NODE_POD_CIDR=10.251.0.0/24
+SERVICE_CIDR=10.252.0.0/16
+KUBERNETES_SERVICE_IP=10.252.0.1
+DNS_IP=10.252.0.10
+CNI_BRIDGE=weft-cni0
+
+API_PORT=6443
+API_URL=https://$HOST_IP:$API_PORT
+ETCD_CLIENT=127.0.0.1:23790
+ETCD_PEER=127.0.0.1:23800
+CONTAINERD_SOCK=$CLUSTER_RUN/containerd/containerd.sock
+
+# Every component, in start order; `down` stops them in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns jaeger)
+
+cluster_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo_dir="$(cd "$cluster_dir/../.." && pwd)"
+
+say() { echo "cluster: $*" >&2; }
+
+# Prints the last lines of a component's log, for a failure message.
+log_tail() {
+    local log=$CLUSTER_LOGS/$1.log
+    [[ -f $log ]] || return 0
+    echo "--- last 40 lines of $log" >&2
+    tail -n 40 "$log" >&2
+    echo "---" >&2
+}
+
+die() {
+    say "$1"
+    [[ -n ${2:-} ]] && log_tail "$2"
+    exit 1
+}
+
+pid_of() { [[ -f $CLUSTER_RUN/$1.pid ]] && cat "$CLUSTER_RUN/$1.pid"; }
+
+alive() {
+    local pid; pid=$(pid_of "$1") || return 1
+    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+}
+
+# start NAME host|node COMMAND...: runs COMMAND in its own session, in the host's network
+# namespace or the node's, logging to logs/NAME.log, its pid in the run folder.
+start() {
+    local name=$1 where=$2; shift 2
+    if [[ $where == node ]]; then
+        # nsenter --net only: the mount namespace stays the host's, so the kubelet's volume
+        # mounts and containerd's rootfs mounts are the same for both (and `down` finds them).
+        set -- nsenter "--net=/run/netns/$NODE_NS" -- "$@"
+    fi
+    setsid "$@" >>"$CLUSTER_LOGS/$name.log" 2>&1 </dev/null &
+    echo $! >"$CLUSTER_RUN/$name.pid"
+}
+
+# wait_for WHAT SECONDS COMPONENT COMMAND...: polls COMMAND until it succeeds; fails naming
+# COMPONENT with its log tail when COMPONENT exits or the bound passes.
+wait_for() {
+    local what=$1 bound=$2 component=$3; shift 3
+    local deadline=$((SECONDS + bound))
+    until "$@" >/dev/null 2>&1; do
+        alive "$component" || die "$component exited while waiting for $what" "$component"
+        ((SECONDS < deadline)) || die "$what: not within ${bound}s (component: $component)" "$component"
+        sleep 0.2
+    done
+}
+
+in_node() { nsenter "--net=/run/netns/$NODE_NS" -- "$@"; }
+
+k8s_bin() { echo "$("$cluster_dir/build" --print-dir kubernetes)/$1"; }
+
+kubectl_admin() { "$(k8s_bin kubectl)" --kubeconfig "$CLUSTER_KUBECONFIG" "$@"; }
+
+need_root() {
+    [[ $EUID -eq 0 ]] || die "the test cluster needs root (network namespaces, mounts, iptables); run as root"
+}
