@@ -40,6 +40,12 @@ impl HttpApp {
     /// Every request waits `delay` before its answer.
     pub async fn with_delay(name: &str, delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(name, delay, listener)
+    }
+
+    /// The app on a listener the caller bound (the container image's `weft-test-app http`
+    /// binds `[::]:PORT`).
+    pub fn serve(name: &str, delay: Duration, listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
         let (name, counter) = (Arc::<str>::from(name), hits.clone());
@@ -253,7 +259,11 @@ fn websocket(req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
 /// A TCP echo server: copies everything back, then closes its side after the client's FIN
 /// (so a test can check half-close is carried through).
 pub async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    tcp_echo_on(TcpListener::bind("127.0.0.1:0").await.expect("bind"))
+}
+
+/// [`tcp_echo`] on a listener the caller bound.
+pub fn tcp_echo_on(listener: TcpListener) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -282,7 +292,11 @@ pub async fn tcp_echo() -> SocketAddr {
 
 /// A gRPC echo server named `name`.
 pub async fn grpc_echo(name: &str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    grpc_echo_on(name, TcpListener::bind("127.0.0.1:0").await.expect("bind"))
+}
+
+/// [`grpc_echo`] on a listener the caller bound.
+pub fn grpc_echo_on(name: &str, listener: TcpListener) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     let svc = grpc::echo_server::EchoServer::new(Echo {
         name: name.to_string(),
