@@ -336,7 +336,9 @@ impl TestNamespace {
         };
         section(&["get", "pods,jobs,deployments,endpointslices", "-o", "wide"]);
         section(&["get", "events", "--sort-by", ".lastTimestamp"]);
-        let pods = self.kubectl(&["get", "pods", "-o", "name"]).unwrap_or_default();
+        let pods = self
+            .kubectl(&["get", "pods", "-o", "name"])
+            .unwrap_or_default();
         for pod in pods.lines() {
             section(&["logs", pod, "--all-containers", "--prefix", "--tail", "50"]);
         }
@@ -349,9 +351,17 @@ impl Drop for TestNamespace {
         if std::thread::panicking() {
             eprintln!("{}", self.diagnostics());
         }
-        let cluster_scoped = std::mem::take(&mut *self.cluster_scoped.lock().unwrap_or_else(|e| e.into_inner()));
+        let cluster_scoped = std::mem::take(
+            &mut *self
+                .cluster_scoped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
         for object in cluster_scoped {
-            if let Err(e) = self.cluster.kubectl(&["delete", &object, "--ignore-not-found"]) {
+            if let Err(e) = self
+                .cluster
+                .kubectl(&["delete", &object, "--ignore-not-found"])
+            {
                 eprintln!("cluster: could not delete {object}: {e}");
             }
         }

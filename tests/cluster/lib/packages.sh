@@ -4,13 +4,13 @@
 
 install_packages() {
     local missing=() tool
-    for tool in containerd containerd-shim-runc-v2 runc iptables conntrack nsenter curl openssl; do
+    for tool in containerd containerd-shim-runc-v2 runc iptables conntrack nsenter curl openssl objcopy; do
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     [[ -x /usr/lib/cni/bridge ]] || missing+=(cni-plugins)
     ((${#missing[@]} == 0)) && return 0
     say "installing from Debian: ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        containerd runc containernetworking-plugins iptables conntrack util-linux curl openssl >&2 ||
+        containerd runc containernetworking-plugins iptables conntrack util-linux curl openssl binutils >&2 ||
         die "apt-get install failed for: ${missing[*]}"
 }

@@ -78,6 +78,8 @@ enum Command {
     },
     /// Sleep until SIGTERM.
     Sleep,
+    /// Print a file (the image has no shell: what `kubectl exec … cat` would be).
+    Cat { path: std::path::PathBuf },
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -107,6 +109,13 @@ async fn main() -> ExitCode {
                 retry_for,
             } => get(&url, expect_status, timeout, retry_for).await,
             Command::Sleep => std::future::pending().await,
+            Command::Cat { path } => {
+                let bytes = tokio::fs::read(&path).await?;
+                let mut stdout = tokio::io::stdout();
+                tokio::io::AsyncWriteExt::write_all(&mut stdout, &bytes).await?;
+                tokio::io::AsyncWriteExt::flush(&mut stdout).await?;
+                Ok(0)
+            }
         }
     };
     let stopped = async {

@@ -15,7 +15,10 @@ fn authority(url: &str) -> std::net::SocketAddr {
 async fn jaeger_returns_a_span_sent_over_otlp() {
     let cluster = Cluster::get();
     let client = http1_client();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let trace_id = format!("{:032x}", now ^ (u128::from(std::process::id()) << 64));
     let service = format!("weft-cluster-smoke-{}", std::process::id());
     let spans = json!({"resourceSpans": [{
@@ -40,16 +43,25 @@ async fn jaeger_returns_a_span_sent_over_otlp() {
     assert_eq!(sent.status, 200, "{sent:?}");
 
     let query = authority(&cluster.jaeger_query);
-    let trace: Value = eventually("the trace in Jaeger's query API", Duration::from_secs(30), || {
-        let client = client.clone();
-        let path = format!("/api/traces/{trace_id}");
-        async move {
-            let r = send(&client, query, &query.to_string(), "GET", &path, &[]).await.ok()?;
-            (r.status == 200).then(|| serde_json::from_str(&r.body).ok())?
-        }
-    })
+    let trace: Value = eventually(
+        "the trace in Jaeger's query API",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let path = format!("/api/traces/{trace_id}");
+            async move {
+                let r = send(&client, query, &query.to_string(), "GET", &path, &[])
+                    .await
+                    .ok()?;
+                (r.status == 200).then(|| serde_json::from_str(&r.body).ok())?
+            }
+        },
+    )
     .await;
     let span = &trace["data"][0]["spans"][0];
     assert_eq!(span["operationName"], "smoke", "{trace}");
-    assert_eq!(trace["data"][0]["processes"][span["processID"].as_str().unwrap()]["serviceName"], service.as_str());
+    assert_eq!(
+        trace["data"][0]["processes"][span["processID"].as_str().unwrap()]["serviceName"],
+        service.as_str()
+    );
 }

@@ -92,11 +92,15 @@ spec:
     let read = |path: &'static str| {
         let ns = &ns;
         async move {
-            ns.wait(&format!("{path} in pod orders"), Duration::from_secs(30), || async {
-                ns.kubectl(&["exec", "orders", "--", "weft-test-app", "cat", path])
-                    .ok()
-                    .filter(|t| !t.trim().is_empty())
-            })
+            ns.wait(
+                &format!("{path} in pod orders"),
+                Duration::from_secs(30),
+                || async {
+                    ns.kubectl(&["exec", "orders", "--", "weft-test-app", "cat", path])
+                        .ok()
+                        .filter(|t| !t.trim().is_empty())
+                },
+            )
             .await
         }
     };
@@ -119,11 +123,15 @@ spec:
 
     // The same token asking for another identity of the namespace.
     let payments = format!("spiffe://weft.local/ns/{}/sa/payments", ns.name);
-    let err = certify(&mesh, &payments, weft_token.trim()).await.unwrap_err();
+    let err = certify(&mesh, &payments, weft_token.trim())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 
     // The pod's default token is for the API server, not for weft.
-    let err = certify(&mesh, &orders, default_token.trim()).await.unwrap_err();
+    let err = certify(&mesh, &orders, default_token.trim())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("audience"), "{}", err.message());
 }

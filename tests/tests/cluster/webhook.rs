@@ -29,9 +29,18 @@ fn review(body: &[u8], seen: &Seen) -> Value {
     let review: Value = serde_json::from_slice(body).unwrap_or_default();
     let request = &review["request"];
     seen.lock().unwrap().push((
-        request["namespace"].as_str().unwrap_or_default().to_string(),
-        request["kind"]["kind"].as_str().unwrap_or_default().to_string(),
-        request["operation"].as_str().unwrap_or_default().to_string(),
+        request["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        request["kind"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        request["operation"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     ));
     let patch = if request["object"]["metadata"]["annotations"].is_object() {
         json!([{"op": "add", "path": "/metadata/annotations/weft-tests~1mutated", "value": "true"}])
@@ -39,7 +48,8 @@ fn review(body: &[u8], seen: &Seen) -> Value {
         json!([{"op": "add", "path": "/metadata/annotations", "value": {"weft-tests/mutated": "true"}}])
     };
     // AdmissionReview carries the patch as base64: k8s-openapi's ByteString serializes so.
-    let patch = serde_json::to_value(k8s_openapi::ByteString(patch.to_string().into_bytes())).unwrap();
+    let patch =
+        serde_json::to_value(k8s_openapi::ByteString(patch.to_string().into_bytes())).unwrap();
     json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -66,11 +76,15 @@ async fn serve(seen: Seen) -> (u16, String) {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             let seen = seen.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let seen = seen.clone();
                     async move {
@@ -133,28 +147,52 @@ webhooks:
     // The API server picks up webhook configurations from a watch: wait until a dry-run create
     // (webhooks with no side effects see those too) comes back mutated.
     let pods = ns.api::<Pod>();
-    ns.wait("the webhook to take effect", Duration::from_secs(30), || async {
-        let dry = pods
-            .create(&PostParams { dry_run: true, ..Default::default() }, &pod("probe"))
-            .await
-            .ok()?;
-        dry.metadata.annotations?.contains_key("weft-tests/mutated").then_some(())
-    })
+    ns.wait(
+        "the webhook to take effect",
+        Duration::from_secs(30),
+        || async {
+            let dry = pods
+                .create(
+                    &PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    },
+                    &pod("probe"),
+                )
+                .await
+                .ok()?;
+            dry.metadata
+                .annotations?
+                .contains_key("weft-tests/mutated")
+                .then_some(())
+        },
+    )
     .await;
 
-    let created = pods.create(&PostParams::default(), &pod("mutated")).await.unwrap();
+    let created = pods
+        .create(&PostParams::default(), &pod("mutated"))
+        .await
+        .unwrap();
     let annotations = created.metadata.annotations.unwrap_or_default();
-    assert_eq!(annotations.get("weft-tests/mutated").map(String::as_str), Some("true"));
+    assert_eq!(
+        annotations.get("weft-tests/mutated").map(String::as_str),
+        Some("true")
+    );
     {
         let seen = seen.lock().unwrap();
         let last = seen.last().unwrap();
-        assert_eq!(last, &(ns.name.clone(), "Pod".into(), "CREATE".into()), "{seen:?}");
+        assert_eq!(
+            last,
+            &(ns.name.clone(), "Pod".into(), "CREATE".into()),
+            "{seen:?}"
+        );
     }
     // The stored pod carries the patch and runs.
     ns.wait("pod mutated to run", Duration::from_secs(60), || async {
         let p = pods.get("mutated").await.ok()?;
         let phase = p.status?.phase?;
-        (phase == "Running" && p.metadata.annotations?.contains_key("weft-tests/mutated")).then_some(())
+        (phase == "Running" && p.metadata.annotations?.contains_key("weft-tests/mutated"))
+            .then_some(())
     })
     .await;
 }

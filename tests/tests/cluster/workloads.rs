@@ -147,21 +147,29 @@ async fn scaling_shows_in_endpoint_slices_and_a_deleted_pod_is_replaced() {
         .await
         .unwrap();
     let replacement = ns
-        .wait("a replacement pod, ready", Duration::from_secs(60), || async {
-            let pods = ns.pods("app=echo").await;
-            let ready = pods.iter().find(|p| {
-                p.metadata.name.as_deref() != Some(old.as_str())
-                    && p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })?;
-            ready.status.as_ref()?.pod_ip.clone()
-        })
+        .wait(
+            "a replacement pod, ready",
+            Duration::from_secs(60),
+            || async {
+                let pods = ns.pods("app=echo").await;
+                let ready = pods.iter().find(|p| {
+                    p.metadata.name.as_deref() != Some(old.as_str())
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            })
+                })?;
+                ready.status.as_ref()?.pod_ip.clone()
+            },
+        )
         .await;
-    ns.wait("the slices to name the replacement alone", Duration::from_secs(60), || async {
-        (ns.ready_endpoints("echo").await == [replacement.clone()]).then_some(())
-    })
+    ns.wait(
+        "the slices to name the replacement alone",
+        Duration::from_secs(60),
+        || async { (ns.ready_endpoints("echo").await == [replacement.clone()]).then_some(()) },
+    )
     .await;
     assert_ne!(one, [replacement], "a new pod has a new address");
 }
@@ -178,18 +186,31 @@ async fn a_job_runs_to_completion_and_a_failing_one_is_reported() {
     // The API server speaks TLS only: a plain HTTP request still gets an HTTP answer (400),
     // which is not 200, so this job must fail and say so.
     let api = ns.api::<k8s_openapi::api::batch::v1::Job>();
-    ns.wait("job api-server to fail", Duration::from_secs(90), || async {
-        let s = api.get("api-server").await.ok()?.status?;
-        (s.failed.unwrap_or(0) >= 1).then_some(())
-    })
+    ns.wait(
+        "job api-server to fail",
+        Duration::from_secs(90),
+        || async {
+            let s = api.get("api-server").await.ok()?.status?;
+            (s.failed.unwrap_or(0) >= 1).then_some(())
+        },
+    )
     .await;
     let log = ns.kubectl(&["logs", "job/api-server"]).unwrap();
-    assert!(log.contains("400"), "the caller printed the API server's answer: {log}");
+    assert!(
+        log.contains("400"),
+        "the caller printed the API server's answer: {log}"
+    );
 
-    ns.apply(&caller("succeeds", "http://kubernetes.default.svc.cluster.local:443/").replace(
-        "--retry-for, 30s]",
-        "--retry-for, 30s, --expect-status, \"400\"]",
-    ))
+    ns.apply(
+        &caller(
+            "succeeds",
+            "http://kubernetes.default.svc.cluster.local:443/",
+        )
+        .replace(
+            "--retry-for, 30s]",
+            "--retry-for, 30s, --expect-status, \"400\"]",
+        ),
+    )
     .await;
     ns.job_complete("succeeds").await;
 }
