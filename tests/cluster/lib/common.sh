@@ -73,7 +73,8 @@ start() {
         # mounts and containerd's rootfs mounts are the same for both (and `down` finds them).
         set -- nsenter "--net=/run/netns/$NODE_NS" -- "$@"
     fi
-    setsid "$@" >>"$CLUSTER_LOGS/$name.log" 2>&1 </dev/null &
+    # 9>&-: the components must not inherit the lock `up` holds (see scripts/cluster).
+    setsid "$@" >>"$CLUSTER_LOGS/$name.log" 2>&1 </dev/null 9>&- &
     echo $! >"$CLUSTER_RUN/$name.pid"
 }
 

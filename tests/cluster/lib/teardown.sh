@@ -4,15 +4,18 @@
 # the kubelet's cgroups), every mount under its folders and every pod network namespace, the
 # node namespace with its veth, bridge and iptables rules, and its folders.
 
-stop_pid() {
-    local pid=$1
-    kill -TERM "$pid" 2>/dev/null || return 0
-    local i
+# stop_pids PID...: SIGTERM to all, then SIGKILL to those still there after 5 s.
+stop_pids() {
+    (($# > 0)) || return 0
+    kill -TERM "$@" 2>/dev/null || true
+    local i pid left
     for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
+        left=0
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && left=1; done
+        ((left)) || return 0
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    kill -KILL "$@" 2>/dev/null || true
 }
 
 # The processes whose command line names one of the cluster's folders: the components, the
@@ -55,13 +58,15 @@ unmount_all() {
 }
 
 teardown() {
-    local name pid
+    local name pid pids=()
     # The kubelet first, so that it restarts nothing while the rest goes.
-    for name in kubelet $(printf '%s\n' "${COMPONENTS[@]}" | tac); do
-        pid=$(pid_of "$name") && [[ -n $pid ]] && stop_pid "$pid"
+    pid=$(pid_of kubelet) && stop_pids "$pid"
+    for name in "${COMPONENTS[@]}"; do
+        pid=$(pid_of "$name") && [[ -n $pid ]] && pids+=("$pid")
     done
     kill_pods
-    for pid in $(stray_pids); do stop_pid "$pid"; done
+    # shellcheck disable=SC2046 # one pid per word
+    stop_pids "${pids[@]}" $(stray_pids)
     kill_pods
     remove_pod_cgroups
     unmount_all
@@ -78,4 +83,11 @@ teardown() {
     ip link delete "$HOST_IF" 2>/dev/null || true
     unmount_all
     rm -rf "$CLUSTER_STATE" "$CLUSTER_RUN"
+    # containerd 1.6's shims put their sockets under /run/containerd/s whatever the config says;
+    # `ip netns add` makes /run/netns a mount point of its own. Each goes only when empty, so
+    # nothing of another user's is touched.
+    rmdir /run/containerd/s /run/containerd 2>/dev/null || true
+    if mountpoint -q /run/netns && [[ -z $(ls -A /run/netns) ]]; then
+        umount /run/netns 2>/dev/null || true
+    fi
 }
