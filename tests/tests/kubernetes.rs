@@ -1,7 +1,10 @@
-//! Kubernetes service-account tokens as proof of identity. No cluster is available to CI, so the
-//! control plane's real `kube` client talks to a local stand-in for the API server that answers
-//! `POST /apis/authentication.k8s.io/v1/tokenreviews` with recorded responses
-//! (`tests/fixtures/tokenreview/`), and checks what the control plane asked.
+//! Kubernetes service-account tokens as proof of identity, against answers a real cluster gives
+//! only with effort: the control plane's real `kube` client talks to a local stand-in for the
+//! API server that answers `POST /apis/authentication.k8s.io/v1/tokenreviews` with recorded
+//! responses (`tests/fixtures/tokenreview/`: expired tokens, a user who is no service account,
+//! an answer without audiences, RBAC refusing the review), and checks what the control plane
+//! asked. The same path against the real API server, with a token the kubelet projected into a
+//! pod, is `tests/tests/cluster/tokens.rs`.
 
 #![allow(clippy::unwrap_used)]
 

@@ -4,6 +4,8 @@
 //! test binary of their own, so the rest of the suite runs without the cluster; the first test
 //! to need it starts it (`Cluster::get`).
 
+#![allow(clippy::unwrap_used)]
+
 mod jaeger;
 mod tokens;
 mod webhook;
