@@ -10,7 +10,9 @@ install_packages() {
     [[ -x /usr/lib/cni/bridge ]] || missing+=(cni-plugins)
     ((${#missing[@]} == 0)) && return 0
     say "installing from Debian: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-        containerd runc containernetworking-plugins iptables conntrack util-linux curl openssl binutils >&2 ||
+    local packages=(containerd runc containernetworking-plugins iptables conntrack util-linux curl openssl binutils)
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "${packages[@]}" >&2 ||
+        { apt-get update -q >&2 && apt-get install -y -q "${packages[@]}" >&2; } ||
         die "apt-get install failed for: ${missing[*]}"
 }
