@@ -91,3 +91,24 @@ teardown() {
         umount /run/netns 2>/dev/null || true
     fi
 }
+
+# What `down` should have left nothing of; prints each remnant, fails if there is one.
+check_gone() {
+    local left=()
+    ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$NODE_NS" && left+=("network namespace $NODE_NS")
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cni-' || true); do
+        left+=("pod network namespace $ns")
+    done
+    ip link show "$HOST_IF" >/dev/null 2>&1 && left+=("link $HOST_IF")
+    local m
+    while read -r m; do [[ -n $m ]] && left+=("mount $m"); done < <(cluster_mounts)
+    local pid
+    for pid in $(stray_pids); do left+=("process $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)"); done
+    [[ -n $(find /sys/fs/cgroup -maxdepth 2 -name 'kubepods*' 2>/dev/null) ]] && left+=("kubepods cgroups")
+    [[ -e $CLUSTER_STATE || -e $CLUSTER_RUN ]] && left+=("folder $CLUSTER_STATE or $CLUSTER_RUN")
+    ((${#left[@]} == 0)) && return 0
+    say "down left behind:"
+    printf '  %s\n' "${left[@]}" >&2
+    return 1
+}
