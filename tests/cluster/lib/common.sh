@@ -59,9 +59,12 @@ die() {
 
 pid_of() { [[ -f $CLUSTER_RUN/$1.pid ]] && cat "$CLUSTER_RUN/$1.pid"; }
 
+# A component is alive while its process is there and not a zombie (killed, not yet reaped).
 alive() {
-    local pid; pid=$(pid_of "$1") || return 1
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+    local pid state
+    pid=$(pid_of "$1") || return 1
+    state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z* ]]
 }
 
 # start NAME host|node COMMAND...: runs COMMAND in its own session, in the host's network
