@@ -59,7 +59,8 @@ YAML
 # 2. The control plane. The `weft` commands below run in $work, where `weft serve` keeps
 #    ./weft-data: they find its admin token there with no flag.
 cd "$work"
-export WEFT_SERVER="http://127.0.0.1:$(port 0)"
+WEFT_SERVER="http://127.0.0.1:$(port 0)"
+export WEFT_SERVER
 "$bin/weft" serve --config mesh/ --grpc-addr "127.0.0.1:$(port 10)" --api-addr "127.0.0.1:$(port 0)" \
   2> serve.log & pids+=($!)
 wait_ready "$WEFT_SERVER/admin/ready"
