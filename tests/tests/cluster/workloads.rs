@@ -1,6 +1,7 @@
 //! Workloads: a Deployment becomes Ready and is reached by Service DNS name and by ClusterIP
 //! (from a pod, and from the host through the node), scaling shows in its EndpointSlices, a
-//! deleted pod is replaced, a Job runs to completion.
+//! deleted pod is replaced, a Job runs to completion, and weft's own image runs both binaries
+//! as its non-root user.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use weft_tests::{get, http1_client, TestNamespace, TEST_APP_IMAGE};
+use weft_tests::{get, http1_client, TestNamespace, TEST_APP_IMAGE, WEFT_IMAGE};
 
 fn echo(replicas: u32) -> String {
     format!(
@@ -213,4 +214,34 @@ async fn a_job_runs_to_completion_and_a_failing_one_is_reported() {
     )
     .await;
     ns.job_complete("succeeds").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_image_runs_both_binaries_as_its_non_root_user() {
+    let ns = TestNamespace::new("image").await;
+    for (job, command) in [("proxy", "weft-proxy"), ("control-plane", "weft")] {
+        ns.apply(&format!(
+            r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: {job}}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      securityContext: {{runAsNonRoot: true}}
+      containers:
+      - name: version
+        image: {WEFT_IMAGE}
+        imagePullPolicy: Never
+        command: [{command}, --version]
+        securityContext: {{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+"#
+        ))
+        .await;
+        ns.job_complete(job).await;
+        let log = ns.kubectl(&["logs", &format!("job/{job}")]).unwrap();
+        assert!(log.starts_with(command), "{job}: {log}");
+    }
 }
