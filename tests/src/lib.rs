@@ -51,7 +51,7 @@ pub use cluster::{Cluster, TestNamespace, TEST_APP_IMAGE, WEFT_IMAGE};
 pub use data_dirs::{admin_token, data_dir_of};
 pub use eventually::eventually;
 pub use load::Load;
-pub use mesh::{init_logging, service_yaml, Access, Mesh, MeshBuilder};
+pub use mesh::{csr, init_logging, service_yaml, Access, Mesh, MeshBuilder};
 pub use pair::pair;
 pub use process::{binary, run_weft, ServeProcess, ServeProcessBuilder};
 pub use sidecar::{Sidecar, SidecarBuilder, Upstream, NO_APP};

@@ -157,6 +157,21 @@ impl Mesh {
         }
     }
 
+    /// `Certify`, as a proxy asks for its certificate: `csr` (see [`csr`]) with `proof`.
+    pub async fn certify(
+        &self,
+        csr: Vec<u8>,
+        proof: weft_proto::identity::certify_request::Proof,
+    ) -> Result<weft_proto::identity::CertifyResponse, tonic::Status> {
+        weft_proto::identity::identity_client::IdentityClient::new(self.channel())
+            .certify(weft_proto::identity::CertifyRequest {
+                csr,
+                proof: Some(proof),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// A gRPC channel to the control plane, over TLS verified as a proxy verifies it.
     pub fn channel(&self) -> tonic::transport::Channel {
         let anchors = std::fs::read_to_string(self.anchors()).expect("trust anchors");
@@ -286,6 +301,18 @@ pub struct Access {
 }
 
 /// YAML for a Service whose endpoints are the given proxies' inbound listeners.
+/// A CSR for `san`, made the way a proxy makes it: the key never leaves this function.
+pub fn csr(san: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(san.try_into().expect("a URI SAN"))];
+    params
+        .serialize_request(&key)
+        .expect("a CSR")
+        .der()
+        .to_vec()
+}
+
 pub fn service_yaml(ns: &str, name: &str, protocol: &str, endpoints: &[SocketAddr]) -> String {
     let eps: Vec<String> = endpoints
         .iter()

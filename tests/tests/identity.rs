@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use rcgen::{CertificateParams, KeyPair, SanType};
 use weft_proto::identity::{
     certify_request::Proof, identity_client::IdentityClient, CertifyRequest,
 };
@@ -16,25 +15,12 @@ use x509_parser::prelude::*;
 const MESH: &str = "apiVersion: weft.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\nspec: {certificateTTL: 1h}\n";
 const ORDERS: &str = "spiffe://weft.local/ns/shop/sa/orders";
 
-/// A CSR for `san`, made the way a proxy makes it: the key never leaves this function.
-fn csr(san: &str) -> Vec<u8> {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(san.try_into().unwrap())];
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
-
 async fn certify(
     mesh: &Mesh,
     csr: Vec<u8>,
     token: &str,
 ) -> Result<weft_proto::identity::CertifyResponse, tonic::Status> {
-    let mut client = IdentityClient::new(mesh.channel());
-    let req = CertifyRequest {
-        csr,
-        proof: Some(Proof::JoinToken(token.to_string())),
-    };
-    client.certify(req).await.map(tonic::Response::into_inner)
+    mesh.certify(csr, Proof::JoinToken(token.to_string())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,10 +17,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use rcgen::{CertificateParams, KeyPair, SanType};
-use weft_proto::identity::{
-    certify_request::Proof, identity_client::IdentityClient, CertifyRequest,
-};
+use weft_proto::identity::certify_request::Proof;
 use weft_tests::*;
 
 const ORDERS: &str = "spiffe://weft.local/ns/shop/sa/orders";
@@ -116,21 +113,10 @@ fn write_kubeconfig(mesh: &Mesh, api: SocketAddr) {
     std::fs::write(mesh.dir.0.join("kubeconfig"), kubeconfig).unwrap();
 }
 
-fn csr(san: &str) -> Vec<u8> {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(san.try_into().unwrap())];
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
-
 async fn certify(mesh: &Mesh, san: &str, token: &str) -> Result<String, tonic::Status> {
-    IdentityClient::new(mesh.channel())
-        .certify(CertifyRequest {
-            csr: csr(san),
-            proof: Some(Proof::ServiceAccountToken(token.to_string())),
-        })
+    mesh.certify(csr(san), Proof::ServiceAccountToken(token.to_string()))
         .await
-        .map(|r| r.into_inner().certificate_chain)
+        .map(|r| r.certificate_chain)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,27 +7,13 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use rcgen::{CertificateParams, KeyPair, SanType};
-use weft_proto::identity::{
-    certify_request::Proof, identity_client::IdentityClient, CertifyRequest,
-};
-use weft_tests::{Cluster, Mesh, TestNamespace, TEST_APP_IMAGE};
-
-fn csr(san: &str) -> Vec<u8> {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::URI(san.try_into().unwrap())];
-    params.serialize_request(&key).unwrap().der().to_vec()
-}
+use weft_proto::identity::certify_request::Proof;
+use weft_tests::{csr, Cluster, Mesh, TestNamespace, TEST_APP_IMAGE};
 
 async fn certify(mesh: &Mesh, san: &str, token: &str) -> Result<String, tonic::Status> {
-    IdentityClient::new(mesh.channel())
-        .certify(CertifyRequest {
-            csr: csr(san),
-            proof: Some(Proof::ServiceAccountToken(token.to_string())),
-        })
+    mesh.certify(csr(san), Proof::ServiceAccountToken(token.to_string()))
         .await
-        .map(|r| r.into_inner().certificate_chain)
+        .map(|r| r.certificate_chain)
 }
 
 /// A kubeconfig for the in-process control plane: the cluster's API server and CA, and the
