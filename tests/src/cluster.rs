@@ -114,6 +114,7 @@ impl Cluster {
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(script())
             .arg("kubectl")
+            .arg("--request-timeout=20s")
             .args(args)
             .output()
             .map_err(|e| format!("run scripts/cluster kubectl: {e}"))?;
@@ -232,10 +233,11 @@ impl TestNamespace {
     {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
-            if let Some(v) = f().await {
+            // One poll may not outlast the bound either (a request the API server never answers).
+            if let Ok(Some(v)) = tokio::time::timeout_at(deadline, f()).await {
                 return v;
             }
-            if tokio::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() >= deadline {
                 panic!(
                     "timed out after {bound:?} waiting for {what} in namespace {}\n{}",
                     self.name,
@@ -288,13 +290,20 @@ impl TestNamespace {
         .await
     }
 
-    /// The addresses of Service `service`'s endpoints that are ready, from its EndpointSlices.
+    /// The addresses of Service `service`'s endpoints that are ready, from its EndpointSlices;
+    /// none when the API server could not be asked (a caller waiting polls again).
     pub async fn ready_endpoints(&self, service: &str) -> Vec<String> {
-        let slices = self
+        let slices = match self
             .api::<EndpointSlice>()
             .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
             .await
-            .expect("list EndpointSlices");
+        {
+            Ok(slices) => slices,
+            Err(e) => {
+                eprintln!("cluster: list EndpointSlices of {service}: {e}");
+                return Vec::new();
+            }
+        };
         let mut addresses: Vec<String> = slices
             .items
             .iter()
@@ -306,13 +315,21 @@ impl TestNamespace {
         addresses
     }
 
-    /// The names of the pods that match `selector` and are not being deleted.
+    /// The pods that match `selector` and are not being deleted; none when the API server could
+    /// not be asked (a caller waiting polls again).
     pub async fn pods(&self, selector: &str) -> Vec<Pod> {
-        self.api::<Pod>()
+        let pods = match self
+            .api::<Pod>()
             .list(&ListParams::default().labels(selector))
             .await
-            .expect("list pods")
-            .items
+        {
+            Ok(pods) => pods,
+            Err(e) => {
+                eprintln!("cluster: list pods {selector}: {e}");
+                return Vec::new();
+            }
+        };
+        pods.items
             .into_iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .collect()

@@ -8,6 +8,11 @@
 # routed only into that namespace, which has no default route, so no packet can leave.
 
 CLUSTER_STATE=${WEFT_CLUSTER_STATE:-/var/lib/weft-cluster}
+# `down` removes the state folder whole: it must be one of the cluster's own.
+case $CLUSTER_STATE in
+    /*/weft-cluster*) ;;
+    *) echo "cluster: WEFT_CLUSTER_STATE must be an absolute path ending in a folder named weft-cluster…, not $CLUSTER_STATE" >&2; exit 64 ;;
+esac
 CLUSTER_RUN=/run/weft-cluster
 CLUSTER_PKI=$CLUSTER_STATE/pki
 CLUSTER_LOGS=$CLUSTER_STATE/logs
@@ -27,6 +32,8 @@ SERVICE_CIDR=10.252.0.0/16
 KUBERNETES_SERVICE_IP=10.252.0.1
 DNS_IP=10.252.0.10
 CNI_BRIDGE=weft-cni0
+# The host's iptables chain that keeps the host end of the veth to the node and the host itself.
+HOST_CHAIN=WEFT-CLUSTER-HOST
 
 API_PORT=6443
 API_URL=https://$HOST_IP:$API_PORT
@@ -34,8 +41,21 @@ ETCD_CLIENT=127.0.0.1:23790
 ETCD_PEER=127.0.0.1:23800
 CONTAINERD_SOCK=$CLUSTER_RUN/containerd/containerd.sock
 
-# Every component, in start order; `down` stops them in reverse.
+# Every component, in start order.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns jaeger)
+# The programs the cluster runs: `down` stops a leftover process only if it is one of these.
+PROGRAMS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd containerd-shim-runc-v2 kubelet kube-proxy coredns jaeger)
+
+# The cgroup (in every hierarchy) under which the kubelet puts all pods, so that `down` finds
+# this cluster's containers and nobody else's.
+CGROUP_ROOT=weft-cluster
+
+# The machine-wide sysctls the kubelet sets at start (vm.overcommit_memory, kernel.panic, ...):
+# `up` saves them and `down` puts them back.
+KERNEL_TUNABLES=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+# Folders the kubelet and containerd create at fixed paths, whatever their config says; `up`
+# notes which of them it created, so that `down` removes those and no others.
+FIXED_FOLDERS=(/var/lib/kubelet /var/log/containers)
 
 cluster_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 repo_dir="$(cd "$cluster_dir/../.." && pwd)"

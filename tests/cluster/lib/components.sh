@@ -9,17 +9,24 @@ start_etcd() {
     mkdir -p "$CLUSTER_STATE/etcd"
     # --unsafe-no-fsync: a test cluster's data need not survive a power cut; fsyncs would make
     # every write wait for the disk.
+    local p=$CLUSTER_PKI
     start etcd host "$bin" --name "$NODE_NAME" --data-dir "$CLUSTER_STATE/etcd" \
-        --listen-client-urls "http://$ETCD_CLIENT" --advertise-client-urls "http://$ETCD_CLIENT" \
-        --listen-peer-urls "http://$ETCD_PEER" --initial-advertise-peer-urls "http://$ETCD_PEER" \
-        --initial-cluster "$NODE_NAME=http://$ETCD_PEER" --unsafe-no-fsync --log-level warn
-    wait_for "etcd health" 30 etcd curl -sf "http://$ETCD_CLIENT/health"
+        --listen-client-urls "https://$ETCD_CLIENT" --advertise-client-urls "https://$ETCD_CLIENT" \
+        --listen-peer-urls "https://$ETCD_PEER" --initial-advertise-peer-urls "https://$ETCD_PEER" \
+        --initial-cluster "$NODE_NAME=https://$ETCD_PEER" \
+        --cert-file "$p/etcd.crt" --key-file "$p/etcd.key" --trusted-ca-file "$p/ca.crt" --client-cert-auth \
+        --peer-cert-file "$p/etcd.crt" --peer-key-file "$p/etcd.key" --peer-trusted-ca-file "$p/ca.crt" \
+        --peer-client-cert-auth --unsafe-no-fsync --log-level warn
+    wait_for "etcd health" 30 etcd curl -sf --cacert "$p/ca.crt" --cert "$p/apiserver-etcd-client.crt" \
+        --key "$p/apiserver-etcd-client.key" "https://$ETCD_CLIENT/health"
 }
 
 start_apiserver() {
     local p=$CLUSTER_PKI
     start kube-apiserver host "$(k8s_bin kube-apiserver)" \
-        --etcd-servers "http://$ETCD_CLIENT" \
+        --etcd-servers "https://$ETCD_CLIENT" --etcd-cafile "$p/ca.crt" \
+        --etcd-certfile "$p/apiserver-etcd-client.crt" --etcd-keyfile "$p/apiserver-etcd-client.key" \
+        --anonymous-auth=false \
         --bind-address "$HOST_IP" --secure-port "$API_PORT" --advertise-address "$HOST_IP" \
         --service-cluster-ip-range "$SERVICE_CIDR" \
         --tls-cert-file "$p/kube-apiserver.crt" --tls-private-key-file "$p/kube-apiserver.key" \
@@ -78,6 +85,8 @@ state = "$CLUSTER_RUN/containerd/state"
   # oom_score_adj; the CRI would ask for -998 for every sandbox and runc would fail
   # ("failed to update /proc/self/oom_score_adj: Permission denied"). Clamp instead.
   restrict_oom_score_adj = true
+  # Pod network namespaces under the run folder, not /run/netns where anyone's are.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -89,6 +98,8 @@ state = "$CLUSTER_RUN/containerd/state"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$CLUSTER_STATE/cni/net.d"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
 TOML
     start containerd node containerd --config "$dir/config.toml"
     wait_for "containerd's socket" 30 containerd ctr --address "$CONTAINERD_SOCK" version
@@ -112,6 +123,8 @@ authorization: {mode: Webhook}
 tlsCertFile: $p/kubelet-serving.crt
 tlsPrivateKeyFile: $p/kubelet-serving.key
 cgroupDriver: cgroupfs
+cgroupRoot: /$CGROUP_ROOT
+podLogsDir: $CLUSTER_STATE/pod-logs
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 clusterDNS: [$DNS_IP]
 clusterDomain: cluster.local
@@ -125,6 +138,8 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
 serializeImagePulls: false
 YAML
+    make_cgroup_root
+    save_host_state
     start kubelet node "$(k8s_bin kubelet)" --config "$dir/config.yaml" \
         --kubeconfig "$p/kubelet.kubeconfig" --root-dir "$dir/root" \
         --node-ip "$NODE_IP" --hostname-override "$NODE_NAME" --v=1
@@ -182,4 +197,34 @@ start_jaeger() {
     sed "s/@NODE_IP@/$NODE_IP/g" "$cluster_dir/jaeger.yaml" >"$dir/config.yaml"
     start jaeger node "$("$cluster_dir/build" --print-dir jaeger)/jaeger" --config "file:$dir/config.yaml"
     wait_for "Jaeger's health check" 60 jaeger curl -sf "http://$NODE_IP:13133/status"
+}
+
+# The kubelet's cgroupRoot must exist in every hierarchy (cgroup v1) or once (v2).
+make_cgroup_root() {
+    local h
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+        mkdir -p "/sys/fs/cgroup/$CGROUP_ROOT"
+        return
+    fi
+    for h in /sys/fs/cgroup/*/; do
+        [[ -d $h && ! -L ${h%/} ]] || continue
+        mkdir -p "$h$CGROUP_ROOT"
+        # A new cpuset cgroup has no CPUs or memory nodes until given its parent's.
+        if [[ -f $h/cpuset.cpus ]]; then
+            cat "$h/cpuset.cpus" >"$h$CGROUP_ROOT/cpuset.cpus"
+            cat "$h/cpuset.mems" >"$h$CGROUP_ROOT/cpuset.mems"
+        fi
+    done
+}
+
+# What the kubelet changes outside the cluster's folders, noted before it starts: the sysctls
+# it sets and the fixed folders it makes. `down` restores both (restore_host_state).
+save_host_state() {
+    local key folder
+    for key in "${KERNEL_TUNABLES[@]}"; do
+        echo "$key=$(sysctl -n "$key")"
+    done >"$CLUSTER_STATE/sysctls.saved"
+    for folder in "${FIXED_FOLDERS[@]}"; do
+        [[ -e $folder ]] || echo "$folder"
+    done >"$CLUSTER_STATE/folders.created"
 }

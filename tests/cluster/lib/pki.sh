@@ -53,8 +53,10 @@ KUBECONFIG
 }
 
 make_pki() {
+    # Keys and kubeconfigs are never readable by anyone but root, not even for a moment.
+    local umask_was; umask_was=$(umask)
+    umask 077
     mkdir -p "$CLUSTER_PKI"
-    chmod 700 "$CLUSTER_PKI"
     new_key "$CLUSTER_PKI/ca.key"
     openssl req -x509 -new -key "$CLUSTER_PKI/ca.key" -subj "/CN=weft-cluster-ca" -days 7 \
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
@@ -64,6 +66,9 @@ make_pki() {
         "IP:$HOST_IP" "IP:$KUBERNETES_SERVICE_IP" IP:127.0.0.1 DNS:localhost DNS:kubernetes \
         DNS:kubernetes.default DNS:kubernetes.default.svc DNS:kubernetes.default.svc.cluster.local
     issue kubelet-serving "/CN=system:node:$NODE_NAME/O=system:nodes" serverAuth "IP:$NODE_IP" "DNS:$NODE_NAME"
+    # etcd takes only clients (and peers) with a certificate of this CA: the API server alone.
+    issue etcd "/CN=etcd" serverAuth,clientAuth IP:127.0.0.1
+    issue apiserver-etcd-client "/CN=kube-apiserver-etcd-client" clientAuth
 
     # Clients. The API server reaches kubelets as a user bound to system:kubelet-api-admin
     # (bootstrap.sh), not as a member of system:masters.
@@ -82,4 +87,5 @@ make_pki() {
     local c
     for c in kube-controller-manager kube-scheduler kubelet kube-proxy coredns; do kubeconfig "$c"; done
     kubeconfig admin "$CLUSTER_KUBECONFIG"
+    umask "$umask_was"
 }

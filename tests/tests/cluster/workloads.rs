@@ -81,7 +81,10 @@ async fn a_deployment_is_reached_by_service_name_and_cluster_ip() {
     for job in ["by-name", "by-short-name", "by-ip"] {
         ns.job_complete(job).await;
         let log = ns.kubectl(&["logs", &format!("job/{job}")]).unwrap();
-        assert!(log.contains("echo"), "job {job} saw another app: {log}");
+        assert!(
+            log.contains("x-app: echo"),
+            "job {job} saw another app: {log}"
+        );
     }
 
     // The host reaches the ClusterIP too: it routes the Service range through the node, where
