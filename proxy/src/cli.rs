@@ -1,5 +1,6 @@
 //! The `weft-proxy` command line: parse settings, bind, run until SIGTERM/SIGINT or (with
-//! `admin-shutdown`) `POST /shutdown`, drain. Shared by the `weft-proxy` binary and `weft proxy`.
+//! `admin-shutdown`) `POST /shutdown`, drain; or `weft-proxy init`, the init container's
+//! iptables rules (`init.rs`). Shared by the `weft-proxy` binary and `weft proxy`.
 
 use std::process::ExitCode;
 
@@ -22,9 +23,20 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once, at start
 enum Command {
     /// Run the proxy (the default).
     Run(Args),
+    /// Install the iptables rules of transparent interception in this network namespace (the
+    /// init container's job; needs NET_ADMIN), or remove them with --uninstall.
+    Init(crate::init::Args),
+}
+
+/// What the command line asks for.
+#[allow(clippy::large_enum_variant)] // parsed once, at start
+enum Parsed {
+    Run(Args),
+    Init(crate::init::Args),
 }
 
 /// Exit status for invalid configuration (EX_USAGE).
@@ -32,22 +44,24 @@ const EXIT_CONFIG: u8 = 64;
 
 /// The settings these command-line arguments give (the first is the program name), noting
 /// whether the join token was on the command line itself.
-fn parse(argv: impl IntoIterator<Item = String>) -> Result<Args, clap::Error> {
+fn parse(argv: impl IntoIterator<Item = String>) -> Result<Parsed, clap::Error> {
     let matches = Cli::command().try_get_matches_from(argv)?;
     let cli = Cli::from_arg_matches(&matches)?;
     let (mut args, matches) = match cli.command {
         Some(Command::Run(args)) => (args, matches.subcommand_matches("run").unwrap_or(&matches)),
+        Some(Command::Init(args)) => return Ok(Parsed::Init(args)),
         None => (cli.run, &matches),
     };
     args.join_token_on_command_line =
         matches.value_source("join_token") == Some(ValueSource::CommandLine);
-    Ok(args)
+    Ok(Parsed::Run(args))
 }
 
 /// Runs the proxy with these command-line arguments (the first is the program name).
 pub fn main(argv: impl IntoIterator<Item = String>) -> ExitCode {
     let args = match parse(argv) {
-        Ok(args) => args,
+        Ok(Parsed::Run(args)) => args,
+        Ok(Parsed::Init(args)) => return crate::init::main(args),
         Err(e) => {
             let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
             let _ = e.print();
@@ -141,11 +155,16 @@ mod tests {
 
     #[test]
     fn a_join_token_on_the_command_line_is_noticed() {
-        let args = parse(argv(&["--join-token", "weft1.a.b"])).unwrap();
-        assert!(args.join_token_on_command_line);
-        let args = parse(argv(&["run", "--join-token", "weft1.a.b"])).unwrap();
-        assert!(args.join_token_on_command_line);
-        let args = parse(argv(&["--join-token-file", "/dev/null"])).unwrap();
-        assert!(!args.join_token_on_command_line);
+        let run = |extra: &[&str]| match parse(argv(extra)).unwrap() {
+            Parsed::Run(args) => args,
+            Parsed::Init(_) => panic!("not init"),
+        };
+        assert!(run(&["--join-token", "weft1.a.b"]).join_token_on_command_line);
+        assert!(run(&["run", "--join-token", "weft1.a.b"]).join_token_on_command_line);
+        assert!(!run(&["--join-token-file", "/dev/null"]).join_token_on_command_line);
+        assert!(matches!(
+            parse(argv(&["init", "--dry-run"])).unwrap(),
+            Parsed::Init(_)
+        ));
     }
 }

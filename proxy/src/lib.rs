@@ -28,6 +28,7 @@
 //! | metrics | `metrics.rs` (`/metrics` exposition: `weft_runtime::exposition`) |
 //! | access log, per-request observation | `access_log.rs`, `observe.rs` |
 //! | admin listener, and what it refuses | `admin.rs`, `weft_runtime::admin_guard` |
+//! | `weft-proxy init`: the iptables rules of transparent interception | `init.rs`, the rules `init/rules.rs`, running iptables `init/iptables.rs` |
 //!
 //! Modules depend downward only, with no circle: each group below imports from its own group
 //! and the groups above it, never from one below, and any of them from `weft_runtime`
@@ -35,7 +36,8 @@
 //! does not use this library; only the `weft proxy` entry of its binary runs [`cli::main`].
 
 // Leaves: no imports from this crate.
-pub mod authz; // AuthorizationPolicy rules and their evaluation
+pub mod authz;
+pub mod init; // `weft-proxy init`: iptables rules in the pod's namespace // AuthorizationPolicy rules and their evaluation
 
 // Foundations: errors, policy, the control-plane channel and the proxy-to-proxy transport.
 pub mod breaker; // outlier ejection and concurrency limits
@@ -66,7 +68,7 @@ pub mod shared; // the handles every part shares
 pub mod tcp; // opaque TCP forwarding
 
 // Start-up: wiring the parts together, and the command line.
-pub mod cli; // `weft-proxy run`
+pub mod cli; // `weft-proxy run` and `init`
 pub mod wiring; // start(): tasks and listeners
 
 // Test fixtures: a fake network for component tests of the parts above.
