@@ -29,6 +29,7 @@
 //! | access log, per-request observation | `access_log.rs`, `observe.rs` |
 //! | admin listener, and what it refuses | `admin.rs`, `weft_runtime::admin_guard` |
 //! | `weft-proxy init`: the iptables rules of transparent interception | `init.rs`, the rules `init/rules.rs`, running iptables `init/iptables.rs` |
+//! | a redirected connection's original destination (`SO_ORIGINAL_DST`) | `original_dst.rs` |
 //!
 //! Modules depend downward only, with no circle: each group below imports from its own group
 //! and the groups above it, never from one below, and any of them from `weft_runtime`
@@ -36,8 +37,9 @@
 //! does not use this library; only the `weft proxy` entry of its binary runs [`cli::main`].
 
 // Leaves: no imports from this crate.
-pub mod authz;
-pub mod init; // `weft-proxy init`: iptables rules in the pod's namespace // AuthorizationPolicy rules and their evaluation
+pub mod authz; // AuthorizationPolicy rules and their evaluation
+pub mod init; // `weft-proxy init`: iptables rules in the pod's namespace
+pub mod original_dst; // where a redirected connection was going
 
 // Foundations: errors, policy, the control-plane channel and the proxy-to-proxy transport.
 pub mod breaker; // outlier ejection and concurrency limits

@@ -2,8 +2,8 @@
 //! pod; needs root, as CI has; every namespace is deleted afterwards, also on failure): the
 //! rules it installs, twice giving the same rules, `--uninstall` removing exactly weft's and
 //! nothing else, `--dry-run` changing nothing, both iptables backends and IPv6, and the rules
-//! doing their job: an app's outbound TCP reaches the outbound listener, a skipped port does
-//! not.
+//! doing their job: an app's outbound TCP reaches the outbound listener, which reads where it
+//! was going (`SO_ORIGINAL_DST`, IPv4 and IPv6), and a skipped port does not.
 
 #![allow(clippy::unwrap_used)]
 
@@ -263,16 +263,31 @@ fn the_app_outbound_tcp_reaches_the_outbound_listener_and_a_skipped_port_does_no
             for mut s in listener.incoming().flatten() {
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf);
-                let _ = s.write_all(b"at the outbound listener: ");
+                // What the proxy will route by: where the app was going.
+                let local = s.local_addr().unwrap();
+                let dst = weft_proxy::original_dst::original_dst(&s, local);
+                let _ = write!(s, "at the outbound listener, for {dst:?}: ");
                 let _ = s.write_all(&buf);
             }
         });
     });
     // Nothing listens on 10.99.0.1:80: only the redirect can answer.
     let redirected = ns.inside(|| call("10.99.0.1:80"));
-    assert_eq!(redirected.as_deref(), Ok("at the outbound listener: ping"));
-    let v6 = ns.inside(|| call("[fd99::1]:80"));
-    assert_eq!(v6.as_deref(), Ok("at the outbound listener: ping"));
+    assert_eq!(
+        redirected.as_deref(),
+        Ok("at the outbound listener, for Ok(Some(10.99.0.1:80)): ping")
+    );
+    let v6 = ns.inside(|| call("[fd99::1]:8443"));
+    assert_eq!(
+        v6.as_deref(),
+        Ok("at the outbound listener, for Ok(Some([fd99::1]:8443)): ping")
+    );
+    // Straight to the listener: not redirected, so no original destination.
+    let direct = ns.inside(|| call("[::1]:15001"));
+    assert_eq!(
+        direct.as_deref(),
+        Ok("at the outbound listener, for Ok(None): ping")
+    );
     // A skipped port and a loopback destination go where they were going: nowhere.
     let skipped = ns.inside(|| call("10.99.0.1:9999"));
     assert!(skipped.is_err(), "{skipped:?}");
