@@ -20,6 +20,7 @@
 //! | [`client`] | HTTP clients as apps use them, one request read whole, the admin API |
 //! | [`load`] | callers sending back to back until stopped ([`Load`]) |
 //! | [`process`] | the built binaries as processes: `weft serve` ([`ServeProcess`]), the CLI |
+//! | [`netns`] | network namespaces of a test's own ([`Netns`]), removed on drop |
 //! | [`cluster`] | the real Kubernetes cluster of `scripts/cluster` ([`Cluster`]), a namespace per test ([`TestNamespace`]) |
 //!
 //! Every item is re-exported here, so a suite needs only `use weft_tests::*;`.
@@ -33,6 +34,7 @@ pub mod data_dirs;
 pub mod eventually;
 pub mod load;
 pub mod mesh;
+pub mod netns;
 pub mod pair;
 pub mod process;
 pub mod sidecar;
@@ -52,6 +54,7 @@ pub use data_dirs::{admin_token, data_dir_of};
 pub use eventually::eventually;
 pub use load::Load;
 pub use mesh::{csr, init_logging, service_yaml, Access, Mesh, MeshBuilder};
+pub use netns::Netns;
 pub use pair::pair;
 pub use process::{binary, run_weft, ServeProcess, ServeProcessBuilder};
 pub use sidecar::{Sidecar, SidecarBuilder, Upstream, NO_APP};

@@ -9,18 +9,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Output;
 use std::time::Duration;
 
-use weft_tests::binary;
-
-/// A network namespace of the test's own, with loopback up and a veth pair inside it, one end
-/// holding 10.99.0.1/24 and fd99::1/64 (addresses that exist only inside it).
-struct Netns {
-    name: String,
-}
+use weft_tests::{binary, Netns};
 
 fn ok(out: Output, what: &str) -> String {
     assert!(
@@ -32,41 +24,29 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-impl Netns {
-    fn create() -> Netns {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "weft-init-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let ns = Netns { name };
-        ok(
-            Command::new("ip")
-                .args(["netns", "add", &ns.name])
-                .output()
-                .unwrap(),
-            "ip netns add",
-        );
-        for args in [
-            &["link", "set", "lo", "up"][..],
-            &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
-            &["link", "set", "d0", "up"],
-            &["link", "set", "d1", "up"],
-            &["addr", "add", "10.99.0.1/24", "dev", "d0"],
-            &["-6", "addr", "add", "fd99::1/64", "dev", "d0", "nodad"],
-        ] {
-            ok(ns.exec("ip", args), "ip in the namespace");
-        }
-        ns
+/// A pod's network namespace: a veth pair inside it, one end holding 10.99.0.1/24 and
+/// fd99::1/64 (addresses that exist only inside it).
+struct Pod {
+    netns: Netns,
+}
+
+impl Pod {
+    fn create() -> Pod {
+        let netns = Netns::create("init");
+        netns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+        netns.ip(&["link", "set", "d0", "up"]);
+        netns.ip(&["link", "set", "d1", "up"]);
+        netns.ip(&["addr", "add", "10.99.0.1/24", "dev", "d0"]);
+        netns.ip(&["-6", "addr", "add", "fd99::1/64", "dev", "d0", "nodad"]);
+        Pod { netns }
     }
 
     fn exec(&self, program: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .output()
-            .unwrap()
+        self.netns.exec(program, args)
+    }
+
+    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.netns.inside(f)
     }
 
     fn init(&self, args: &[&str]) -> Output {
@@ -83,29 +63,6 @@ impl Netns {
             "iptables -S",
         )
     }
-
-    /// Runs `f` on a thread inside the namespace (its sockets are the namespace's).
-    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
-        std::thread::spawn(move || {
-            rustix::thread::move_into_link_name_space(
-                file.as_fd(),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 fn weft_lines(rules: &str) -> Vec<&str> {
@@ -115,7 +72,7 @@ fn weft_lines(rules: &str) -> Vec<&str> {
 #[test]
 fn init_twice_gives_the_same_rules_and_uninstall_removes_only_weft_rules() {
     for backend in ["nft", "legacy"] {
-        let ns = Netns::create();
+        let ns = Pod::create();
         // Someone else's rules, which must survive both.
         for family in ["iptables", "ip6tables"] {
             ok(
@@ -187,7 +144,7 @@ fn init_twice_gives_the_same_rules_and_uninstall_removes_only_weft_rules() {
 
 #[test]
 fn auto_picks_the_backend_that_holds_rules_and_dry_run_changes_nothing() {
-    let ns = Netns::create();
+    let ns = Pod::create();
     ok(
         ns.exec(
             "iptables-legacy",
@@ -222,7 +179,7 @@ fn auto_picks_the_backend_that_holds_rules_and_dry_run_changes_nothing() {
 
 #[test]
 fn bad_flags_name_the_flag_and_change_nothing() {
-    let ns = Netns::create();
+    let ns = Pod::create();
     let out = ns.init(&[
         "--skip-outbound-ports",
         "ssh",
@@ -253,7 +210,7 @@ fn call(addr: &'static str) -> Result<String, String> {
 
 #[test]
 fn the_app_outbound_tcp_reaches_the_outbound_listener_and_a_skipped_port_does_not() {
-    let ns = Netns::create();
+    let ns = Pod::create();
     ok(ns.init(&["--skip-outbound-ports", "9999"]), "init");
     // The outbound listener's port, played by an echo server (run as root: not the proxy's UID).
     ns.inside(|| {
@@ -302,7 +259,7 @@ fn the_app_outbound_tcp_reaches_the_outbound_listener_and_a_skipped_port_does_no
 
 #[test]
 fn a_missing_iptables_or_net_admin_is_said_plainly() {
-    let ns = Netns::create();
+    let ns = Pod::create();
     let proxy = binary("weft-proxy");
     let proxy = proxy.to_str().unwrap();
     let no_caps = ns.exec(

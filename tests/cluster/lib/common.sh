@@ -115,7 +115,14 @@ wait_for() {
 
 in_node() { nsenter "--net=/run/netns/$NODE_NS" -- "$@"; }
 
-k8s_bin() { echo "$("$cluster_dir/build" --print-dir kubernetes)/$1"; }
+# Where the Kubernetes binaries are, asked of the build script once per command (it hashes
+# go.sum and asks go for its version), not on every kubectl call of a polling wait. Empty when
+# there is no Go: `down` needs none.
+K8S_BIN_DIR=$("$cluster_dir/build" --print-dir kubernetes 2>/dev/null) || K8S_BIN_DIR=
+k8s_bin() {
+    [[ -n $K8S_BIN_DIR ]] || die "no Kubernetes binaries: tests/cluster/build needs Go"
+    echo "$K8S_BIN_DIR/$1"
+}
 
 kubectl_admin() { "$(k8s_bin kubectl)" --kubeconfig "$CLUSTER_KUBECONFIG" "$@"; }
 

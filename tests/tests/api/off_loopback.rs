@@ -2,32 +2,20 @@
 //! root), called from outside through a veth pair.
 
 use serde_json::{json, Value};
+use weft_tests::netns::ip;
 use weft_tests::*;
 
 use crate::FILE_SERVICE;
 
 /// A network namespace joined to this one by a veth pair: `host` is this side's address,
 /// `inside` the namespace's. Removed (with the pair) when dropped.
-struct Netns {
-    name: String,
+struct Joined {
+    netns: Netns,
     host: String,
     inside: String,
 }
 
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("the ip command (iproute2; the suite runs as root)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Netns {
+impl Joined {
     fn create() -> Self {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -35,35 +23,20 @@ impl Netns {
         let r = h.finish();
         let tag = format!("{:06x}", r & 0xff_ffff);
         let (a, b) = ((r >> 24) % 250, (r >> 32) % 64 * 4);
-        let ns = Self {
-            name: format!("weft-api-{tag}"),
-            host: format!("10.{a}.{b}.1"),
-            inside: format!("10.{a}.{b}.2"),
-        };
+        let netns = Netns::create("api");
+        let (host, inside) = (format!("10.{a}.{b}.1"), format!("10.{a}.{b}.2"));
         let (va, vb) = (format!("wa{tag}"), format!("wb{tag}"));
-        ip(&["netns", "add", &ns.name]);
         ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
-        ip(&["link", "set", &vb, "netns", &ns.name]);
-        ip(&["addr", "add", &format!("{}/30", ns.host), "dev", &va]);
+        ip(&["link", "set", &vb, "netns", &netns.name]);
+        ip(&["addr", "add", &format!("{host}/30"), "dev", &va]);
         ip(&["link", "set", &va, "up"]);
-        let inside = ["netns", "exec", &ns.name, "ip"];
-        ip(&[
-            &inside[..],
-            &["addr", "add", &format!("{}/30", ns.inside), "dev", &vb],
-        ]
-        .concat());
-        ip(&[&inside[..], &["link", "set", &vb, "up"]].concat());
-        ip(&[&inside[..], &["link", "set", "lo", "up"]].concat());
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes its end of the pair, and with it ours.
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        netns.ip(&["addr", "add", &format!("{inside}/30"), "dev", &vb]);
+        netns.ip(&["link", "set", &vb, "up"]);
+        Self {
+            netns,
+            host,
+            inside,
+        }
     }
 }
 
@@ -71,7 +44,7 @@ impl Drop for Netns {
 /// calls it from this namespace, through the veth pair: off loopback, as the API sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certificate() {
-    let netns = Netns::create();
+    let joined = Joined::create();
     let dir = TempDir::new();
     let path = |name: &str| dir.0.join(name).display().to_string();
     std::fs::write(path("api-tokens"), "# CI pipeline\nci-s3cret,ci\n").unwrap();
@@ -79,7 +52,7 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
     std::fs::write(path("good-token"), "ci-s3cret\n").unwrap();
     std::fs::write(path("svc.yaml"), FILE_SERVICE).unwrap();
     let serve = ServeProcess::builder()
-        .netns(&netns.name)
+        .netns(&joined.netns.name)
         .args(&[
             "--data-dir",
             &path("data"),
@@ -91,7 +64,7 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
         .start()
         .await;
     let port = serve.api_addr.port();
-    let remote = format!("{}:{port}", netns.inside);
+    let remote = format!("{}:{port}", joined.inside);
     let args = |auth: &[&str], command: &[&str], scheme: &str| -> Vec<String> {
         auth.iter()
             .chain(command)
@@ -144,7 +117,7 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
         &format!("http://127.0.0.1:{port}"),
     ]
     .map(String::from);
-    let (code, out, err) = run_weft(Some(&netns.name), &make, "").await;
+    let (code, out, err) = run_weft(Some(&joined.netns.name), &make, "").await;
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("spiffe://weft.local/ns/weft-system/sa/ops"),
@@ -220,13 +193,13 @@ async fn writes_to_an_api_off_loopback_need_a_bearer_token_or_an_admin_certifica
         .collect();
     assert_eq!(who.len(), 2, "{audit}");
     assert!(
-        who[0].starts_with(&format!("user ci (bearer token) from {}:", netns.host)),
+        who[0].starts_with(&format!("user ci (bearer token) from {}:", joined.host)),
         "{who:?}"
     );
     assert!(
         who[1].starts_with(&format!(
             "admin ops (client certificate) from {}:",
-            netns.host
+            joined.host
         )),
         "{who:?}"
     );
