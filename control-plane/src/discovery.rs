@@ -338,7 +338,7 @@ impl Connection {
         peer::check_request(&mut req)?;
         let mut changed = false;
         for s in req.subscribe {
-            if self.subscriptions.len() < MAX_SUBSCRIPTIONS && valid_service_name(&s) {
+            if self.subscriptions.len() < MAX_SUBSCRIPTIONS && valid_subscription(&s) {
                 changed |= self.subscriptions.insert(s);
             }
         }
@@ -423,7 +423,12 @@ impl Connection {
     }
 }
 
-fn valid_service_name(s: &str) -> bool {
+/// A Service's `name.namespace`, or an address in its one canonical spelling (so that one
+/// address is one subscription).
+fn valid_subscription(s: &str) -> bool {
+    if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+        return addr.to_string() == s;
+    }
     s.split_once('.').is_some_and(|(n, ns)| {
         crate::resources::is_dns_label(n) && crate::resources::is_dns_label(ns)
     })

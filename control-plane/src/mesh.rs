@@ -5,7 +5,8 @@
 //! policies) and its own inbound policy, so what a proxy holds does not grow with the mesh.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 
 use weft_proto::discovery as pb;
 
@@ -49,6 +50,16 @@ pub struct Mesh {
     rules: BTreeMap<Key, Vec<pb::RouteRule>>,
     policies: BTreeMap<Key, TrafficPolicySpec>,
     authorization: BTreeMap<Key, Vec<pb::AuthorizationRule>>,
+    /// Cluster IPs and ports, and endpoint addresses, to what they reach.
+    addresses: HashMap<SocketAddr, Reaches>,
+}
+
+/// What an address reaches: a Service port, through its cluster IP or one of its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reaches {
+    service: Key,
+    port: u16,
+    endpoint: bool,
 }
 
 impl PartialEq for Mesh {
@@ -121,6 +132,7 @@ impl Mesh {
             mesh.rules
                 .insert(parent, rules.into_iter().map(|(_, r)| r).collect());
         }
+        mesh.addresses = index_addresses(&mesh.services);
         mesh.resources = resources;
         mesh
     }
@@ -170,14 +182,36 @@ impl Mesh {
 
     /// The config one proxy receives.
     pub fn view(&self, node: &pb::Node, subscriptions: &BTreeSet<String>) -> pb::ProxyConfig {
-        let mut services = Vec::new();
+        let mut wanted: BTreeSet<Key> = BTreeSet::new();
         let mut unknown = Vec::new();
-        for name in subscriptions {
-            match name.split_once('.').and_then(|(n, ns)| self.service(n, ns)) {
-                Some(svc) => services.push(svc),
-                None => unknown.push(name.clone()),
+        let mut addresses = Vec::new();
+        for subscription in subscriptions {
+            if let Ok(addr) = subscription.parse::<SocketAddr>() {
+                match self.addresses.get(&addr) {
+                    Some(r) => {
+                        wanted.insert(r.service.clone());
+                        addresses.push(pb::Address {
+                            address: subscription.clone(),
+                            service: format!("{}.{}", r.service.1, r.service.0),
+                            port: u32::from(r.port),
+                            endpoint: r.endpoint,
+                        });
+                    }
+                    None => unknown.push(subscription.clone()),
+                }
+                continue;
+            }
+            match subscription.split_once('.') {
+                Some((n, ns)) if self.services.contains_key(&key(ns, n)) => {
+                    wanted.insert(key(ns, n));
+                }
+                _ => unknown.push(subscription.clone()),
             }
         }
+        let services = wanted
+            .iter()
+            .filter_map(|(ns, n)| self.service(n, ns))
+            .collect();
         let own = key(&node.namespace, &node.service);
         let inbound = pb::Inbound {
             service: node.service.clone(),
@@ -192,6 +226,7 @@ impl Mesh {
             services,
             unknown,
             inbound: Some(inbound),
+            addresses,
         }
     }
 
@@ -222,6 +257,13 @@ impl Mesh {
                 Some(AccessLogMode::Json) => pb::AccessLog::Json.into(),
                 _ => pb::AccessLog::Off.into(),
             },
+            opaque_ports: s
+                .opaque_ports
+                .as_deref()
+                .unwrap_or(&resources::DEFAULT_OPAQUE_PORTS)
+                .iter()
+                .map(|p| u32::from(*p))
+                .collect(),
         }
     }
 
@@ -273,6 +315,46 @@ impl Mesh {
             ports: spec.map(ports).unwrap_or_default(),
         }
     }
+}
+
+/// Every Service's cluster IPs with each of its ports, and every endpoint address. An address
+/// claimed twice goes to the Service first in (namespace, name) order — a pod behind two
+/// Services is the same pod, with the same identity, through either. An endpoint reaches the
+/// Service port of its own port number, or else the Service's first port.
+fn index_addresses(services: &BTreeMap<Key, ServiceSpec>) -> HashMap<SocketAddr, Reaches> {
+    let mut index = HashMap::new();
+    for (k, spec) in services {
+        for ip in &spec.cluster_ips {
+            for p in &spec.ports {
+                index
+                    .entry(SocketAddr::new(*ip, p.port))
+                    .or_insert_with(|| Reaches {
+                        service: k.clone(),
+                        port: p.port,
+                        endpoint: false,
+                    });
+            }
+        }
+    }
+    for (k, spec) in services {
+        let Some(first) = spec.ports.first() else {
+            continue;
+        };
+        for e in &spec.endpoints {
+            let port = spec
+                .ports
+                .iter()
+                .find(|p| p.port == e.address.port())
+                .unwrap_or(first)
+                .port;
+            index.entry(e.address).or_insert_with(|| Reaches {
+                service: k.clone(),
+                port,
+                endpoint: true,
+            });
+        }
+    }
+    index
 }
 
 fn key(namespace: &str, name: &str) -> Key {
@@ -501,6 +583,60 @@ spec:
         assert!(
             svc.backends[2].endpoints.is_empty(),
             "a missing backend has no endpoints"
+        );
+    }
+
+    #[test]
+    fn addresses_resolve_to_cluster_ips_and_endpoints_and_the_rest_is_unknown() {
+        let yaml = r#"
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: b, namespace: shop}
+spec:
+  ports: [{port: 80}, {port: 6379, protocol: TCP}]
+  clusterIPs: [10.252.0.5, "fd00::5"]
+  endpoints: [{address: "10.251.0.3:6379"}, {address: "10.251.0.4:8080"}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: c, namespace: shop}
+spec:
+  ports: [{port: 8080}]
+  endpoints: [{address: "10.251.0.3:6379"}]
+"#;
+        let mesh = Mesh::compile(parse("m.yaml", yaml).unwrap(), "weft.local", 1);
+        let subs: BTreeSet<String> = [
+            "10.252.0.5:80",
+            "[fd00::5]:6379",
+            "10.251.0.3:6379",
+            "10.251.0.4:8080",
+            "10.252.0.5:81",
+            "10.9.9.9:443",
+        ]
+        .map(String::from)
+        .into();
+        let view = mesh.view(&node(), &subs);
+        let got: Vec<_> = view
+            .addresses
+            .iter()
+            .map(|a| (a.address.as_str(), a.service.as_str(), a.port, a.endpoint))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.251.0.3:6379", "b.shop", 6379, true),
+                ("10.251.0.4:8080", "b.shop", 80, true),
+                ("10.252.0.5:80", "b.shop", 80, false),
+                ("[fd00::5]:6379", "b.shop", 6379, false),
+            ],
+            "an endpoint reaches the port of its number, else the first; shared ones the first Service"
+        );
+        assert_eq!(view.unknown, ["10.252.0.5:81", "10.9.9.9:443"]);
+        let names: Vec<_> = view.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["b"], "each Service once");
+        assert_eq!(
+            view.mesh.unwrap().opaque_ports,
+            [25, 587, 3306, 4444, 5432, 6379, 9300, 11211]
         );
     }
 

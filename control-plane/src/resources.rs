@@ -173,7 +173,15 @@ pub struct MeshConfigSpec {
     pub mtls: Option<MtlsMode>,
     pub tracing: Option<TracingSpec>,
     pub access_log: Option<AccessLogMode>,
+    /// Ports whose connections skip protocol detection (server-speaks-first protocols); absent:
+    /// [`DEFAULT_OPAQUE_PORTS`], `[]`: none.
+    pub opaque_ports: Option<Vec<u16>>,
 }
+
+/// MeshConfig `opaquePorts` when it is not set: the usual ports of server-speaks-first
+/// protocols (SMTP, submission, MySQL, Galera, PostgreSQL, Redis, Elasticsearch transport,
+/// memcached), the list Linkerd users know.
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

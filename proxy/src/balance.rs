@@ -122,6 +122,16 @@ impl Balancer {
         }
     }
 
+    /// The endpoint at `addr`, whatever its load or health: a caller that addressed one
+    /// endpoint directly (a pod IP) gets that endpoint or none.
+    pub fn pick_pinned(&self, addr: SocketAddr) -> Option<Pick> {
+        self.endpoints
+            .iter()
+            .find(|e| e.addr == addr)
+            .cloned()
+            .map(Pick::regular)
+    }
+
     /// Endpoints open (ejected) or half-open now.
     pub fn open_endpoints(&self) -> usize {
         self.endpoints

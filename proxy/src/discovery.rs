@@ -17,6 +17,7 @@ mod subscriptions;
 #[cfg(test)]
 mod tests;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +37,7 @@ use crate::metrics::{Metrics, OutcomeLabels};
 use crate::routes::{LogicalService, ServiceKey};
 
 pub use registry::EndpointRegistry;
-pub use snapshot::{Inbound, MeshSettings, Snapshot};
+pub use snapshot::{AddressTarget, Inbound, MeshSettings, Snapshot};
 use subscriptions::{Change, Subscriptions, IDLE_SWEEPS, SWEEP_PERIOD};
 pub use subscriptions::{MAX_SUBSCRIPTIONS, MAX_UNRESOLVED};
 
@@ -51,14 +52,44 @@ pub fn snapshot_of(rsp: &DiscoveryResponse) -> Result<Snapshot, String> {
     convert::snapshot(rsp, &EndpointRegistry::default()).map_err(|e| e.to_string())
 }
 
+/// What a proxy subscribes to: a Service by name, or an address (where a redirected
+/// connection was going). Its `Display` is the subscription's spelling on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Subject {
+    Service(ServiceKey),
+    Address(SocketAddr),
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Service(k) => k.fmt(f),
+            Self::Address(a) => a.fmt(f),
+        }
+    }
+}
+
+/// Where a redirected connection's original destination leads.
+#[derive(Debug)]
+pub enum Destination {
+    /// A port of a Service of the mesh; `endpoint`: to that one endpoint of it only.
+    Service {
+        service: Arc<LogicalService>,
+        port: u16,
+        endpoint: Option<SocketAddr>,
+    },
+    /// Nothing the mesh knows: plain TCP to the original destination.
+    Passthrough,
+}
+
 pub struct Discovery {
     snapshot: ArcSwap<Snapshot>,
     updates: watch::Sender<u64>,
-    subscriptions: Mutex<Subscriptions>,
+    subscriptions: Mutex<Subscriptions<Subject>>,
     /// Sweeps so far: a service's `last_used` is the sweep count when a request last found it.
     sweeps: AtomicU64,
-    subscribe_tx: mpsc::UnboundedSender<Change>,
-    subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
+    subscribe_tx: mpsc::UnboundedSender<Change<Subject>>,
+    subscribe_rx: Mutex<Option<mpsc::UnboundedReceiver<Change<Subject>>>>,
     registry: EndpointRegistry,
     metrics: Arc<Metrics>,
     /// The certificate this proxy serves with, reported to the control plane.
@@ -74,7 +105,9 @@ impl Discovery {
         Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             updates: watch::channel(0).0,
-            subscriptions: Mutex::new(Subscriptions::pinned(initial)),
+            subscriptions: Mutex::new(Subscriptions::pinned(
+                initial.into_iter().map(Subject::Service),
+            )),
             sweeps: AtomicU64::new(0),
             subscribe_tx,
             subscribe_rx: Mutex::new(Some(subscribe_rx)),
@@ -130,52 +163,92 @@ impl Discovery {
     /// Finds a service, subscribing to it and waiting for the control plane's answer if this
     /// proxy has not asked for it before.
     pub async fn resolve(&self, key: &ServiceKey) -> Result<Arc<LogicalService>, ProxyError> {
+        let subject = Subject::Service(key.clone());
+        self.resolve_with(&subject, |snap| {
+            if let Some(svc) = snap.services.get(key) {
+                return Some(Ok(self.used(svc)));
+            }
+            if snap.unknown.contains(key) {
+                return Some(Err(ProxyError::NoRoute(format!(
+                    "{key}: no such Service in the mesh"
+                ))));
+            }
+            None
+        })
+        .await
+    }
+
+    /// What a redirected connection's original destination `addr` is to the mesh, asking the
+    /// control plane the first time.
+    pub async fn resolve_address(&self, addr: SocketAddr) -> Result<Destination, ProxyError> {
+        self.resolve_with(&Subject::Address(addr), |snap| {
+            if let Some(target) = snap.addresses.get(&addr) {
+                return Some(match snap.services.get(&target.service) {
+                    Some(svc) => Ok(Destination::Service {
+                        service: self.used(svc),
+                        port: target.port,
+                        endpoint: target.endpoint.then_some(addr),
+                    }),
+                    None => Err(ProxyError::NoRoute(format!(
+                        "{addr}: its Service {} is not in the config",
+                        target.service
+                    ))),
+                });
+            }
+            snap.unknown_addresses
+                .contains(&addr)
+                .then_some(Ok(Destination::Passthrough))
+        })
+        .await
+    }
+
+    /// Looks `subject` up in the snapshot in force, subscribing to it and waiting (up to
+    /// [`RESOLVE_TIMEOUT`]) for the control plane's answer when the snapshot has none.
+    async fn resolve_with<T>(
+        &self,
+        subject: &Subject,
+        lookup: impl Fn(&Snapshot) -> Option<Result<T, ProxyError>>,
+    ) -> Result<T, ProxyError> {
         let mut updates = self.updates.subscribe();
-        if let Some(found) = self.lookup(key) {
+        if let Some(found) = lookup(&self.snapshot.load()) {
             return found;
         }
-        self.subscribe(key)?;
+        self.subscribe(subject)?;
         let wait = async {
             loop {
                 if updates.changed().await.is_err() {
                     return Err(ProxyError::NoEndpoints("proxy is shutting down".into()));
                 }
-                if let Some(found) = self.lookup(key) {
+                if let Some(found) = lookup(&self.snapshot.load()) {
                     return found;
                 }
             }
         };
         tokio::time::timeout(RESOLVE_TIMEOUT, wait).await.unwrap_or_else(|_| {
             Err(ProxyError::NoEndpoints(format!(
-                "the control plane has not resolved {key} within {RESOLVE_TIMEOUT:?}; is it running?"
+                "the control plane has not resolved {subject} within {RESOLVE_TIMEOUT:?}; is it running?"
             )))
         })
     }
 
-    fn lookup(&self, key: &ServiceKey) -> Option<Result<Arc<LogicalService>, ProxyError>> {
-        let snap = self.snapshot.load();
-        if let Some(svc) = snap.services.get(key) {
-            svc.state
-                .last_used
-                .store(self.sweeps.load(Ordering::Relaxed), Ordering::Relaxed);
-            return Some(Ok(svc.clone()));
-        }
-        if snap.unknown.contains(key) {
-            return Some(Err(ProxyError::NoRoute(format!(
-                "{key}: no such Service in the mesh"
-            ))));
-        }
-        None
+    /// Stamps `svc` as used by a request now (see [`Self::sweep`]).
+    fn used(&self, svc: &Arc<LogicalService>) -> Arc<LogicalService> {
+        svc.state
+            .last_used
+            .store(self.sweeps.load(Ordering::Relaxed), Ordering::Relaxed);
+        svc.clone()
     }
 
-    fn subscribe(&self, key: &ServiceKey) -> Result<(), ProxyError> {
+    fn subscribe(&self, subject: &Subject) -> Result<(), ProxyError> {
         let mut subs = self.subscriptions.lock().map_err(|_| poisoned())?;
-        if subs.contains(key) {
+        if subs.contains(subject) {
             return Ok(());
         }
-        let changes = subs.add(key).map_err(|e| match e {
-            subscriptions::Refused::Full => ProxyError::NoRoute(format!("{key}: {e}")),
-            subscriptions::Refused::TooManyPending => ProxyError::Overloaded(format!("{key}: {e}")),
+        let changes = subs.add(subject).map_err(|e| match e {
+            subscriptions::Refused::Full => ProxyError::NoRoute(format!("{subject}: {e}")),
+            subscriptions::Refused::TooManyPending => {
+                ProxyError::Overloaded(format!("{subject}: {e}"))
+            }
         })?;
         self.metrics.subscriptions.set(gauge(subs.len()));
         for change in changes {
@@ -191,16 +264,20 @@ impl Discovery {
 
     /// Drops unknown names and services no request has found for [`IDLE_SWEEPS`] sweeps;
     /// returns them, to unsubscribe.
-    fn sweep(&self) -> Vec<ServiceKey> {
+    fn sweep(&self) -> Vec<Subject> {
         let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
         let snap = self.snapshot.load();
         let Ok(mut subs) = self.subscriptions.lock() else {
             return Vec::new();
         };
-        let dropped = subs.sweep(|k| {
+        let idle = |k: &ServiceKey| {
             snap.services.get(k).is_none_or(|s| {
                 now.saturating_sub(s.state.last_used.load(Ordering::Relaxed)) >= IDLE_SWEEPS
             })
+        };
+        let dropped = subs.sweep(|subject| match subject {
+            Subject::Service(k) => idle(k),
+            Subject::Address(a) => snap.addresses.get(a).is_none_or(|t| idle(&t.service)),
         });
         self.metrics.subscriptions.set(gauge(subs.len()));
         if !dropped.is_empty() {
@@ -256,7 +333,7 @@ impl Discovery {
         &self,
         control: &Arc<ControlPlane>,
         node: &Node,
-        subscribe_rx: &mut mpsc::UnboundedReceiver<Change>,
+        subscribe_rx: &mut mpsc::UnboundedReceiver<Change<Subject>>,
         failures: &mut u32,
     ) -> Result<(), String> {
         let mut client = DiscoveryClient::new(control.channel(true)?);
@@ -339,8 +416,14 @@ impl Discovery {
                 }
                 if let Ok(mut subs) = self.subscriptions.lock() {
                     subs.settle(
-                        |k| snap.services.contains_key(k),
-                        |k| snap.unknown.contains(k),
+                        |subject| match subject {
+                            Subject::Service(k) => snap.services.contains_key(k),
+                            Subject::Address(a) => snap.addresses.contains_key(a),
+                        },
+                        |subject| match subject {
+                            Subject::Service(k) => snap.unknown.contains(k),
+                            Subject::Address(a) => snap.unknown_addresses.contains(a),
+                        },
                     );
                 }
                 self.snapshot.store(Arc::new(snap));

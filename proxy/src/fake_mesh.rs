@@ -196,6 +196,15 @@ pub struct FakeApp {
     pub addr: SocketAddr,
 }
 
+impl crate::transport::AppAt for FakeApp {
+    fn at(&self, addr: SocketAddr) -> Self {
+        Self {
+            scripted: self.scripted.clone(),
+            addr,
+        }
+    }
+}
+
 impl tower::Service<Uri> for FakeApp {
     type Response = TokioIo<AppStream>;
     type Error = ProxyError;

@@ -4,20 +4,25 @@
 //! against the trust anchors and its SPIFFE ID is passed to the app in `x-weft-client-identity`.
 //! A plaintext connection is refused when MeshConfig `mtls` is `strict` (the default) and this
 //! proxy has a certificate. Inside, each connection is classified by its first bytes
-//! (`transport::detect`): opaque TCP is relayed to the app; HTTP/2 and HTTP/1.1 are served, and
-//! each request goes to the app in the HTTP version the calling app used (restored from
-//! `weft-orig-proto`), over a pooled connection.
+//! (`transport::detect`): opaque TCP is relayed to the app (`inbound/opaque.rs` decides which
+//! may be); HTTP/2 and HTTP/1.1 are served, and each request goes to the app in the HTTP version
+//! the calling app used (restored from `weft-orig-proto`), over a pooled connection
+//! (`inbound/app.rs`).
+//!
+//! A connection iptables redirected here (transparent interception) goes to the app at the
+//! address its caller dialled — this pod's own IP and that port — rather than `app-addr`; one to
+//! an address that is not this pod's is refused. A redirected plaintext connection under
+//! `permissive` comes from outside the mesh: its protocol is detected (`detect.rs`), HTTP is
+//! served like a peer's requests with no identity, anything else relayed as opaque TCP.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{header, HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::Connect;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::access_log::AccessLog;
@@ -31,7 +36,7 @@ use crate::outbound::error_label;
 use crate::ratelimit::TokenBucket;
 use crate::routes::Protocol;
 use crate::shared::Shared;
-use crate::transport::{self, AppConnector, Detected, OpaqueHeader, ORIG_PROTO_HEADER};
+use crate::transport::{self, AppAt, AppConnector, Detected, ORIG_PROTO_HEADER};
 use crate::upgrade::{self, Switch, Upgrades};
 use tokio::io::{AsyncRead, AsyncWrite};
 use weft_runtime::body::{self, Body};
@@ -40,6 +45,12 @@ use weft_runtime::server::Http;
 use weft_runtime::server::Prefixed;
 use weft_runtime::tls::Tls;
 use weft_runtime::trace::{self, SpanKind, Tracer};
+
+mod app;
+mod opaque;
+
+use app::{AppClients, Apps};
+use opaque::AppTarget;
 
 /// Removed from every request arriving at the inbound listener: only the proxy sets it, and only
 /// for callers it authenticated.
@@ -50,12 +61,10 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// The inbound side of the proxy. `C` connects it to the app: [`AppConnector`] (TCP to
 /// `app-addr`) in production, an in-memory stream in component tests.
 pub struct Inbound<C = AppConnector> {
-    app_addr: SocketAddr,
     /// `name.namespace`, shared with the metric labels of every request.
     service: Arc<str>,
     metrics: Arc<Metrics>,
-    http1: Client<C, Body>,
-    http2: Client<C, Body>,
+    apps: Apps<C>,
     tls: Arc<Tls>,
     discovery: Arc<Discovery>,
     /// The rate limit's bucket, replaced when its settings change.
@@ -90,7 +99,7 @@ impl Inbound {
 
 impl<C> Inbound<C>
 where
-    C: Connect + Clone + Send + Sync + 'static,
+    C: Connect + AppAt + Clone + Send + Sync + 'static,
 {
     /// The inbound side of the proxy in front of `app`.
     pub fn with_app(app: App<C>, shared: &Shared) -> Self {
@@ -101,24 +110,10 @@ where
             tracer,
             access_log,
         } = shared.clone();
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(app.connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .http2_initial_stream_window_size(1 << 20)
-            .http2_initial_connection_window_size(4 << 20)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(app.connector);
         Self {
-            app_addr: app.addr,
             service: app.service.into(),
             metrics,
-            http1,
-            http2,
+            apps: Apps::new(app.addr, app.connector),
             tls,
             discovery,
             limiter: std::sync::Mutex::new(None),
@@ -164,6 +159,19 @@ where
     /// detection, the opaque header) shares the listener's first-request deadline.
     pub async fn accept(self: Arc<Self>, conn: Accepted) {
         let Accepted { stream, peer, http } = conn;
+        let target = match self.app_target(&stream) {
+            Ok(target) => target,
+            Err(reason) => {
+                self.metrics.interception.redirected(INBOUND, reason);
+                return tracing::info!(%peer, "redirected inbound connection closed: {}", match reason {
+                    "not-local" => "it was going to an address that is not this pod's",
+                    _ => "its original destination cannot be read",
+                });
+            }
+        };
+        if let AppTarget::Redirected(_) = target {
+            self.metrics.interception.redirected(INBOUND, "app");
+        }
         let deadline = http.deadline();
         let mut first = [0u8; 1];
         let is_tls = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
@@ -198,15 +206,89 @@ where
                 .and_then(|c| c.first())
                 .and_then(weft_runtime::tls::spiffe_id);
             self.count_connection("true", "accepted");
-            self.serve(tls, peer, client.map(Arc::from), http).await;
+            self.serve(tls, peer, client.map(Arc::from), http, target)
+                .await;
         } else {
-            let strict = !self.discovery.snapshot().mesh.mtls_permissive;
-            if strict {
+            if !self.plaintext_allowed(target) {
                 self.count_connection("false", "refused");
                 return tracing::info!(%peer, "plaintext connection refused: mTLS is strict");
             }
             self.count_connection("false", "accepted");
-            self.serve(stream, peer, None, http).await;
+            match target {
+                AppTarget::Default(_) => self.serve(stream, peer, None, http, target).await,
+                AppTarget::Redirected(dst) => {
+                    self.serve_plaintext(stream, peer, http, dst).await;
+                }
+            }
+        }
+    }
+
+    /// Where this connection's traffic goes: `app-addr`, or — redirected by iptables — the
+    /// address its caller dialled, which must be one of this pod's (any other would make the
+    /// proxy a relay to wherever a packet's destination said). Errs with the metric's reason.
+    fn app_target(&self, stream: &TcpStream) -> Result<AppTarget, &'static str> {
+        let local = stream.local_addr().map_err(|_| "no-original-dst")?;
+        match crate::original_dst::original_dst(stream, local) {
+            Ok(None) => Ok(AppTarget::Default(self.apps.default().addr)),
+            Ok(Some(dst)) if is_local(dst, local) => Ok(AppTarget::Redirected(dst)),
+            Ok(Some(_)) => Err("not-local"),
+            Err(_) => Err("no-original-dst"),
+        }
+    }
+
+    /// Whether a plaintext connection may reach the app: under `mtls: permissive`, or before
+    /// this proxy has a certificate on a connection not redirected. The seam for exceptions by
+    /// port (the kubelet's probes, when injection rewrites them) is here.
+    fn plaintext_allowed(&self, target: AppTarget) -> bool {
+        let permissive = self.discovery.snapshot().mesh.mtls_permissive;
+        let _ = target;
+        permissive
+    }
+
+    /// A redirected plaintext connection, from outside the mesh, to a permissive proxy: HTTP
+    /// is served with no caller identity; anything else is relayed as opaque TCP.
+    async fn serve_plaintext(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        http: Http,
+        dst: SocketAddr,
+    ) {
+        let counts = &self.metrics.interception;
+        let snapshot = self.discovery.snapshot();
+        let opaque_port = snapshot.mesh.opaque_ports.contains(&dst.port());
+        let tcp_port = snapshot.inbound.as_ref().is_some_and(|i| {
+            i.ports
+                .iter()
+                .any(|p| p.port == dst.port() && p.protocol == Protocol::Tcp)
+        });
+        drop(snapshot);
+        let (protocol, prefix) = if tcp_port || opaque_port {
+            let decided = if tcp_port { "tcp-port" } else { "opaque-port" };
+            counts.decided(INBOUND, "tcp", decided, None);
+            (crate::detect::Protocol::Tcp, bytes::Bytes::new())
+        } else {
+            match crate::detect::detect(&mut stream, crate::detect::DETECT_TIMEOUT).await {
+                Ok(d) => {
+                    let decided = if d.timed_out { "timeout" } else { "detected" };
+                    counts.decided(INBOUND, d.protocol.label(), decided, Some(d.elapsed));
+                    (d.protocol, d.prefix)
+                }
+                Err(e) => {
+                    return tracing::debug!(%peer, error = %e, "inbound connection failed before its first bytes")
+                }
+            }
+        };
+        let io = Prefixed::new(prefix, stream);
+        match protocol {
+            crate::detect::Protocol::Tcp => self.serve_plaintext_tcp(io, peer, dst).await,
+            _ => {
+                let app = self.apps.at(dst);
+                let svc = hyper::service::service_fn(move |req| {
+                    self.clone().handle(None, peer, app.clone(), req)
+                });
+                http.serve(io, svc).await;
+            }
         }
     }
 
@@ -244,6 +326,7 @@ where
         peer: SocketAddr,
         client: Option<Arc<str>>,
         http: Http,
+        target: AppTarget,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -261,88 +344,28 @@ where
             }
         };
         match kind {
-            Detected::Opaque => self.serve_opaque(io, peer, client.as_deref(), &http).await,
+            Detected::Opaque => {
+                self.serve_opaque(io, peer, client.as_deref(), &http, target)
+                    .await;
+            }
             Detected::Http1 | Detected::Http2 => {
+                let app = match target {
+                    AppTarget::Default(_) => self.apps.default().clone(),
+                    AppTarget::Redirected(dst) => self.apps.at(dst),
+                };
                 let svc = hyper::service::service_fn(move |req| {
-                    self.clone().handle(client.clone(), peer, req)
+                    self.clone().handle(client.clone(), peer, app.clone(), req)
                 });
                 http.serve(Prefixed::new(prefix, io), svc).await;
             }
         }
     }
 
-    /// An opaque TCP connection: relayed to the app only when its header names this proxy's
-    /// own Service and a port that Service declares TCP, and AuthorizationPolicy allows the
-    /// caller's identity. Anything else is closed before a byte reaches the app, and counted.
-    async fn serve_opaque<I>(&self, mut io: I, peer: SocketAddr, client: Option<&str>, http: &Http)
-    where
-        I: AsyncRead + AsyncWrite + Unpin,
-    {
-        let read = OpaqueHeader::read(&mut io);
-        let header = match tokio::time::timeout_at(http.deadline(), read).await {
-            Ok(Ok(header)) => header,
-            Ok(Err(e)) => {
-                self.refuse_opaque("bad-header");
-                return tracing::info!(%peer, error = %e, "bad opaque transport header; connection closed");
-            }
-            Err(_) => {
-                http.first_request_timed_out();
-                return tracing::info!(%peer, "opaque transport header incomplete; connection closed");
-            }
-        };
-        if let Err(reason) = self.opaque_allowed(&header, client) {
-            self.refuse_opaque(reason.label());
-            return tracing::info!(
-                %peer,
-                caller = client.unwrap_or("an unauthenticated caller"),
-                service = %header.service,
-                port = header.port,
-                "inbound TCP connection refused: {reason}"
-            );
-        }
-        crate::tcp::inbound(io, &self.service, self.app_addr, self.metrics.clone()).await
-    }
-
-    /// Whether an opaque connection with `header` from `client` may reach the app.
-    fn opaque_allowed(
-        &self,
-        header: &OpaqueHeader,
-        client: Option<&str>,
-    ) -> Result<(), OpaqueRefusal> {
-        if *header.service != *self.service {
-            return Err(OpaqueRefusal::NotThisService);
-        }
-        let snapshot = self.discovery.snapshot();
-        let Some(inbound) = snapshot.inbound.as_ref() else {
-            return Err(OpaqueRefusal::NoConfig);
-        };
-        // Every port of a Service reaches the same app-addr: opaque bytes to a Service that
-        // also serves HTTP would reach the app's HTTP listener past HTTP policy and with
-        // headers this proxy never set.
-        let declared_tcp = inbound
-            .ports
-            .iter()
-            .any(|p| p.port == header.port && p.protocol == Protocol::Tcp);
-        if !declared_tcp || inbound.ports.iter().any(|p| p.protocol != Protocol::Tcp) {
-            return Err(OpaqueRefusal::NotATcpPort);
-        }
-        if !self.authorize(|p| p.allows_connection(client)) {
-            return Err(OpaqueRefusal::Forbidden);
-        }
-        self.rate_limit().map_err(|_| OpaqueRefusal::RateLimited)
-    }
-
-    fn refuse_opaque(&self, reason: &'static str) {
-        self.metrics
-            .opaque_refused
-            .get_or_create(&crate::metrics::ReasonLabels { reason })
-            .inc();
-    }
-
     async fn handle(
         self: Arc<Self>,
         client: Option<Arc<str>>,
         peer: SocketAddr,
+        app: Arc<AppClients<C>>,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
@@ -354,7 +377,7 @@ where
         }
         let log = self.discovery.access_log_on().then_some(&*self.access_log);
         let line = (span.is_some() || log.is_some()).then(|| RequestLine::of(&req, INBOUND, span));
-        let rsp = match self.forward(client.as_deref(), req).await {
+        let rsp = match self.forward(client.as_deref(), &app, req).await {
             Ok(rsp) => rsp,
             Err(e) => {
                 tracing::debug!(error = %e, "inbound request failed");
@@ -365,7 +388,7 @@ where
         if let Some(line) = line {
             let info = Info {
                 service: self.service.clone(),
-                upstream: Some(self.app_addr),
+                upstream: Some(app.addr),
                 peer_identity: client.clone().unwrap_or_else(no_label),
                 peer: Some(peer),
                 ..Info::default()
@@ -388,6 +411,7 @@ where
     async fn forward(
         &self,
         client: Option<&str>,
+        app: &AppClients<C>,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         let caller_upgrade = hyper::upgrade::on(&mut req);
@@ -415,7 +439,7 @@ where
         if self.upgrades.check(&mut parts)? == Switch::Upgrade {
             let req = Request::from_parts(parts, body::boxed(body));
             return upgrade::forward(
-                self.app_addr,
+                app.addr,
                 req,
                 caller_upgrade,
                 None,
@@ -427,7 +451,7 @@ where
 
         let orig_proto = parts.headers.remove(ORIG_PROTO_HEADER);
         let client = match (parts.version, orig_proto) {
-            (Version::HTTP_2, None) => &self.http2,
+            (Version::HTTP_2, None) => &app.http2,
             (_, proto) => {
                 parts.version = if proto.is_some_and(|p| p == "HTTP/1.0") {
                     Version::HTTP_10
@@ -437,12 +461,12 @@ where
                 let host = HeaderValue::from_str(authority.as_str())
                     .map_err(|_| ProxyError::BadRequest("authority is not a valid Host".into()))?;
                 parts.headers.insert(header::HOST, host);
-                &self.http1
+                &app.http1
             }
         };
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.uri = headers::absolute_uri(&parts, &authority)?;
-        let addr = self.app_addr;
+        let addr = app.addr;
         let rsp = client
             .request(Request::from_parts(parts, body::boxed(body)))
             .await
@@ -460,32 +484,14 @@ where
     }
 }
 
-/// Why an opaque connection was closed before reaching the app.
-#[derive(Debug, thiserror::Error)]
-enum OpaqueRefusal {
-    #[error("its header names another Service than this proxy's")]
-    NotThisService,
-    #[error("the port is not one this Service declares TCP (or the Service serves HTTP too, on the same app-addr)")]
-    NotATcpPort,
-    #[error("this proxy has no config for its own Service yet")]
-    NoConfig,
-    #[error("AuthorizationPolicy does not allow the caller")]
-    Forbidden,
-    #[error("the Service's rate limit is reached")]
-    RateLimited,
-}
-
-impl OpaqueRefusal {
-    /// The `reason` label of `weft_proxy_inbound_opaque_refused_total`.
-    fn label(&self) -> &'static str {
-        match self {
-            Self::NotThisService => "not-this-service",
-            Self::NotATcpPort => "not-a-tcp-port",
-            Self::NoConfig => "no-config",
-            Self::Forbidden => "forbidden",
-            Self::RateLimited => "rate-limited",
-        }
+/// Whether `dst`, where a redirected connection was going, is an address of this network
+/// namespace: the address it arrived on (iptables' `REDIRECT` answers on the primary address
+/// of the interface it came in on, the pod IP), or another one a socket can bind to.
+fn is_local(dst: SocketAddr, local: SocketAddr) -> bool {
+    if dst.ip() == local.ip() {
+        return true;
     }
+    std::net::TcpListener::bind(SocketAddr::new(dst.ip(), 0)).is_ok()
 }
 
 #[cfg(test)]

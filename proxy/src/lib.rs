@@ -30,6 +30,7 @@
 //! | admin listener, and what it refuses | `admin.rs`, `weft_runtime::admin_guard` |
 //! | `weft-proxy init`: the iptables rules of transparent interception | `init.rs`, the rules `init/rules.rs`, running iptables `init/iptables.rs` |
 //! | a redirected connection's original destination (`SO_ORIGINAL_DST`) | `original_dst.rs` |
+//! | redirected app connections: by original destination, protocol detection, passthrough | `transparent.rs`, `detect.rs`; inbound ones in `inbound.rs` |
 //!
 //! Modules depend downward only, with no circle: each group below imports from its own group
 //! and the groups above it, never from one below, and any of them from `weft_runtime`
@@ -38,6 +39,7 @@
 
 // Leaves: no imports from this crate.
 pub mod authz; // AuthorizationPolicy rules and their evaluation
+pub mod detect; // what a connection's first bytes say it speaks
 pub mod init; // `weft-proxy init`: iptables rules in the pod's namespace
 pub mod original_dst; // where a redirected connection was going
 
@@ -68,6 +70,7 @@ pub mod inbound; // peers to the local app
 pub mod outbound; // the local app to peers
 pub mod shared; // the handles every part shares
 pub mod tcp; // opaque TCP forwarding
+pub mod transparent; // redirected outbound connections: original destination, detection
 
 // Start-up: wiring the parts together, and the command line.
 pub mod cli; // `weft-proxy run` and `init`

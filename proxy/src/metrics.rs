@@ -130,6 +130,99 @@ pub struct FaultLabels {
     pub fault: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedirectLabels {
+    pub direction: &'static str,
+    /// Outbound: `service` (a cluster IP), `endpoint` (a pod IP), `passthrough`; inbound:
+    /// `app`; or the failure: `no-original-dst`, `unresolved`, `not-local`.
+    pub destination: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectionLabels {
+    pub direction: &'static str,
+    /// `http1`, `http2` or `tcp`.
+    pub protocol: &'static str,
+    /// `detected` (from its first bytes), `timeout` (too little within the detection
+    /// timeout), `tcp-port` (the Service port is TCP), `opaque-port` (MeshConfig `opaquePorts`).
+    pub decided: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+/// The metrics of transparent interception.
+pub struct InterceptionMetrics {
+    pub redirected: Family<RedirectLabels, Counter>,
+    pub detections: Family<DetectionLabels, Counter>,
+    pub detection_seconds: Family<DirectionLabels, Histogram, fn() -> Histogram>,
+}
+
+/// Detection buckets, in seconds: 10 µs to the detection timeout and past it.
+fn detection_histogram() -> Histogram {
+    Histogram::new([0.00001, 0.0001, 0.001, 0.01, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0])
+}
+
+impl InterceptionMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let this = Self {
+            redirected: Family::default(),
+            detections: Family::default(),
+            detection_seconds: Family::new_with_constructor(detection_histogram),
+        };
+        registry.register(
+            "redirected_connections",
+            "Connections redirected to the proxy by iptables, by direction and where they went (or why they went nowhere)",
+            this.redirected.clone(),
+        );
+        registry.register(
+            "protocol_detections",
+            "Protocols of redirected connections, by how they were decided",
+            this.detections.clone(),
+        );
+        registry.register(
+            "protocol_detection_seconds",
+            "Time spent reading a redirected connection's first bytes to detect its protocol",
+            this.detection_seconds.clone(),
+        );
+        this
+    }
+
+    /// Counts a redirected connection by where it went.
+    pub fn redirected(&self, direction: &'static str, destination: &'static str) {
+        self.redirected
+            .get_or_create(&RedirectLabels {
+                direction,
+                destination,
+            })
+            .inc();
+    }
+
+    /// Counts a protocol decision, and the time detection took when it read bytes for it.
+    pub fn decided(
+        &self,
+        direction: &'static str,
+        protocol: &'static str,
+        decided: &'static str,
+        took: Option<std::time::Duration>,
+    ) {
+        self.detections
+            .get_or_create(&DetectionLabels {
+                direction,
+                protocol,
+                decided,
+            })
+            .inc();
+        if let Some(t) = took {
+            self.detection_seconds
+                .get_or_create(&DirectionLabels { direction })
+                .observe(t.as_secs_f64());
+        }
+    }
+}
+
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -171,6 +264,7 @@ pub struct Metrics {
     pub faults: Family<FaultLabels, Counter>,
     pub trace: weft_runtime::trace::TraceCounters,
     pub access_log_dropped: Counter,
+    pub interception: InterceptionMetrics,
 }
 
 impl Default for Metrics {
@@ -347,7 +441,9 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
             access_log_dropped.clone(),
         );
+        let interception = InterceptionMetrics::new(&mut registry);
         Self {
+            interception,
             registry,
             requests,
             request_duration,

@@ -41,8 +41,14 @@ use weft_runtime::trace::{self, SpanKind, Tracer};
 pub enum Target {
     /// By the request's authority (the outbound listener; `HTTP_PROXY`).
     Authority,
-    /// Always one service port (an `upstream` listener).
-    Fixed { service: ServiceKey, port: u16 },
+    /// Always one service port: an `upstream` listener, or a redirected connection's original
+    /// destination. `endpoint`: to that one endpoint of the service (it was dialled by its own
+    /// address), past HTTPRoute rules.
+    Fixed {
+        service: ServiceKey,
+        port: u16,
+        endpoint: Option<SocketAddr>,
+    },
 }
 
 /// The `service` of a request whose name is no Service of the mesh.
@@ -126,12 +132,16 @@ impl Outbound {
         let authority = headers::authority(&parts).ok_or_else(|| {
             ProxyError::BadRequest("request has no Host header or authority".into())
         })?;
-        let (key, port) = match target {
-            Target::Fixed { service, port } => (service.clone(), Some(*port)),
+        let (key, port, pin) = match target {
+            Target::Fixed {
+                service,
+                port,
+                endpoint,
+            } => (service.clone(), Some(*port), *endpoint),
             Target::Authority => {
                 let key = ServiceKey::from_host(authority.host(), &self.namespace)
                     .ok_or_else(|| ProxyError::NoRoute(format!("host {:?}", authority.host())))?;
-                (key, authority.port_u16())
+                (key, authority.port_u16(), None)
             }
         };
         // Labelled by the name only once it is a Service of the mesh: a caller's made-up
@@ -144,7 +154,12 @@ impl Outbound {
                 port.map_or("(none)".into(), |p| p.to_string())
             ))
         })?;
-        let rule = service.route(port.port, &parts).ok_or_else(|| {
+        // One endpoint addressed directly takes the service's own policy, not its routes.
+        let rule = match pin {
+            Some(_) => Some(&service.default_rule),
+            None => service.route(port.port, &parts),
+        }
+        .ok_or_else(|| {
             ProxyError::NoRoute(format!(
                 "{key}: no HTTPRoute rule matches {} {}",
                 parts.method,
@@ -155,7 +170,7 @@ impl Outbound {
 
         if self.upgrades.check(&mut parts)? == Switch::Upgrade {
             let req = Request::from_parts(parts, body::boxed(body));
-            return self.upgrade(rule, req, client_upgrade).await;
+            return self.upgrade(rule, req, client_upgrade, pin).await;
         }
 
         // HTTP/1.x travels as an HTTP/2 stream, marked so the peer restores it.
@@ -188,7 +203,7 @@ impl Outbound {
         let deadline = timeout.map(|t| start + t);
         let exchange = async {
             self.inject_faults(&service, rule).await?;
-            self.exchange(&service, rule, parts, body, info).await
+            self.exchange(&service, rule, parts, body, pin, info).await
         };
         let (rsp, idle) = match deadline {
             None => exchange.await?,
@@ -249,6 +264,7 @@ impl Outbound {
         rule: &Rule,
         mut parts: Parts,
         body: Incoming,
+        pin: Option<SocketAddr>,
         info: &mut Info,
     ) -> Result<(Response<Body>, Option<std::time::Duration>), ProxyError> {
         use http_body::Body as _;
@@ -279,7 +295,7 @@ impl Outbound {
                 std::mem::replace(&mut parts, Request::new(()).into_parts().0)
             };
             let req = Request::from_parts(head, req_body);
-            let (result, outcome, guard) = self.try_once(backend, req, policy, &tried).await?;
+            let (result, outcome, guard) = self.try_once(backend, req, policy, &tried, pin).await?;
             info.upstream = Some(guard.inflight.endpoint().addr);
             info.peer_identity.clone_from(&backend.identity);
             info.retries = retries;
@@ -330,13 +346,14 @@ impl Outbound {
         req: Request<Body>,
         policy: &crate::policy::RetryPolicy,
         tried: &[SocketAddr],
+        pin: Option<SocketAddr>,
     ) -> Result<(Result<Response<Incoming>, ProxyError>, Outcome, Guard), ProxyError> {
         let limits = &backend.policy.limits;
         let permit = backend
             .state
             .acquire(Limit::Requests, limits)
             .map_err(|l| self.overloaded(backend, l))?;
-        let pick = self.pick(backend, tried)?;
+        let pick = self.pick(backend, tried, pin)?;
         let pending = if pick.endpoint.conn.is_connected() {
             None
         } else {
@@ -403,8 +420,22 @@ impl Outbound {
         ))
     }
 
-    /// The endpoint for a try: `circuit-open` when every endpoint is ejected.
-    fn pick(&self, backend: &Backend, tried: &[SocketAddr]) -> Result<Pick, ProxyError> {
+    /// The endpoint for a try: `circuit-open` when every endpoint is ejected; `pin`, when the
+    /// caller addressed one endpoint, or `no-endpoints` when it is no longer one.
+    fn pick(
+        &self,
+        backend: &Backend,
+        tried: &[SocketAddr],
+        pin: Option<SocketAddr>,
+    ) -> Result<Pick, ProxyError> {
+        if let Some(addr) = pin {
+            return backend.balancer.pick_pinned(addr).ok_or_else(|| {
+                ProxyError::NoEndpoints(format!(
+                    "{addr} is no longer an endpoint of {}",
+                    backend.key
+                ))
+            });
+        }
         backend.balancer.pick(tried, &backend.state).ok_or_else(|| {
             if backend.balancer.endpoints.is_empty() {
                 ProxyError::NoEndpoints(format!("{} has no endpoints", backend.key))
@@ -440,6 +471,7 @@ impl Outbound {
         rule: &Rule,
         req: Request<Body>,
         client_upgrade: hyper::upgrade::OnUpgrade,
+        pin: Option<SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
         let backend = rule
             .split
@@ -449,7 +481,7 @@ impl Outbound {
             .state
             .acquire(Limit::Connections, &backend.policy.limits)
             .map_err(|l| self.overloaded(backend, l))?;
-        let pick = self.pick(backend, &[])?;
+        let pick = self.pick(backend, &[], pin)?;
         let tls = Some(pick.endpoint.conn.tls_config(&self.tls)?);
         let addr = pick.endpoint.addr;
         let mut inflight = pick.start();

@@ -2,8 +2,13 @@
 //! half-close preserved (one side's FIN is passed on while the other direction keeps flowing).
 //!
 //! A connection counts toward the backend's `maxConnections`; its endpoint is chosen past
-//! ejected ones, another endpoint is tried when a connect fails (within the retry budget), and
-//! a connection that carries nothing either way for the idle timeout is closed.
+//! ejected ones (or is the one endpoint the app dialled by its address), another endpoint is
+//! tried when a connect fails (within the retry budget), and a connection that carries nothing
+//! either way for the idle timeout is closed.
+//!
+//! A redirected connection to an address the mesh does not know is passed through
+//! ([`passthrough`]): plain TCP to where the app was going, counted under the service
+//! `passthrough`.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,7 +18,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::breaker::{Limit, Permit};
@@ -24,20 +28,33 @@ use crate::policy::DEFAULT_TCP_IDLE_TIMEOUT;
 use crate::routes::ServiceKey;
 use crate::transport::{self, OpaqueHeader};
 
-/// Carries one app connection to an endpoint of `service` through its proxy.
-pub async fn outbound(
-    mut app: TcpStream,
-    service: ServiceKey,
-    port: u16,
+/// The `service` label of passed-through connections.
+pub const PASSTHROUGH: &str = "passthrough";
+
+/// Where an outbound opaque connection goes: a service port, and (when the app dialled one
+/// endpoint by its address) that endpoint alone.
+pub struct Dest {
+    pub service: ServiceKey,
+    pub port: u16,
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Carries one app connection to an endpoint of `dest.service` through its proxy.
+pub async fn outbound<A>(
+    mut app: A,
+    dest: Dest,
     discovery: Arc<Discovery>,
     metrics: Arc<Metrics>,
     tls: Arc<weft_runtime::tls::Tls>,
-) {
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let service = &dest.service;
     let labels = TcpLabels {
         direction: OUTBOUND,
         service: service.to_string(),
     };
-    let (peer, permit, idle) = match connect(&service, port, &discovery, &tls, &metrics).await {
+    let (peer, permit, idle) = match connect(&dest, &discovery, &tls, &metrics).await {
         Ok(connected) => connected,
         Err(e) => {
             // Nothing to answer on a raw connection: closing it is the error.
@@ -49,13 +66,44 @@ pub async fn outbound(
     drop(permit);
 }
 
+/// Carries one redirected app connection to `dst`, which the mesh does not know, as it is:
+/// plain TCP, no mTLS (the proxy's own connections are not redirected, so this cannot loop back
+/// into it).
+pub async fn passthrough<A>(mut app: A, dst: SocketAddr, metrics: Arc<Metrics>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let labels = TcpLabels {
+        direction: OUTBOUND,
+        service: PASSTHROUGH.to_string(),
+    };
+    match transport::dial(dst, transport::DEFAULT_CONNECT_TIMEOUT).await {
+        Ok(server) => {
+            relay(
+                &mut app,
+                server,
+                &labels,
+                &metrics,
+                DEFAULT_TCP_IDLE_TIMEOUT,
+            )
+            .await
+        }
+        Err(e) => tracing::info!(%dst, error = %e, "passthrough connection failed"),
+    }
+}
+
 async fn connect(
-    service: &ServiceKey,
-    port: u16,
+    dest: &Dest,
     discovery: &Discovery,
     tls: &weft_runtime::tls::Tls,
     metrics: &Metrics,
 ) -> Result<(transport::PeerIo, Permit, Duration), ProxyError> {
+    let Dest {
+        service,
+        port,
+        endpoint,
+    } = dest;
+    let port = *port;
     let svc = discovery.resolve(service).await?;
     let rule = &svc.default_rule;
     let backend = rule
@@ -84,16 +132,17 @@ async fn connect(
     svc.state.budget.deposit(&retry.budget);
     let mut tried = Vec::new();
     loop {
-        let pick = backend
-            .balancer
-            .pick(&tried, &backend.state)
-            .ok_or_else(|| {
-                if backend.balancer.endpoints.is_empty() {
-                    ProxyError::NoEndpoints(format!("{backend_name} has no endpoints"))
-                } else {
-                    ProxyError::CircuitOpen(format!("every endpoint of {backend_name} is ejected"))
-                }
-            })?;
+        let pick = match endpoint {
+            Some(addr) => backend.balancer.pick_pinned(*addr),
+            None => backend.balancer.pick(&tried, &backend.state),
+        }
+        .ok_or_else(|| {
+            if backend.balancer.endpoints.is_empty() {
+                ProxyError::NoEndpoints(format!("{backend_name} has no endpoints"))
+            } else {
+                ProxyError::CircuitOpen(format!("every endpoint of {backend_name} is ejected"))
+            }
+        })?;
         let mut inflight = pick.start();
         let addr = inflight.endpoint().addr;
         let config = Some(inflight.endpoint().conn.tls_config(tls)?);

@@ -35,7 +35,9 @@ use weft_runtime::body::Body;
 use weft_runtime::server::read_prefix;
 use weft_runtime::tls::Tls;
 
-pub use connect::{client_config, handshake, AppConnector, Connect, Connecting, PeerConnector};
+pub use connect::{
+    client_config, handshake, AppAt, AppConnector, Connect, Connecting, PeerConnector,
+};
 
 /// A connection to a peer proxy: mutual TLS once this proxy has a certificate, plain TCP before.
 pub type PeerIo = tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;

@@ -20,10 +20,12 @@ use crate::discovery::Discovery;
 use crate::identity::Identity;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
+use crate::original_dst::original_dst;
 use crate::outbound::{Outbound, Target};
 use crate::routes::{Protocol, ServiceKey};
 use crate::shared::Shared;
 use crate::tcp;
+use crate::transparent;
 use weft_runtime::server;
 use weft_runtime::tasks::Tasks;
 use weft_runtime::tls::Tls;
@@ -35,6 +37,16 @@ pub struct Listeners {
     pub outbound: TcpListener,
     pub admin: TcpListener,
     pub upstreams: Vec<(Upstream, TcpListener)>,
+    /// The IPv6 twins of the inbound and outbound listeners, for redirected IPv6 connections
+    /// ([`Listeners::bind`]); none in tests that bind port 0.
+    pub ipv6: Vec<(Direction, TcpListener)>,
+}
+
+/// Which side of the proxy a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
 }
 
 impl Listeners {
@@ -49,13 +61,48 @@ impl Listeners {
         for u in &config.upstreams {
             upstreams.push((u.clone(), bind(u.listen, "upstream").await?));
         }
+        let mut ipv6 = Vec::new();
+        for (direction, addr) in [
+            (Direction::Inbound, config.inbound_addr),
+            (Direction::Outbound, config.outbound_addr),
+        ] {
+            if let Some(l) = ipv6_twin(addr) {
+                ipv6.push((direction, l));
+            }
+        }
         Ok(Self {
             inbound: bind(config.inbound_addr, "inbound-addr").await?,
             outbound: bind(config.outbound_addr, "outbound-addr").await?,
             admin: bind(config.admin_addr, "admin-addr").await?,
             upstreams,
+            ipv6,
         })
     }
+}
+
+/// iptables redirects IPv6 connections to the same ports on IPv6 addresses: `[::1]` for the
+/// outbound (from `127.0.0.1`), `[::]` for the inbound (from `0.0.0.0`), IPv6 only so that the
+/// IPv4 listener keeps its own. None where the namespace has no IPv6 (or the address is another).
+fn ipv6_twin(addr: SocketAddr) -> Option<TcpListener> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match addr.ip() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST) => Ipv6Addr::LOCALHOST,
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED) => Ipv6Addr::UNSPECIFIED,
+        _ => return None,
+    };
+    let twin = SocketAddr::new(ip.into(), addr.port());
+    let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).ok()?;
+    let bound = socket
+        .set_only_v6(true)
+        .and_then(|()| socket.set_reuse_address(true))
+        .and_then(|()| socket.bind(&twin.into()))
+        .and_then(|()| socket.listen(1024))
+        .and_then(|()| socket.set_nonblocking(true));
+    if let Err(e) = bound {
+        tracing::debug!(%twin, error = %e, "no IPv6 listener (the namespace has no IPv6?)");
+        return None;
+    }
+    TcpListener::from_std(socket.into()).ok()
 }
 
 /// A running proxy.
@@ -307,10 +354,24 @@ fn spawn_listeners(
         shutdown.clone(),
         spec("outbound", config.limits),
     ));
+    let mut inbound_v6 = Vec::new();
+    for (direction, listener) in listeners.ipv6 {
+        match direction {
+            Direction::Outbound => tasks.spawn(serve_outbound(
+                outbound.clone(),
+                Target::Authority,
+                listener,
+                shutdown.clone(),
+                spec("outbound", config.limits),
+            )),
+            Direction::Inbound => inbound_v6.push(listener),
+        }
+    }
     for (u, listener) in listeners.upstreams {
         let target = Target::Fixed {
             service: u.key(&config.namespace),
             port: u.port,
+            endpoint: None,
         };
         tasks.spawn(serve_outbound(
             outbound.clone(),
@@ -322,12 +383,15 @@ fn spawn_listeners(
     }
 
     let inbound = Arc::new(Inbound::new(config, shared));
-    tasks.spawn(server::accept_loop(
-        spec("inbound", config.limits),
-        listeners.inbound,
-        shutdown.clone(),
-        move |conn| inbound.clone().accept(conn),
-    ));
+    for listener in std::iter::once(listeners.inbound).chain(inbound_v6) {
+        let inbound = inbound.clone();
+        tasks.spawn(server::accept_loop(
+            spec("inbound", config.limits),
+            listener,
+            shutdown.clone(),
+            move |conn| inbound.clone().accept(conn),
+        ));
+    }
 
     let admin = Arc::new(Admin::new(
         config.clone(),
@@ -353,7 +417,9 @@ fn spawn_listeners(
     ));
 }
 
-/// An outbound listener: HTTP routing, or opaque TCP when the target service port is TCP.
+/// An outbound listener: HTTP routing, or opaque TCP when the target service port is TCP. On
+/// the outbound listener, a connection iptables redirected goes by its original destination
+/// (`transparent.rs`).
 async fn serve_outbound(
     outbound: Arc<Outbound>,
     target: Target,
@@ -365,11 +431,30 @@ async fn serve_outbound(
         let outbound = outbound.clone();
         let target = target.clone();
         async move {
-            if let Target::Fixed { service, port } = &target {
+            if let Target::Fixed { service, port, .. } = &target {
                 if is_tcp(&outbound.discovery, service, *port).await {
                     let (d, m) = (outbound.discovery.clone(), outbound.metrics.clone());
                     let tls = outbound.tls.clone();
-                    return tcp::outbound(conn.stream, service.clone(), *port, d, m, tls).await;
+                    let dest = tcp::Dest {
+                        service: service.clone(),
+                        port: *port,
+                        endpoint: None,
+                    };
+                    return tcp::outbound(conn.stream, dest, d, m, tls).await;
+                }
+            } else {
+                let dst = conn
+                    .stream
+                    .local_addr()
+                    .and_then(|local| original_dst(&conn.stream, local));
+                match dst {
+                    Ok(Some(dst)) => return transparent::outbound(outbound, conn, dst).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        let counts = &outbound.metrics.interception;
+                        counts.redirected(crate::metrics::OUTBOUND, "no-original-dst");
+                        return tracing::info!(peer = %conn.peer, error = %e, "connection closed: its original destination cannot be read");
+                    }
                 }
             }
             let svc =

@@ -21,6 +21,7 @@
 //! | [`load`] | callers sending back to back until stopped ([`Load`]) |
 //! | [`process`] | the built binaries as processes: `weft serve` ([`ServeProcess`]), the CLI |
 //! | [`netns`] | network namespaces of a test's own ([`Netns`]), removed on drop |
+//! | [`pods`] | a node namespace with a bridge and pods on it ([`Node`], [`Pod`]), each with its own `weft-proxy` under the proxy's UID, for transparent interception |
 //! | [`cluster`] | the real Kubernetes cluster of `scripts/cluster` ([`Cluster`]), a namespace per test ([`TestNamespace`]) |
 //!
 //! Every item is re-exported here, so a suite needs only `use weft_tests::*;`.
@@ -36,6 +37,7 @@ pub mod load;
 pub mod mesh;
 pub mod netns;
 pub mod pair;
+pub mod pods;
 pub mod process;
 pub mod sidecar;
 pub mod temp_dir;
@@ -56,6 +58,7 @@ pub use load::Load;
 pub use mesh::{csr, init_logging, service_yaml, Access, Mesh, MeshBuilder};
 pub use netns::Netns;
 pub use pair::pair;
+pub use pods::{ControlPlane, Node, Pod, PROXY_UID};
 pub use process::{binary, run_weft, ServeProcess, ServeProcessBuilder};
 pub use sidecar::{Sidecar, SidecarBuilder, Upstream, NO_APP};
 pub use temp_dir::TempDir;

@@ -86,6 +86,7 @@ impl SidecarBuilder {
                 outbound,
                 admin,
                 upstreams: ups,
+                ipv6: Vec::new(),
             }),
             upstream_specs: specs,
             settings: self,

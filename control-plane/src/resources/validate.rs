@@ -153,6 +153,11 @@ fn mesh_config(c: &mut Checker<'_>, name: &str, s: &MeshConfigSpec) {
             );
         }
     }
+    for (i, port) in s.opaque_ports.iter().flatten().enumerate() {
+        if *port == 0 {
+            c.fail(format!("spec.opaquePorts[{i}]"), "port 0 is not a port");
+        }
+    }
     if let Some(ttl) = s.certificate_ttl {
         if ttl.0.as_secs() < 1 {
             c.fail("spec.certificateTTL", "must be at least 1s");

@@ -140,6 +140,7 @@ pub(crate) const VOCABULARY: &[&str] = &[
     "otlpEndpoint",
     "samplingRatio",
     "accessLog",
+    "opaquePorts",
     "ports",
     "port",
     "protocol",

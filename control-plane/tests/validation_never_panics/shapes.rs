@@ -219,6 +219,7 @@ pub(crate) fn mesh_config_spec() -> S {
             0.4,
             variant(&["off", "json"], &["text", "JSON"]),
         ),
+        ("opaquePorts", 0.3, list(port(), 4)),
     ])
 }
 

@@ -16,10 +16,10 @@ use http::{HeaderName, HeaderValue, Method};
 use weft_proto::discovery as pb;
 
 use super::registry::EndpointRegistry;
-use super::snapshot::{Inbound, MeshSettings, Snapshot};
+use super::snapshot::{AddressTarget, Inbound, MeshSettings, Snapshot};
 use crate::balance::{Balancer, LbKind};
 use crate::routes::{
-    Backend, LogicalService, Match, PathMatch, Port, Protocol, Rule, ServiceKey, Split,
+    Backend, LogicalService, Match, PathMatch, Port, Protocol, Rule, ServiceKey, ServiceMap, Split,
     WeightedBackend,
 };
 use policies::{authz_rule, backend_policy, rate_limit, request_policy, rule_policy};
@@ -53,11 +53,21 @@ pub(super) fn snapshot(
         }
     }
     let mut unknown = HashSet::new();
+    let mut unknown_addresses = HashSet::new();
     for name in &config.unknown {
-        unknown.insert(
-            ServiceKey::parse(name)
-                .ok_or_else(|| format!("unknown service name {name:?} is not NAME.NAMESPACE"))?,
-        );
+        if let Ok(addr) = name.parse::<SocketAddr>() {
+            unknown_addresses.insert(addr);
+            continue;
+        }
+        unknown.insert(ServiceKey::parse(name).ok_or_else(|| {
+            format!("unknown name {name:?} is neither NAME.NAMESPACE nor IP:PORT")
+        })?);
+    }
+    let mut addresses = HashMap::new();
+    for a in &config.addresses {
+        let (addr, target) =
+            address(a, &services).map_err(|e| format!("address {:?}: {e}", a.address))?;
+        addresses.insert(addr, target);
     }
     let inbound = config
         .inbound
@@ -98,7 +108,29 @@ pub(super) fn snapshot(
         services,
         unknown,
         inbound,
+        addresses,
+        unknown_addresses,
     })
+}
+
+/// One subscribed address the mesh knows; its Service must be in the same update.
+fn address(a: &pb::Address, services: &ServiceMap) -> Result<(SocketAddr, AddressTarget)> {
+    let addr: SocketAddr = a.address.parse().map_err(|_| "not IP:PORT".to_string())?;
+    let service = ServiceKey::parse(&a.service)
+        .ok_or_else(|| format!("service {:?} is not NAME.NAMESPACE", a.service))?;
+    if !services.contains_key(&service) {
+        return Err(format!("service {service} is not in the update"));
+    }
+    let port = u16::try_from(a.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("port {} is not a port", a.port))?;
+    let target = AddressTarget {
+        service,
+        port,
+        endpoint: a.endpoint,
+    };
+    Ok((addr, target))
 }
 
 fn mesh_settings(m: &pb::MeshSettings) -> Result<MeshSettings> {
@@ -111,6 +143,16 @@ fn mesh_settings(m: &pb::MeshSettings) -> Result<MeshSettings> {
     if !m.trust_anchors.is_empty() {
         weft_runtime::tls::parse_anchors(&m.trust_anchors).map_err(|e| format!("mesh: {e}"))?;
     }
+    let opaque_ports = m
+        .opaque_ports
+        .iter()
+        .map(|p| {
+            u16::try_from(*p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("mesh: opaque port {p} is not a port"))
+        })
+        .collect::<Result<Vec<u16>>>()?;
     Ok(MeshSettings {
         trust_domain: m.trust_domain.clone(),
         certificate_ttl: Duration::from_millis(m.certificate_ttl_ms),
@@ -124,6 +166,7 @@ fn mesh_settings(m: &pb::MeshSettings) -> Result<MeshSettings> {
         access_log_json: m.access_log() == pb::AccessLog::Json,
         trust_anchors: m.trust_anchors.clone(),
         issuer: m.issuer.clone(),
+        opaque_ports,
     })
 }
 

@@ -2,7 +2,8 @@
 //! settings and this proxy's own inbound side. Immutable once built; `convert` builds one from
 //! each accepted update and [`super::Discovery`] swaps it in.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -19,6 +20,20 @@ pub struct Snapshot {
     pub services: ServiceMap,
     pub unknown: HashSet<ServiceKey>,
     pub inbound: Option<Inbound>,
+    /// Subscribed addresses the mesh knows: a Service's cluster IP and port, or an endpoint.
+    pub addresses: HashMap<SocketAddr, AddressTarget>,
+    /// Subscribed addresses the mesh does not know: passed through.
+    pub unknown_addresses: HashSet<SocketAddr>,
+}
+
+/// What a redirected connection's original destination reaches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AddressTarget {
+    pub service: ServiceKey,
+    /// The Service port.
+    pub port: u16,
+    /// The address is one endpoint of the Service, and its traffic goes to that endpoint alone.
+    pub endpoint: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -36,6 +51,8 @@ pub struct MeshSettings {
     pub trust_anchors: String,
     /// Fingerprint of the CA's current issuer.
     pub issuer: String,
+    /// Ports whose redirected connections are opaque TCP, undetected (MeshConfig `opaquePorts`).
+    pub opaque_ports: Vec<u16>,
 }
 
 /// This proxy's own service, as the control plane knows it.

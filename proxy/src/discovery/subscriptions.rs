@@ -1,7 +1,7 @@
-//! The services this proxy asks the control plane for, and when it stops asking.
+//! The services (and addresses) this proxy asks the control plane for, and when it stops asking.
 //!
-//! The `upstream` mappings are pinned. Any other name comes from a request (the app's `Host`),
-//! so a caller chooses it: it is pending until the control plane answers, then resolved (a
+//! The `upstream` mappings are pinned. Any other name comes from a request (the app's `Host`,
+//! or where a redirected connection was going), so a caller chooses it: it is pending until the control plane answers, then resolved (a
 //! Service of the mesh) or unknown. Two bounds hold whatever names callers send:
 //!
 //! - at most [`MAX_UNRESOLVED`] names are pending or unknown at once; a new name takes the place
@@ -16,8 +16,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use crate::routes::ServiceKey;
-
 /// The most services one proxy subscribes to.
 pub const MAX_SUBSCRIPTIONS: usize = 4096;
 /// The most names that may be pending or unknown at once.
@@ -29,9 +27,9 @@ pub const IDLE_SWEEPS: u64 = 5;
 
 /// What the control plane must be told.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Change {
-    Subscribe(ServiceKey),
-    Unsubscribe(ServiceKey),
+pub enum Change<K> {
+    Subscribe(K),
+    Unsubscribe(K),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,22 +49,23 @@ pub enum Refused {
     TooManyPending,
 }
 
-#[derive(Debug, Default)]
-pub struct Subscriptions {
-    states: BTreeMap<ServiceKey, State>,
+/// Subscriptions keyed by `K`: what is subscribed to (a service name or an address).
+#[derive(Debug)]
+pub struct Subscriptions<K> {
+    states: BTreeMap<K, State>,
     /// The pending and unknown names, oldest first.
-    unresolved: VecDeque<ServiceKey>,
+    unresolved: VecDeque<K>,
 }
 
-impl Subscriptions {
-    pub fn pinned(keys: impl IntoIterator<Item = ServiceKey>) -> Self {
+impl<K: Ord + Clone> Subscriptions<K> {
+    pub fn pinned(keys: impl IntoIterator<Item = K>) -> Self {
         Self {
             states: keys.into_iter().map(|k| (k, State::Pinned)).collect(),
             unresolved: VecDeque::new(),
         }
     }
 
-    pub fn contains(&self, key: &ServiceKey) -> bool {
+    pub fn contains(&self, key: &K) -> bool {
         self.states.contains_key(key)
     }
 
@@ -74,13 +73,13 @@ impl Subscriptions {
         self.states.len()
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.states.keys()
     }
 
     /// Subscribes to `key` (new: the caller has checked); returns what to tell the control
     /// plane, in order.
-    pub fn add(&mut self, key: &ServiceKey) -> Result<Vec<Change>, Refused> {
+    pub fn add(&mut self, key: &K) -> Result<Vec<Change<K>>, Refused> {
         let mut changes = Vec::with_capacity(2);
         if self.unresolved.len() >= MAX_UNRESOLVED {
             let states = &self.states;
@@ -105,11 +104,7 @@ impl Subscriptions {
 
     /// Takes the control plane's answers from a new snapshot: which names are services and
     /// which are unknown.
-    pub fn settle(
-        &mut self,
-        is_service: impl Fn(&ServiceKey) -> bool,
-        is_unknown: impl Fn(&ServiceKey) -> bool,
-    ) {
+    pub fn settle(&mut self, is_service: impl Fn(&K) -> bool, is_unknown: impl Fn(&K) -> bool) {
         for (key, state) in &mut self.states {
             match *state {
                 State::Pinned => {}
@@ -130,8 +125,8 @@ impl Subscriptions {
 
     /// Drops the unknown names and the resolved services `idle` says were not used lately;
     /// returns them, to unsubscribe.
-    pub fn sweep(&mut self, idle: impl Fn(&ServiceKey) -> bool) -> Vec<ServiceKey> {
-        let dropped: Vec<ServiceKey> = self
+    pub fn sweep(&mut self, idle: impl Fn(&K) -> bool) -> Vec<K> {
+        let dropped: Vec<K> = self
             .states
             .iter()
             .filter(|(k, s)| match s {
@@ -153,6 +148,7 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::ServiceKey;
 
     fn key(name: &str) -> ServiceKey {
         ServiceKey::new(name, "shop")

@@ -89,7 +89,11 @@ async fn a_request_waits_for_a_service_subscribed_on_demand() {
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!waiting.is_finished());
-    assert!(d.subscriptions.lock().unwrap().contains(&key));
+    assert!(d
+        .subscriptions
+        .lock()
+        .unwrap()
+        .contains(&Subject::Service(key.clone())));
     let mut rsp = update(vec![orders()]);
     rsp.version = "2".into();
     d.apply_update(rsp);

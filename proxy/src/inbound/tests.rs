@@ -63,8 +63,12 @@ async fn send(
     *req.version_mut() = Version::HTTP_2;
     let (inbound, client) = (inbound.clone(), client.map(Arc::<str>::from));
     let peer: SocketAddr = "10.0.0.9:40000".parse().unwrap();
-    let svc =
-        hyper::service::service_fn(move |req| inbound.clone().handle(client.clone(), peer, req));
+    let app = inbound.apps.default().clone();
+    let svc = hyper::service::service_fn(move |req| {
+        inbound
+            .clone()
+            .handle(client.clone(), peer, app.clone(), req)
+    });
     fake_mesh::call(svc, req).await
 }
 

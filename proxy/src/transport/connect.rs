@@ -120,6 +120,18 @@ impl AppConnector {
     }
 }
 
+/// A connector to the app that can be pointed at another of its addresses: a redirected
+/// connection goes to the port its caller dialled.
+pub trait AppAt {
+    fn at(&self, addr: SocketAddr) -> Self;
+}
+
+impl AppAt for AppConnector {
+    fn at(&self, addr: SocketAddr) -> Self {
+        Self::new(addr)
+    }
+}
+
 impl tower::Service<Uri> for AppConnector {
     type Response = TokioIo<TcpStream>;
     type Error = ProxyError;
