@@ -1,5 +1,6 @@
 //! The access log: with MeshConfig `accessLog: json`, one JSON line per request, inbound and
-//! outbound, written to `access-log` (default: standard output).
+//! outbound, and one per passed-through TCP connection, written to `access-log` (default:
+//! standard output).
 //!
 //! Like spans, lines never hold up a request: they go through a bounded queue to one writer
 //! task; a full queue drops the line and counts it (`weft_proxy_access_log_dropped_total`).
@@ -56,6 +57,39 @@ pub struct Entry {
     pub trace_id: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub span_id: String,
+}
+
+impl Entry {
+    /// A TCP connection the proxy relayed without seeing requests in it (a passed-through
+    /// one), logged when it ends: protocol `tcp`, status 0, its whole duration.
+    pub fn connection(
+        direction: &'static str,
+        service: &str,
+        upstream: std::net::SocketAddr,
+        peer: std::net::SocketAddr,
+        start: std::time::SystemTime,
+    ) -> Self {
+        let duration = start.elapsed().unwrap_or_default();
+        Self {
+            start: weft_runtime::timestamp::rfc3339(start),
+            direction,
+            method: String::new(),
+            path: String::new(),
+            authority: upstream.to_string(),
+            protocol: "tcp".into(),
+            status: 0,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            service: service.to_string(),
+            route: String::new(),
+            upstream: Some(upstream.to_string()),
+            peer_identity: String::new(),
+            peer_address: Some(peer.to_string()),
+            error: String::new(),
+            retries: 0,
+            trace_id: String::new(),
+            span_id: String::new(),
+        }
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -173,10 +173,34 @@ where
             self.metrics.interception.redirected(INBOUND, "app");
         }
         let deadline = http.deadline();
+        // A peer proxy speaks first (its TLS ClientHello). A redirected client from outside the
+        // mesh that says nothing may be waiting for a server that speaks first: under
+        // `permissive` it is taken as plaintext TCP after the detection timeout.
+        let silent_is_plaintext = matches!(target, AppTarget::Redirected(_))
+            && self.discovery.snapshot().mesh.mtls_permissive;
+        let wait = if silent_is_plaintext {
+            deadline.min(Instant::now() + crate::detect::DETECT_TIMEOUT)
+        } else {
+            deadline
+        };
         let mut first = [0u8; 1];
-        let is_tls = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        let is_tls = match tokio::time::timeout_at(wait, stream.peek(&mut first)).await {
             Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_RECORD,
             Ok(_) => return,
+            Err(_) if silent_is_plaintext => {
+                if let AppTarget::Redirected(dst) = target {
+                    self.count_connection("false", "accepted");
+                    let counts = &self.metrics.interception;
+                    counts.decided(
+                        INBOUND,
+                        "tcp",
+                        "timeout",
+                        Some(crate::detect::DETECT_TIMEOUT),
+                    );
+                    self.serve_plaintext_tcp(stream, peer, dst).await;
+                }
+                return;
+            }
             Err(_) => {
                 http.first_request_timed_out();
                 return tracing::debug!(%peer, "inbound connection sent nothing; closed");

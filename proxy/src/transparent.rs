@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use weft_runtime::server::{Accepted, Prefixed};
 
+use crate::access_log::Entry;
 use crate::detect::{self, Protocol, DETECT_TIMEOUT};
 use crate::discovery::Destination;
 use crate::metrics::OUTBOUND;
@@ -43,7 +44,13 @@ pub async fn outbound(outbound: Arc<Outbound>, conn: Accepted, dst: SocketAddr) 
         Ok(Destination::Passthrough) => {
             counts.redirected(OUTBOUND, "passthrough");
             tracing::debug!(%peer, %dst, "not in the mesh; passed through");
-            return tcp::passthrough(stream, dst, metrics.clone()).await;
+            let start = std::time::SystemTime::now();
+            tcp::passthrough(stream, dst, metrics.clone()).await;
+            if outbound.discovery.access_log_on() {
+                let entry = Entry::connection(OUTBOUND, tcp::PASSTHROUGH, dst, peer, start);
+                outbound.access_log.log(&entry);
+            }
+            return;
         }
         Err(e) => {
             counts.redirected(OUTBOUND, "unresolved");

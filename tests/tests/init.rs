@@ -228,16 +228,17 @@ fn the_app_outbound_tcp_reaches_the_outbound_listener_and_a_skipped_port_does_no
             }
         });
     });
-    // Nothing listens on 10.99.0.1:80: only the redirect can answer.
-    let redirected = ns.inside(|| call("10.99.0.1:80"));
+    // Nothing is at 10.99.0.2 (on the veth's subnet, another pod's address): only the redirect
+    // can answer.
+    let redirected = ns.inside(|| call("10.99.0.2:80"));
     assert_eq!(
         redirected.as_deref(),
-        Ok("at the outbound listener, for Ok(Some(10.99.0.1:80)): ping")
+        Ok("at the outbound listener, for Ok(Some(10.99.0.2:80)): ping")
     );
-    let v6 = ns.inside(|| call("[fd99::1]:8443"));
+    let v6 = ns.inside(|| call("[fd99::2]:8443"));
     assert_eq!(
         v6.as_deref(),
-        Ok("at the outbound listener, for Ok(Some([fd99::1]:8443)): ping")
+        Ok("at the outbound listener, for Ok(Some([fd99::2]:8443)): ping")
     );
     // Straight to the listener: not redirected, so no original destination.
     let direct = ns.inside(|| call("[::1]:15001"));
@@ -245,15 +246,21 @@ fn the_app_outbound_tcp_reaches_the_outbound_listener_and_a_skipped_port_does_no
         direct.as_deref(),
         Ok("at the outbound listener, for Ok(None): ping")
     );
-    // A skipped port and a loopback destination go where they were going: nowhere.
-    let skipped = ns.inside(|| call("10.99.0.1:9999"));
-    assert!(skipped.is_err(), "{skipped:?}");
-    let loopback = ns.inside(|| call("127.0.0.1:80"));
-    assert!(loopback.is_err(), "{loopback:?}");
+    // A skipped port, a loopback destination and the pod's own address go where they were
+    // going: nowhere.
+    for addr in [
+        "10.99.0.2:9999",
+        "127.0.0.1:80",
+        "10.99.0.1:80",
+        "[fd99::1]:80",
+    ] {
+        let direct = ns.inside(move || call(addr));
+        assert!(direct.is_err(), "{addr}: {direct:?}");
+    }
 
     // Uninstalled, the app's traffic goes straight to its destination again.
     ok(ns.init(&["--uninstall"]), "uninstall");
-    let direct = ns.inside(|| call("10.99.0.1:80"));
+    let direct = ns.inside(|| call("10.99.0.2:80"));
     assert!(direct.is_err(), "{direct:?}");
 }
 

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `WEFT_PREROUTING` | `PREROUTING` | inbound TCP: the proxy's own ports and `--skip-inbound-ports` return, the rest (or only `--include-inbound-ports`) goes to `WEFT_INBOUND_REDIRECT` |
 //! | `WEFT_INBOUND_REDIRECT` | `WEFT_PREROUTING` | `REDIRECT` to the inbound listener |
-//! | `WEFT_OUTPUT` | `OUTPUT` | outbound TCP: the proxy's own traffic (by UID and GID), loopback destinations, `--skip-outbound-ports` and `--skip-outbound-cidrs` return, the rest goes to `WEFT_OUTBOUND_REDIRECT` |
+//! | `WEFT_OUTPUT` | `OUTPUT` | outbound TCP: the proxy's own traffic (by UID and GID), loopback destinations and the pod's own addresses (out on `lo`), `--skip-outbound-ports` and `--skip-outbound-cidrs` return, the rest goes to `WEFT_OUTBOUND_REDIRECT` |
 //! | `WEFT_OUTBOUND_REDIRECT` | `WEFT_OUTPUT` | `REDIRECT` to the outbound listener |
 //!
 //! UDP is never touched, so DNS keeps working.
@@ -164,6 +164,9 @@ pub fn install(settings: &Settings, family: Family, existing: &str) -> String {
         OUTPUT,
         &format!("-d {} -j RETURN", family.loopback()),
     );
+    // The app calling its own pod's addresses (which leave by the loopback interface) stays
+    // direct, as a pod talking to itself does without a mesh.
+    rule(&mut out, OUTPUT, "-o lo -j RETURN");
     for ports in &settings.skip_outbound_ports {
         rule(
             &mut out,
@@ -303,6 +306,7 @@ mod tests {
              -A WEFT_OUTPUT -m owner --uid-owner 2102 -j RETURN\n\
              -A WEFT_OUTPUT -m owner --gid-owner 2102 -j RETURN\n\
              -A WEFT_OUTPUT -d 127.0.0.0/8 -j RETURN\n\
+             -A WEFT_OUTPUT -o lo -j RETURN\n\
              -A WEFT_OUTPUT -p tcp --dport 5432:5433 -j RETURN\n\
              -A WEFT_OUTPUT -d 10.96.0.0/12 -j RETURN\n\
              -A WEFT_OUTPUT -p tcp -j WEFT_OUTBOUND_REDIRECT\n\
