@@ -180,8 +180,10 @@ impl Discovery {
 
     /// What a redirected connection's original destination `addr` is to the mesh, asking the
     /// control plane the first time.
+    /// While the config stream is down, an address not in the snapshot is not waited for.
     pub async fn resolve_address(&self, addr: SocketAddr) -> Result<Destination, ProxyError> {
-        self.resolve_with(&Subject::Address(addr), |snap| {
+        let subject = Subject::Address(addr);
+        let lookup = |snap: &Snapshot| {
             if let Some(target) = snap.addresses.get(&addr) {
                 return Some(match snap.services.get(&target.service) {
                     Some(svc) => Ok(Destination::Service {
@@ -198,8 +200,17 @@ impl Discovery {
             snap.unknown_addresses
                 .contains(&addr)
                 .then_some(Ok(Destination::Passthrough))
-        })
-        .await
+        };
+        if let Some(e) = self.last_error() {
+            if let Some(found) = lookup(&self.snapshot.load()) {
+                return found;
+            }
+            let _ = self.subscribe(&subject);
+            return Err(ProxyError::NoEndpoints(format!(
+                "{addr} is not known yet and the control plane is unreachable: {e}"
+            )));
+        }
+        self.resolve_with(&subject, lookup).await
     }
 
     /// Looks `subject` up in the snapshot in force, subscribing to it and waiting (up to

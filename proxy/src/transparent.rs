@@ -4,7 +4,9 @@
 //! For each connection: its original destination (`original_dst`), asked of the control plane
 //! as an address the first time ([`Discovery::resolve_address`]): a Service's cluster IP and
 //! port, one endpoint of a Service (a pod IP and port, direct addressing), or nothing the mesh
-//! knows, which is passed through as plain TCP. A Service port declared TCP, and a port in
+//! knows, which is passed through as plain TCP — as is one that cannot be resolved (the control
+//! plane unreachable): a meshed destination refuses plaintext under `mtls: strict`, so this
+//! fails closed there and keeps unmeshed destinations reachable. A Service port declared TCP, and a port in
 //! MeshConfig `opaquePorts`, are relayed as opaque TCP at once; any other connection's first
 //! bytes are read to detect HTTP/1.1 or HTTP/2 prior knowledge (`detect`), which are then
 //! served by [`Outbound`] like requests from `upstream` listeners, and anything else — or a
@@ -44,17 +46,13 @@ pub async fn outbound(outbound: Arc<Outbound>, conn: Accepted, dst: SocketAddr) 
         Ok(Destination::Passthrough) => {
             counts.redirected(OUTBOUND, "passthrough");
             tracing::debug!(%peer, %dst, "not in the mesh; passed through");
-            let start = std::time::SystemTime::now();
-            tcp::passthrough(stream, dst, metrics.clone()).await;
-            if outbound.discovery.access_log_on() {
-                let entry = Entry::connection(OUTBOUND, tcp::PASSTHROUGH, dst, peer, start);
-                outbound.access_log.log(&entry);
-            }
-            return;
+            return passthrough(&outbound, stream, peer, dst).await;
         }
         Err(e) => {
+            // Safe to pass through: a meshed destination refuses plaintext under `strict`.
             counts.redirected(OUTBOUND, "unresolved");
-            return tracing::info!(%peer, %dst, error = %e, reason = e.reason(), "redirected connection closed: its destination could not be resolved");
+            tracing::info!(%peer, %dst, error = %e, "the destination could not be resolved; passed through");
+            return passthrough(&outbound, stream, peer, dst).await;
         }
     };
     counts.redirected(
@@ -118,5 +116,20 @@ pub async fn outbound(outbound: Arc<Outbound>, conn: Accepted, dst: SocketAddr) 
             let (d, t) = (outbound.discovery.clone(), outbound.tls.clone());
             tcp::outbound(io, dest, d, metrics, t).await;
         }
+    }
+}
+
+/// Relays `stream` to `dst` as it is, and logs the connection when it ends.
+async fn passthrough(
+    outbound: &Outbound,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    dst: SocketAddr,
+) {
+    let start = std::time::SystemTime::now();
+    tcp::passthrough(stream, dst, outbound.metrics.clone()).await;
+    if outbound.discovery.access_log_on() {
+        let entry = Entry::connection(OUTBOUND, tcp::PASSTHROUGH, dst, peer, start);
+        outbound.access_log.log(&entry);
     }
 }

@@ -1,0 +1,149 @@
+//! Where redirected connections go.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use weft_tests::*;
+
+use crate::world::*;
+
+/// A pod IP of a meshed Service reaches that one endpoint, over mTLS, where the cluster IP
+/// balances over both; a destination outside the mesh is passed through as it is, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_ip_reaches_that_endpoint_alone_and_the_rest_is_passed_through() {
+    let p = pods("accessLog: json").await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let rsp = get_from(&p.a, false, "10.96.0.10:80", "b.shop").await;
+        seen.insert(rsp.header("x-app").to_string());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "the cluster IP balances over b and b2: {seen:?}"
+    );
+    let b_ip = p.b.addr(8080).to_string();
+    for _ in 0..10 {
+        let rsp = get_from(&p.a, false, &b_ip, "b.shop").await;
+        assert_eq!(rsp.header("x-app"), "b", "{rsp:?}");
+        assert_eq!(rsp.header("x-seen-identity"), CALLER, "still mTLS");
+    }
+
+    let u = p.u.addr(8080).to_string();
+    let rsp = get_from(&p.a, false, &u, "u").await;
+    assert_eq!((rsp.status, rsp.header("x-app")), (200, "u"));
+    assert_eq!(rsp.header("x-seen-identity"), "", "plain TCP: no identity");
+    let a = p.a.metrics().await;
+    let count = |destination: &str| {
+        let labels = [
+            "direction=\"outbound\"",
+            &format!("destination=\"{destination}\""),
+        ];
+        metric(&a, "weft_proxy_redirected_connections_total", &labels)
+    };
+    assert_eq!(count("endpoint"), 10.0, "{a}");
+    assert_eq!(count("passthrough"), 1.0, "{a}");
+    let passthrough = ["service=\"passthrough\""];
+    assert_eq!(
+        metric(&a, "weft_proxy_tcp_connections_opened_total", &passthrough),
+        1.0
+    );
+    let line = format!("\"upstream\":\"{u}\"");
+    eventually(
+        "an access-log line for the passed-through connection",
+        Duration::from_secs(5),
+        || async {
+            let log = p.a.proxy_log();
+            log.lines()
+                .any(|l| l.contains("\"service\":\"passthrough\"") && l.contains(&line))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// A plaintext client outside the mesh is refused by a pod under `mtls: strict` and served,
+/// with no identity, under `permissive`; counted either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_from_outside_the_mesh_is_refused_when_strict_and_served_when_permissive() {
+    let b_ip = |p: &Pods| p.b.addr(8080).to_string();
+    let strict = pods("").await;
+    let from_u = {
+        let (addr, client) = (b_ip(&strict).parse::<SocketAddr>().unwrap(), http1_client());
+        strict
+            .u
+            .run(async move { get(&client, addr, "b", "/").await })
+            .await
+    };
+    assert!(from_u.is_err(), "{from_u:?}");
+    let b = strict.b.metrics().await;
+    let refused = ["tls=\"false\"", "outcome=\"refused\""];
+    assert_eq!(
+        metric(&b, "weft_proxy_inbound_connections_total", &refused),
+        1.0,
+        "{b}"
+    );
+    drop(strict);
+
+    let permissive = pods("mtls: permissive").await;
+    let rsp = get_from(&permissive.u, false, &b_ip(&permissive), "b").await;
+    assert_eq!((rsp.status, rsp.header("x-app")), (200, "b"), "{rsp:?}");
+    assert_eq!(rsp.header("x-seen-identity"), "");
+    // Not HTTP: relayed to the port it dialled.
+    let s1 = permissive.s1.addr(3306).to_string();
+    let (_, answer) = greeted_by(&permissive.u, &s1).await;
+    assert_eq!(answer, "250 EHLO client.example\r\n");
+    let b = permissive.b.metrics().await;
+    let accepted = ["tls=\"false\"", "outcome=\"accepted\""];
+    assert_eq!(
+        metric(&b, "weft_proxy_inbound_connections_total", &accepted),
+        1.0,
+        "{b}"
+    );
+    // Meshed callers still arrive over mTLS.
+    let rsp = get_from(&permissive.a, false, "10.96.0.10:80", "b.shop").await;
+    assert_eq!(rsp.header("x-seen-identity"), CALLER);
+}
+
+/// With the control plane gone, what the proxy knows keeps working, and a destination it has
+/// never seen is passed through at once instead of waiting for an answer that cannot come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_control_plane_known_destinations_work_and_new_ones_pass_through_at_once() {
+    let p = pods("").await;
+    let rsp = get_from(&p.a, false, "10.96.0.10:80", "b.shop").await;
+    assert_eq!(rsp.header("x-seen-identity"), CALLER);
+    p.cp.serve.kill9().await;
+    eventually(
+        "a's config stream to be down",
+        Duration::from_secs(10),
+        || async {
+            let m = p.a.metrics().await;
+            (metric(&m, "weft_proxy_control_plane_connected", &[]) == 0.0).then_some(())
+        },
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let rsp = get_from(&p.a, false, &p.u.addr6(8080).to_string(), "u").await;
+    assert_eq!(rsp.header("x-app"), "u");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let rsp = get_from(&p.a, false, "10.96.0.10:80", "b.shop").await;
+    assert_eq!(
+        rsp.header("x-seen-identity"),
+        CALLER,
+        "from the last config"
+    );
+    let a = p.a.metrics().await;
+    let unresolved = ["destination=\"unresolved\""];
+    assert_eq!(
+        metric(&a, "weft_proxy_redirected_connections_total", &unresolved),
+        1.0
+    );
+    drop((p.b, p.b2, p.s1, p.s2));
+}
