@@ -88,8 +88,8 @@ impl Admin {
             }
             (&Method::GET, "/config") => {
                 let snapshot = self.discovery.snapshot();
-                // The snapshot's own fields (version, mesh, services, unknown, inbound), plus
-                // this proxy's settings.
+                // The snapshot's own fields (version, mesh, services, unknown, inbound, addresses,
+                // unknownAddresses), plus this proxy's settings.
                 let mut doc = serde_json::to_value(&*snapshot).unwrap_or_default();
                 if let Some(obj) = doc.as_object_mut() {
                     obj.insert(

@@ -23,6 +23,7 @@ pub struct Snapshot {
     /// Subscribed addresses the mesh knows: a Service's cluster IP and port, or an endpoint.
     pub addresses: HashMap<SocketAddr, AddressTarget>,
     /// Subscribed addresses the mesh does not know: passed through.
+    #[serde(rename = "unknownAddresses")]
     pub unknown_addresses: HashSet<SocketAddr>,
 }
 

@@ -51,6 +51,12 @@ async fn a_pod_ip_reaches_that_endpoint_alone_and_the_rest_is_passed_through() {
         metric(&a, "weft_proxy_tcp_connections_opened_total", &passthrough),
         1.0
     );
+    let (status, config) = p.a.admin("/config").await.unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(config["addresses"][&b_ip]["endpoint"], true, "{config:#}");
+    assert_eq!(config["addresses"]["10.96.0.10:80"]["service"]["name"], "b");
+    assert_eq!(config["unknownAddresses"][0], u.as_str());
     let line = format!("\"upstream\":\"{u}\"");
     eventually(
         "an access-log line for the passed-through connection",
