@@ -253,6 +253,11 @@ where
     fn app_target(&self, stream: &TcpStream) -> Result<AppTarget, &'static str> {
         let local = stream.local_addr().map_err(|_| "no-original-dst")?;
         match crate::original_dst::original_dst(stream, local) {
+            // To this listener's own port on another of the pod's addresses: the proxy's own
+            // connection to its pod's inbound (standalone endpoints), not an app's port.
+            Ok(Some(dst)) if dst.port() == local.port() && is_local(dst, local) => {
+                Ok(AppTarget::Default(self.apps.default().addr))
+            }
             Ok(None) => Ok(AppTarget::Default(self.apps.default().addr)),
             Ok(Some(dst)) if is_local(dst, local) => Ok(AppTarget::Redirected(dst)),
             Ok(Some(_)) => Err("not-local"),
@@ -469,6 +474,7 @@ where
                 None,
                 transport::DEFAULT_CONNECT_TIMEOUT,
                 (),
+                app.from,
             )
             .await;
         }

@@ -492,6 +492,7 @@ impl Outbound {
             tls,
             backend.policy.connect_timeout,
             permit,
+            None,
         )
         .await;
         let ok = result.as_ref().is_ok_and(|r| r.status().as_u16() < 500);

@@ -172,16 +172,21 @@ async fn connect(
 }
 
 /// Carries one opaque connection from a peer proxy to the local app (already checked by the
-/// inbound listener), counted under this proxy's own `service`.
-pub async fn inbound<I>(mut peer: I, service: &str, app_addr: SocketAddr, metrics: Arc<Metrics>)
-where
+/// inbound listener), counted under this proxy's own `service`; connected from `from` when given.
+pub async fn inbound<I>(
+    mut peer: I,
+    service: &str,
+    app_addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    metrics: Arc<Metrics>,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let labels = TcpLabels {
         direction: INBOUND,
         service: service.to_string(),
     };
-    match transport::dial(app_addr, transport::DEFAULT_CONNECT_TIMEOUT).await {
+    match transport::dial_from(app_addr, transport::DEFAULT_CONNECT_TIMEOUT, from).await {
         Ok(app) => relay(&mut peer, app, &labels, &metrics, DEFAULT_TCP_IDLE_TIMEOUT).await,
         Err(e) => tracing::info!(%service, error = %e, "inbound TCP: app unreachable"),
     }

@@ -19,7 +19,7 @@
 
 mod connect;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,8 +76,39 @@ pub use crate::policy::DEFAULT_CONNECT_TIMEOUT;
 
 /// Opens a TCP connection (to a peer, through [`dial_peer`], or to the local app).
 pub async fn dial(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    dial_from(addr, timeout, None).await
+}
+
+/// The address the inbound connects to its app from when it reaches the app at one of the pod's
+/// own non-loopback addresses (a redirected connection's original destination): `weft-proxy
+/// init` lets connections from it through (out on `lo`), where it sends the proxy's other
+/// connections to its own pod back into its inbound listener.
+pub fn app_source(app: SocketAddr) -> IpAddr {
+    match app {
+        SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 6)),
+        SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+    }
+}
+
+/// [`dial`], from the local address `from` when given.
+pub async fn dial_from(
+    addr: SocketAddr,
+    timeout: Duration,
+    from: Option<IpAddr>,
+) -> Result<TcpStream, ProxyError> {
     let fail = |reason: String| ProxyError::ConnectFailed { addr, reason };
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let connect = async {
+        let Some(from) = from else {
+            return TcpStream::connect(addr).await;
+        };
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        socket.connect(addr).await
+    };
+    let stream = tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| ProxyError::ConnectTimeout {
             addr,
@@ -217,8 +248,12 @@ pub async fn connect_http1(
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<Arc<rustls::ClientConfig>>,
+    from: Option<IpAddr>,
 ) -> Result<http1::SendRequest<Body>, ProxyError> {
-    let stream = dial_peer(addr, timeout, tls).await?;
+    let stream = match tls {
+        Some(_) => dial_peer(addr, timeout, tls).await?,
+        None => PeerIo::Left(dial_from(addr, timeout, from).await?),
+    };
     let (sender, conn) =
         http1::handshake(TokioIo::new(stream))
             .await

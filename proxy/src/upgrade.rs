@@ -77,7 +77,8 @@ impl Upgrades {
 /// Sends an upgrade request to `addr` on a connection of its own (TLS with `tls`); on
 /// `101 Switching Protocols`, splices `caller` (the upgrade of the connection the request came in
 /// on) with the new one.
-/// `guard` is held until the spliced connection ends (a concurrency-limit slot).
+/// `guard` is held until the spliced connection ends (a concurrency-limit slot); `from`, the
+/// local address to connect from (`transport::app_source`), when given.
 pub async fn forward<G: Send + 'static>(
     addr: SocketAddr,
     req: Request<Body>,
@@ -85,8 +86,9 @@ pub async fn forward<G: Send + 'static>(
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     connect_timeout: std::time::Duration,
     guard: G,
+    from: Option<std::net::IpAddr>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut sender = transport::connect_http1(addr, connect_timeout, tls).await?;
+    let mut sender = transport::connect_http1(addr, connect_timeout, tls, from).await?;
     let mut rsp = sender
         .send_request(req)
         .await

@@ -21,6 +21,9 @@ const MAX_KEPT: usize = 64;
 /// Pooled clients to one app address.
 pub struct AppClients<C> {
     pub addr: SocketAddr,
+    /// The local address connections to it are made from (`transport::app_source`), for an
+    /// address other than `app-addr`.
+    pub from: Option<std::net::IpAddr>,
     pub http1: Client<C, Body>,
     pub http2: Client<C, Body>,
 }
@@ -29,7 +32,7 @@ impl<C> AppClients<C>
 where
     C: Connect + Clone + Send + Sync + 'static,
 {
-    fn new(addr: SocketAddr, connector: C) -> Self {
+    fn new(addr: SocketAddr, from: Option<std::net::IpAddr>, connector: C) -> Self {
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
@@ -42,7 +45,12 @@ where
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        Self { addr, http1, http2 }
+        Self {
+            addr,
+            from,
+            http1,
+            http2,
+        }
     }
 }
 
@@ -60,7 +68,7 @@ where
     /// `connector` reaches `app-addr`.
     pub fn new(app_addr: SocketAddr, connector: C) -> Self {
         Self {
-            default: Arc::new(AppClients::new(app_addr, connector.clone())),
+            default: Arc::new(AppClients::new(app_addr, None, connector.clone())),
             connector,
             others: Mutex::new(HashMap::new()),
         }
@@ -76,7 +84,8 @@ where
         if addr == self.default.addr {
             return self.default.clone();
         }
-        let make = || Arc::new(AppClients::new(addr, self.connector.at(addr)));
+        let from = Some(crate::transport::app_source(addr));
+        let make = || Arc::new(AppClients::new(addr, from, self.connector.at(addr)));
         let Ok(mut others) = self.others.lock() else {
             return make();
         };

@@ -16,7 +16,7 @@
 //! A plaintext connection redirected to a permissive proxy that is not HTTP takes the same
 //! checks without a header or an identity ([`Inbound::serve_plaintext_tcp`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use weft_runtime::server::Http;
@@ -84,7 +84,11 @@ where
                 );
             }
         };
-        self.relay(io, guarded, target.addr()).await;
+        let from = match target {
+            AppTarget::Default(_) => None,
+            AppTarget::Redirected(a) => Some(crate::transport::app_source(a)),
+        };
+        self.relay(io, guarded, target.addr(), from).await;
     }
 
     /// A redirected plaintext connection that is not HTTP, to a permissive proxy: to the port
@@ -109,19 +113,20 @@ where
             self.refuse_opaque(reason.label());
             return tracing::info!(%peer, port = dst.port(), "plaintext TCP connection refused: {reason}");
         }
-        self.relay(io, !declared_tcp, dst).await;
+        let from = Some(crate::transport::app_source(dst));
+        self.relay(io, !declared_tcp, dst, from).await;
     }
 
-    async fn relay<I>(&self, io: I, guarded: bool, app: SocketAddr)
+    async fn relay<I>(&self, io: I, guarded: bool, app: SocketAddr, from: Option<IpAddr>)
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let metrics = self.metrics.clone();
         if !guarded {
-            return crate::tcp::inbound(io, &self.service, app, metrics).await;
+            return crate::tcp::inbound(io, &self.service, app, from, metrics).await;
         }
         let mut guard = HttpGuard::new(io);
-        crate::tcp::inbound(&mut guard, &self.service, app, metrics).await;
+        crate::tcp::inbound(&mut guard, &self.service, app, from, metrics).await;
         if guard.refused() {
             self.refuse_opaque("http-request");
             tracing::info!(port = app.port(), "inbound TCP connection closed: it sent an HTTP request to a port that serves HTTP, as opaque bytes");

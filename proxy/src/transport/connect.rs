@@ -112,23 +112,29 @@ where
 #[derive(Clone)]
 pub struct AppConnector {
     addr: SocketAddr,
+    /// The local address to connect from (`super::app_source`), for an app reached at one of
+    /// the pod's own addresses.
+    from: Option<std::net::IpAddr>,
 }
 
 impl AppConnector {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr }
+        Self { addr, from: None }
     }
 }
 
 /// A connector to the app that can be pointed at another of its addresses: a redirected
-/// connection goes to the port its caller dialled.
+/// connection goes to the port its caller dialled, on the pod's own address.
 pub trait AppAt {
     fn at(&self, addr: SocketAddr) -> Self;
 }
 
 impl AppAt for AppConnector {
     fn at(&self, addr: SocketAddr) -> Self {
-        Self::new(addr)
+        Self {
+            addr,
+            from: Some(super::app_source(addr)),
+        }
     }
 }
 
@@ -142,9 +148,9 @@ impl tower::Service<Uri> for AppConnector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        let addr = self.addr;
+        let (addr, from) = (self.addr, self.from);
         Box::pin(async move {
-            match super::dial(addr, super::DEFAULT_CONNECT_TIMEOUT).await {
+            match super::dial_from(addr, super::DEFAULT_CONNECT_TIMEOUT, from).await {
                 Ok(stream) => Ok(TokioIo::new(stream)),
                 Err(ProxyError::ConnectFailed { addr, reason }) => Err(ProxyError::ConnectFailed {
                     addr,

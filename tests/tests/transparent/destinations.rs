@@ -153,3 +153,28 @@ async fn without_the_control_plane_known_destinations_work_and_new_ones_pass_thr
     );
     drop((p.b, p.b2, p.s1, p.s2));
 }
+
+/// A pod calling its own Service, whose endpoint is that pod: the proxy's connection to its own
+/// pod IP goes into its own inbound listener, as a peer's would, and the app answers itself over
+/// mTLS (IPv4 and IPv6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_calling_its_own_service_reaches_itself_through_its_proxy() {
+    let w = world("").await;
+    let own = "spiffe://weft.local/ns/shop/sa/b";
+    for (addr, host) in [("10.96.0.10:80", "b.shop"), ("[fd96::16]:80", "b6.shop")] {
+        let rsp = get_from(&w.b, false, addr, host).await;
+        assert_eq!(
+            (rsp.status, rsp.header("x-app")),
+            (200, "b"),
+            "{addr}: {rsp:?}"
+        );
+        assert_eq!(rsp.header("x-seen-identity"), own, "{addr}");
+    }
+    let b = w.b.metrics().await;
+    let app = ["direction=\"inbound\"", "destination=\"app\""];
+    assert!(
+        metric(&b, "weft_proxy_redirected_connections_total", &app) >= 2.0,
+        "{b}"
+    );
+    drop((w.a, w.c, w.d));
+}
