@@ -13,7 +13,8 @@ Setups, one after another in the same run, each proxy one worker:
   envoy transparent   the same iptables rules with an Envoy pair as the sidecars, as Istio runs
                       it: outbound listener on 15001 and inbound on 15006 with the original_dst
                       listener filter, ORIGINAL_DST clusters, plaintext HTTP/2 between them, each
-                      Envoy under the proxy UID; oha dials b's pod IP (no kube-proxy here to
+                      Envoy under the proxy UID, the server one connecting to its app from
+                      127.0.0.6; oha dials b's pod IP (no kube-proxy here to
                       resolve a cluster IP for Envoy)
 
 The proxies run as UID/GID 2102 (the rules skip their traffic); weft serve runs in the node. For
@@ -142,11 +143,14 @@ def envoy_sidecar(side, admin):
     client side (15001) speaks HTTP/2 to the peer; the server side (15006) HTTP/1.1 to the app."""
     port, h2 = (15001, True) if side == "client" else (15006, False)
     listen = "127.0.0.1" if side == "client" else "0.0.0.0"
+    # The server side connects to its app from 127.0.0.6, which weft's rules let through (as
+    # Istio's inbound clusters do); the client side speaks HTTP/2 to the peer.
     proto = """
     typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}""" if h2 else ""
+        explicit_http_config: {http2_protocol_options: {}}""" if h2 else """
+    upstream_bind_config: {source_address: {address: 127.0.0.6, port_value: 0}}"""
     return f"""
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
 static_resources:

@@ -10,6 +10,7 @@
 //! HTTP must not be an HTTP request, or they would reach the app with headers (a forged
 //! `x-weft-client-identity`) that no proxy checked.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -121,46 +122,81 @@ fn decide(seen: &[u8]) -> Option<Protocol> {
     Some(Protocol::Tcp)
 }
 
-/// The longest method token [`looks_like_http`] waits for.
-const MAX_TOKEN: usize = 16;
-/// What [`looks_like_http`] may need to see: a token, a space and `https://`.
-const MAX_HELD: usize = 32;
+/// The most bytes [`looks_like_http`] looks at: a longer opening it cannot tell from a request
+/// counts as one.
+const MAX_HELD: usize = 64;
+/// How long an [`HttpGuard`] waits for the rest of an opening it cannot tell yet.
+const GUARD_TIMEOUT: Duration = DETECT_TIMEOUT;
 
-/// Whether `seen` opens an HTTP request line — an upper-case method token (any method, known or
-/// not), a space, and a request target (`/…`, `*`, `http://…`, `https://…`; any target after
+/// Whether `seen` opens what an HTTP/1 server would take for a request line, as leniently as the
+/// most lenient servers read one — blank lines first, any token as the method (any case, any
+/// length), spaces or tabs, and a request target (`/…`, `*`, `scheme:…`; any target after
 /// `CONNECT`, and HTTP/2's `PRI`) — or `None` while it cannot be told yet. Commands of
-/// line-based protocols (`EHLO host`, `AUTH secret`, `USER name`) are not requests.
+/// line-based protocols (`EHLO host`, `AUTH secret`, `PING`) are not requests. Past
+/// [`MAX_HELD`] bytes an opening still undecided counts as a request: refused, not guessed.
 pub fn looks_like_http(seen: &[u8]) -> Option<bool> {
-    let token = seen.iter().take_while(|b| b.is_ascii_uppercase()).count();
-    if token == seen.len() {
-        return (token >= MAX_TOKEN).then_some(false);
+    let undecided = || (seen.len() >= MAX_HELD).then_some(true);
+    let mut i = seen
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let start = i;
+    while i < seen.len() && is_tchar(seen[i]) {
+        i += 1;
     }
-    if token == 0 || seen[token] != b' ' {
+    let method = &seen[start..i];
+    if i == seen.len() {
+        return undecided();
+    }
+    if method.is_empty() || !matches!(seen[i], b' ' | b'\t') {
         return Some(false);
     }
-    let method = &seen[..token];
-    if method == b"CONNECT" || method == b"PRI" {
+    while i < seen.len() && matches!(seen[i], b' ' | b'\t') {
+        i += 1;
+    }
+    if method.eq_ignore_ascii_case(b"CONNECT") || method == b"PRI" {
         return Some(true);
     }
-    let target = seen[token + 1..].to_ascii_lowercase();
-    const SCHEMES: [&[u8]; 2] = [b"http://", b"https://"];
-    match target.first() {
-        None => None,
-        Some(b'/' | b'*') => Some(true),
-        Some(_) if SCHEMES.iter().any(|s| target.starts_with(s)) => Some(true),
-        Some(_) if SCHEMES.iter().any(|s| s.starts_with(&target)) => None,
+    let Some(&first) = seen.get(i) else {
+        return undecided();
+    };
+    if first == b'/' || first == b'*' {
+        return Some(true);
+    }
+    if !first.is_ascii_alphabetic() {
+        return Some(false);
+    }
+    // An absolute URI: a scheme, then `:`.
+    while i < seen.len()
+        && (seen[i].is_ascii_alphanumeric() || matches!(seen[i], b'+' | b'-' | b'.'))
+    {
+        i += 1;
+    }
+    match seen.get(i) {
+        None => undecided(),
+        Some(b':') => Some(true),
         Some(_) => Some(false),
     }
 }
 
+/// A character of an HTTP token (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// A client stream relayed as opaque TCP that is refused (a read error) if its first bytes
 /// [`looks_like_http`]; they are held back until that is decided.
+///
+/// An opening that stays undecided for [`GUARD_TIMEOUT`] after its first byte is refused too: a
+/// request must not slip through by arriving a byte at a time.
 pub struct HttpGuard<T> {
     inner: T,
     held: Vec<u8>,
     /// Decided: not HTTP. `held` is being handed on.
     passed: bool,
     refused: bool,
+    /// Running from the first byte until it is decided.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<T> HttpGuard<T> {
@@ -170,6 +206,7 @@ impl<T> HttpGuard<T> {
             held: Vec::with_capacity(MAX_HELD),
             passed: false,
             refused: false,
+            deadline: None,
         }
     }
 
@@ -195,23 +232,38 @@ impl<T: AsyncRead + Unpin> AsyncRead for HttpGuard<T> {
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         while !this.passed {
-            match looks_like_http(&this.held) {
+            let decided = match looks_like_http(&this.held) {
+                None if this.held.len() >= MAX_HELD => Some(true),
+                d => d,
+            };
+            match decided {
                 Some(true) => {
                     this.refused = true;
                     return Poll::Ready(Err(http_refused()));
                 }
                 Some(false) => this.passed = true,
-                None if this.held.len() >= MAX_HELD => this.passed = true,
                 None => {
-                    let mut byte = [0u8; MAX_HELD];
+                    if let Some(deadline) = this.deadline.as_mut() {
+                        if deadline.as_mut().poll(cx).is_ready() {
+                            this.refused = true;
+                            return Poll::Ready(Err(http_refused()));
+                        }
+                    }
+                    let mut bytes = [0u8; MAX_HELD];
                     let want = MAX_HELD - this.held.len();
-                    let mut rb = ReadBuf::new(&mut byte[..want]);
+                    let mut rb = ReadBuf::new(&mut bytes[..want]);
                     match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         // Closed while undecided: what it sent is not a request.
                         Poll::Ready(Ok(())) if rb.filled().is_empty() => this.passed = true,
-                        Poll::Ready(Ok(())) => this.held.extend_from_slice(rb.filled()),
+                        Poll::Ready(Ok(())) => {
+                            this.held.extend_from_slice(rb.filled());
+                            if this.deadline.is_none() {
+                                let at = Instant::now() + GUARD_TIMEOUT;
+                                this.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
+                            }
+                        }
                     }
                 }
             }
@@ -307,23 +359,63 @@ mod tests {
     }
 
     #[test]
-    fn an_http_request_is_told_by_any_method_and_commands_are_not_requests() {
-        assert_eq!(looks_like_http(b"PROPFIND / HTTP/1.1"), Some(true));
-        assert_eq!(looks_like_http(b"OPTIONS * HTTP/1.1"), Some(true));
-        assert_eq!(looks_like_http(b"GET HTTPS://x/ HTTP/1.1"), Some(true));
-        assert_eq!(looks_like_http(b"CONNECT db:5432 HTTP/1.1"), Some(true));
-        assert_eq!(looks_like_http(b"PRI * HTTP/2.0"), Some(true));
-        assert_eq!(looks_like_http(b"GE"), None);
-        assert_eq!(looks_like_http(b"GET "), None);
-        assert_eq!(looks_like_http(b"GET htt"), None);
-        assert_eq!(looks_like_http(b""), None);
-        assert_eq!(looks_like_http(b"EHLO"), None);
-        assert_eq!(looks_like_http(b"EHLO client.example"), Some(false));
-        assert_eq!(looks_like_http(b"AUTH hunter2"), Some(false));
-        assert_eq!(looks_like_http(b"*2\r\n"), Some(false));
-        assert_eq!(looks_like_http(b"get / HTTP/1.1"), Some(false));
-        assert_eq!(looks_like_http(b" GET"), Some(false));
-        assert_eq!(looks_like_http(b"ABCDEFGHIJKLMNOPQ"), Some(false));
+    fn an_http_request_is_told_however_leniently_it_is_written() {
+        for request in [
+            &b"PROPFIND / HTTP/1.1"[..],
+            b"OPTIONS * HTTP/1.1",
+            b"GET HTTPS://x/ HTTP/1.1",
+            b"GET mailto:x HTTP/1.1",
+            b"MAIL FROM:<a@b>",
+            b"CONNECT db:5432 HTTP/1.1",
+            b"connect db:5432 HTTP/1.1",
+            b"PRI * HTTP/2.0",
+            b"\r\nGET / HTTP/1.1",
+            b"get /admin HTTP/1.1",
+            b"X-Y_1 /admin HTTP/1.1",
+            b"GET  /two-spaces HTTP/1.1",
+            b"GET\t/tab HTTP/1.1",
+            b"AVERYVERYVERYLONGMETHODNAME /x HTTP/1.1",
+            &[b'A'; 64][..],
+        ] {
+            assert_eq!(
+                looks_like_http(request),
+                Some(true),
+                "{}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        for undecided in [
+            &b""[..],
+            b"GE",
+            b"GET",
+            b"GET ",
+            b"GET htt",
+            b"\r\n",
+            b"EHLO",
+        ] {
+            assert_eq!(
+                looks_like_http(undecided),
+                None,
+                "{}",
+                String::from_utf8_lossy(undecided)
+            );
+        }
+        for other in [
+            &b"EHLO client.example\r\n"[..],
+            b"AUTH hunter2\r\n",
+            b"PING\r\n",
+            b"*2\r\n",
+            b" GET",
+            b"\x16\x03\x01",
+            b"USER name\r\n",
+        ] {
+            assert_eq!(
+                looks_like_http(other),
+                Some(false),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 
     #[tokio::test]
@@ -344,5 +436,19 @@ mod tests {
         let mut out = Vec::new();
         short.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"QUIT", "closed undecided: passed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_guard_refuses_an_opening_left_undecided() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"GET").await.unwrap();
+        let mut guard = HttpGuard::new(server);
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(GUARD_TIMEOUT * 2, guard.read(&mut buf)).await;
+        let e = read
+            .expect("decided within the guard's timeout")
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        drop(client);
     }
 }

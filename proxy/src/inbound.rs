@@ -113,7 +113,7 @@ where
         Self {
             service: app.service.into(),
             metrics,
-            apps: Apps::new(app.addr, app.connector),
+            apps: Apps::new(app.addr, app.connector, is_own_address(app.addr.ip())),
             tls,
             discovery,
             limiter: std::sync::Mutex::new(None),
@@ -517,11 +517,27 @@ where
 /// Whether `dst`, where a redirected connection was going, is an address of this network
 /// namespace: the address it arrived on (iptables' `REDIRECT` answers on the primary address
 /// of the interface it came in on, the pod IP), or another one a socket can bind to.
+///
+/// Never a loopback, unspecified or multicast address: a packet crafted to arrive for
+/// `127.0.0.1` would otherwise reach what listens only on the pod's loopback (its outbound and
+/// admin listeners, an app bound to `localhost`).
 fn is_local(dst: SocketAddr, local: SocketAddr) -> bool {
-    if dst.ip() == local.ip() {
-        return true;
-    }
-    std::net::TcpListener::bind(SocketAddr::new(dst.ip(), 0)).is_ok()
+    may_be_own(dst.ip()) && (dst.ip() == local.ip() || can_bind(dst.ip()))
+}
+
+/// Whether `ip` is one of this namespace's own addresses, other than loopback.
+fn is_own_address(ip: std::net::IpAddr) -> bool {
+    may_be_own(ip) && can_bind(ip)
+}
+
+fn may_be_own(ip: std::net::IpAddr) -> bool {
+    let v4_broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    let v4_mapped = matches!(ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || v4_broadcast || v4_mapped)
+}
+
+fn can_bind(ip: std::net::IpAddr) -> bool {
+    std::net::TcpListener::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 #[cfg(test)]

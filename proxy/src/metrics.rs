@@ -133,8 +133,9 @@ pub struct FaultLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RedirectLabels {
     pub direction: &'static str,
-    /// Outbound: `service` (a cluster IP), `endpoint` (a pod IP), `passthrough`; inbound:
-    /// `app`; or the failure: `no-original-dst`, `unresolved`, `not-local`.
+    /// Outbound: `service` (a cluster IP), `endpoint` (a pod IP), `passthrough`, `unresolved`
+    /// (passed through: no control plane); inbound: `app`; or the failure: `refused` (not
+    /// resolved otherwise), `no-original-dst`, `not-local`.
     pub destination: &'static str,
 }
 

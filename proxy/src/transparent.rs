@@ -48,11 +48,18 @@ pub async fn outbound(outbound: Arc<Outbound>, conn: Accepted, dst: SocketAddr) 
             tracing::debug!(%peer, %dst, "not in the mesh; passed through");
             return passthrough(&outbound, stream, peer, dst).await;
         }
-        Err(e) => {
-            // Safe to pass through: a meshed destination refuses plaintext under `strict`.
+        // The control plane unreachable: passing through is safe, as a meshed destination
+        // refuses plaintext under `strict`, and keeps unmeshed ones reachable.
+        Err(e) if outbound.discovery.last_error().is_some() => {
             counts.redirected(OUTBOUND, "unresolved");
             tracing::info!(%peer, %dst, error = %e, "the destination could not be resolved; passed through");
             return passthrough(&outbound, stream, peer, dst).await;
+        }
+        // Any other failure (too many addresses waiting for an answer, no answer in time):
+        // this connection fails, and nothing goes out in plaintext that should not.
+        Err(e) => {
+            counts.redirected(OUTBOUND, "refused");
+            return tracing::info!(%peer, %dst, error = %e, reason = e.reason(), "redirected connection closed: its destination could not be resolved");
         }
     };
     counts.redirected(

@@ -100,6 +100,7 @@ pub fn is_dns_label(s: &str) -> bool {
 pub fn validate(items: &[Sourced]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut seen: HashMap<String, (String, usize)> = HashMap::new();
+    let mut addresses = Addresses::default();
     for item in items {
         let mut c = Checker {
             item,
@@ -112,7 +113,7 @@ pub fn validate(items: &[Sourced]) -> Vec<Problem> {
                 format!("defined twice: also in {src}, document {doc}"),
             );
         } else {
-            seen.insert(id, (item.source.clone(), item.document));
+            seen.insert(id.clone(), (item.source.clone(), item.document));
         }
         let meta = item.resource.metadata();
         c.name("metadata.name", &meta.name);
@@ -123,13 +124,60 @@ pub fn validate(items: &[Sourced]) -> Vec<Problem> {
         }
         match &item.resource {
             Resource::MeshConfig(o) => mesh_config(&mut c, &o.metadata.name, &o.spec),
-            Resource::Service(o) => service(&mut c, &o.spec),
+            Resource::Service(o) => {
+                service(&mut c, &o.spec);
+                addresses.check(&mut c, &id, &o.metadata.name, &o.spec);
+            }
             Resource::HttpRoute(o) => http_route(&mut c, &o.spec),
             Resource::TrafficPolicy(o) => traffic_policy(&mut c, &o.spec),
             Resource::AuthorizationPolicy(o) => authorization(&mut c, &o.spec),
         }
     }
     problems
+}
+
+/// The addresses Services claim: a cluster IP is one Service's (as in Kubernetes), and an
+/// endpoint address may back several Services only of one service account — else a Service
+/// could take another's traffic to an address (transparent interception routes by address).
+#[derive(Default)]
+struct Addresses {
+    cluster_ips: HashMap<std::net::IpAddr, String>,
+    endpoints: HashMap<std::net::SocketAddr, (String, String)>,
+}
+
+impl Addresses {
+    fn check(&mut self, c: &mut Checker<'_>, id: &str, name: &str, s: &ServiceSpec) {
+        for (i, ip) in s.cluster_ips.iter().enumerate() {
+            match self.cluster_ips.get(ip) {
+                Some(other) if other != id => c.fail(
+                    format!("spec.clusterIPs[{i}]"),
+                    format!("{ip} is already the cluster IP of {other}"),
+                ),
+                _ => {
+                    self.cluster_ips.insert(*ip, id.to_string());
+                }
+            }
+        }
+        let sa = s
+            .service_account
+            .clone()
+            .unwrap_or_else(|| name.to_string());
+        for (i, e) in s.endpoints.iter().enumerate() {
+            match self.endpoints.get(&e.address) {
+                Some((other, other_sa)) if *other_sa != sa => c.fail(
+                    format!("spec.endpoints[{i}].address"),
+                    format!(
+                        "{} is already an endpoint of {other}, which runs as service account {other_sa:?}, not {sa:?}",
+                        e.address
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    self.endpoints.insert(e.address, (id.to_string(), sa.clone()));
+                }
+            }
+        }
+    }
 }
 
 fn mesh_config(c: &mut Checker<'_>, name: &str, s: &MeshConfigSpec) {
@@ -428,6 +476,37 @@ mod tests {
             .iter()
             .map(|p| format!("{}: {}", p.field, p.message))
             .collect()
+    }
+
+    #[test]
+    fn a_cluster_ip_is_one_services_and_an_endpoint_one_service_accounts() {
+        let svc = |name: &str, sa: &str, ip: &str, ep: &str| {
+            format!("apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{ports: [{{port: 80}}], serviceAccount: {sa}, clusterIPs: [{ip}], endpoints: [{{address: \"{ep}\"}}]}}\n")
+        };
+        let ok = format!(
+            "{}---\n{}",
+            svc("a", "x", "10.0.0.1", "10.1.0.1:80"),
+            svc("b", "x", "10.0.0.2", "10.1.0.1:80")
+        );
+        assert_eq!(
+            problems(&ok),
+            Vec::<String>::new(),
+            "one pod behind two Services of one account"
+        );
+        let p = problems(&format!(
+            "{}---\n{}",
+            svc("a", "x", "10.0.0.1", "10.1.0.1:80"),
+            svc("b", "y", "10.0.0.1", "10.1.0.1:80")
+        ));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("spec.clusterIPs[0]") && p[0].contains("already the cluster IP"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].starts_with("spec.endpoints[0].address") && p[1].contains("\"x\", not \"y\""),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -65,10 +65,17 @@ impl<C> Apps<C>
 where
     C: Connect + AppAt + Clone + Send + Sync + 'static,
 {
-    /// `connector` reaches `app-addr`.
-    pub fn new(app_addr: SocketAddr, connector: C) -> Self {
+    /// `connector` reaches `app-addr`. An `app-addr` on one of the pod's own non-loopback
+    /// addresses (`own`) is connected to from `transport::app_source`, as redirected ones are.
+    pub fn new(app_addr: SocketAddr, connector: C, own: bool) -> Self {
+        let default = if own {
+            let from = Some(crate::transport::app_source(app_addr));
+            AppClients::new(app_addr, from, connector.at(app_addr))
+        } else {
+            AppClients::new(app_addr, None, connector.clone())
+        };
         Self {
-            default: Arc::new(AppClients::new(app_addr, None, connector.clone())),
+            default: Arc::new(default),
             connector,
             others: Mutex::new(HashMap::new()),
         }

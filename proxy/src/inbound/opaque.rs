@@ -7,11 +7,12 @@
 //! - came straight to the inbound listener (standalone): only to a port the Service declares
 //!   TCP, on a Service with no HTTP port — every port reaches the same `app-addr`, so opaque bytes
 //!   to a Service that serves HTTP would reach its HTTP listener past HTTP policy;
-//! - redirected (transparent): to the port the caller dialled. A port the Service declares TCP
-//!   is relayed as it is; any other is relayed through [`HttpGuard`], which refuses a connection
-//!   whose first bytes are an HTTP request (they would reach the app with headers, such as
-//!   `x-weft-client-identity`, that no proxy checked) and lets anything else through, so that a
-//!   server-speaks-first protocol whose detection timed out on the caller's side still works.
+//! - redirected (transparent): to the port the caller dialled. To a Service whose ports are all
+//!   TCP it is relayed as it is; otherwise through [`HttpGuard`], which refuses a connection
+//!   whose first bytes an HTTP server would take for a request (they would reach the app with
+//!   headers, such as `x-weft-client-identity`, that no proxy checked) and lets anything else
+//!   through, so that a server-speaks-first protocol whose detection timed out on the caller's
+//!   side still works. (The header names a Service port, which need not be the port dialled.)
 //!
 //! A plaintext connection redirected to a permissive proxy that is not HTTP takes the same
 //! checks without a header or an identity ([`Inbound::serve_plaintext_tcp`]).
@@ -85,7 +86,7 @@ where
             }
         };
         let from = match target {
-            AppTarget::Default(_) => None,
+            AppTarget::Default(_) => self.apps.default().from,
             AppTarget::Redirected(a) => Some(crate::transport::app_source(a)),
         };
         self.relay(io, guarded, target.addr(), from).await;
@@ -98,10 +99,8 @@ where
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let snapshot = self.discovery.snapshot();
-        let declared_tcp = snapshot.inbound.as_ref().is_some_and(|i| {
-            i.ports
-                .iter()
-                .any(|p| p.port == dst.port() && p.protocol == Protocol::Tcp)
+        let only_tcp = snapshot.inbound.as_ref().is_some_and(|i| {
+            !i.ports.is_empty() && i.ports.iter().all(|p| p.protocol == Protocol::Tcp)
         });
         drop(snapshot);
         let allowed = if !self.authorize(|p| p.allows_connection(None)) {
@@ -114,7 +113,7 @@ where
             return tracing::info!(%peer, port = dst.port(), "plaintext TCP connection refused: {reason}");
         }
         let from = Some(crate::transport::app_source(dst));
-        self.relay(io, !declared_tcp, dst, from).await;
+        self.relay(io, !only_tcp, dst, from).await;
     }
 
     async fn relay<I>(&self, io: I, guarded: bool, app: SocketAddr, from: Option<IpAddr>)
@@ -152,15 +151,17 @@ where
             .ports
             .iter()
             .any(|p| p.port == header.port && p.protocol == Protocol::Tcp);
+        let serves_http = inbound.ports.iter().any(|p| p.protocol != Protocol::Tcp);
         let guarded = match target {
             AppTarget::Default(_) => {
-                let serves_http = inbound.ports.iter().any(|p| p.protocol != Protocol::Tcp);
                 if !declared_tcp || serves_http {
                     return Err(OpaqueRefusal::NotATcpPort);
                 }
                 false
             }
-            AppTarget::Redirected(_) => !declared_tcp,
+            // The header's port is the caller's word and a Service port, not the port dialled:
+            // unguarded only where the Service has no HTTP port at all.
+            AppTarget::Redirected(_) => serves_http || !declared_tcp,
         };
         if !self.authorize(|p| p.allows_connection(client)) {
             return Err(OpaqueRefusal::Forbidden);

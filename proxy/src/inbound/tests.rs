@@ -209,3 +209,25 @@ async fn an_app_error_is_passed_through_as_it_is() {
     let rsp = send(&inbound, None, get("/")).await;
     assert_eq!((rsp.status.as_u16(), rsp.reason()), (503, ""));
 }
+
+#[test]
+fn a_redirected_destination_must_be_one_of_the_pods_own_addresses() {
+    let local: SocketAddr = "127.0.0.1:15006".parse().unwrap();
+    for dst in [
+        "127.0.0.1:15020",
+        "127.0.0.1:15001",
+        "[::1]:8080",
+        "0.0.0.0:80",
+        "224.0.0.1:80",
+        "255.255.255.255:80",
+        "[::ffff:127.0.0.1]:80",
+        "192.0.2.1:80",
+    ] {
+        assert!(!is_local(dst.parse().unwrap(), local), "{dst}");
+    }
+    let pod: SocketAddr = "10.9.9.9:15006".parse().unwrap();
+    assert!(
+        is_local("10.9.9.9:8080".parse().unwrap(), pod),
+        "the address it arrived on"
+    );
+}

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `WEFT_PREROUTING` | `PREROUTING` | inbound TCP: the proxy's own ports and `--skip-inbound-ports` return, the rest (or only `--include-inbound-ports`) goes to `WEFT_INBOUND_REDIRECT` |
 //! | `WEFT_INBOUND_REDIRECT` | `WEFT_PREROUTING` | `REDIRECT` to the inbound listener |
-//! | `WEFT_OUTPUT` | `OUTPUT` | outbound TCP: the inbound's connections to its app (from `127.0.0.6`, `::1`) return; the proxy's connections to its own pod (out on `lo`, not to `127.0.0.1`) go to `WEFT_INBOUND_REDIRECT`; the proxy's other traffic (by UID and GID), loopback destinations and the pod's own addresses (out on `lo`), `--skip-outbound-ports` and `--skip-outbound-cidrs` return, the rest goes to `WEFT_OUTBOUND_REDIRECT` |
+//! | `WEFT_OUTPUT` | `OUTPUT` | outbound TCP: the inbound's connections to its app (from `127.0.0.6`, `::1`) return; the proxy's connections to its own pod (out on `lo`, not to loopback) go to `WEFT_INBOUND_REDIRECT`; the proxy's other traffic (by UID and GID), loopback destinations and the pod's own addresses (out on `lo`), `--skip-outbound-ports` and `--skip-outbound-cidrs` return, the rest goes to `WEFT_OUTBOUND_REDIRECT` |
 //! | `WEFT_OUTBOUND_REDIRECT` | `WEFT_OUTPUT` | `REDIRECT` to the outbound listener |
 //!
 //! UDP is never touched, so DNS keeps working.
@@ -36,14 +36,6 @@ impl Family {
     fn loopback(self) -> &'static str {
         match self {
             Family::V4 => "127.0.0.0/8",
-            Family::V6 => "::1/128",
-        }
-    }
-
-    /// The loopback address the proxy's own local connections go to (its admin listener).
-    fn loopback_host(self) -> &'static str {
-        match self {
-            Family::V4 => "127.0.0.1/32",
             Family::V6 => "::1/128",
         }
     }
@@ -182,7 +174,7 @@ pub fn install(settings: &Settings, family: Family, existing: &str) -> String {
             OUTPUT,
             &format!(
                 "! -d {} -o lo -p tcp -m owner {owner} -j {INBOUND_REDIRECT}",
-                family.loopback_host()
+                family.loopback()
             ),
         );
     }
@@ -341,8 +333,8 @@ mod tests {
              -A WEFT_PREROUTING -p tcp -j WEFT_INBOUND_REDIRECT\n\
              -A WEFT_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n\
              -A WEFT_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN\n\
-             -A WEFT_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m owner --uid-owner 2102 -j WEFT_INBOUND_REDIRECT\n\
-             -A WEFT_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m owner --gid-owner 2102 -j WEFT_INBOUND_REDIRECT\n\
+             -A WEFT_OUTPUT ! -d 127.0.0.0/8 -o lo -p tcp -m owner --uid-owner 2102 -j WEFT_INBOUND_REDIRECT\n\
+             -A WEFT_OUTPUT ! -d 127.0.0.0/8 -o lo -p tcp -m owner --gid-owner 2102 -j WEFT_INBOUND_REDIRECT\n\
              -A WEFT_OUTPUT -m owner --uid-owner 2102 -j RETURN\n\
              -A WEFT_OUTPUT -m owner --gid-owner 2102 -j RETURN\n\
              -A WEFT_OUTPUT -d 127.0.0.0/8 -j RETURN\n\

@@ -152,7 +152,7 @@ apiVersion: weft.dev/v1alpha1
 kind: Service
 metadata: {{name: b, namespace: shop}}
 spec:
-  ports: [{{name: http, port: 80}}]
+  ports: [{{name: http, port: 80}}, {{name: cache, port: 6379, protocol: TCP}}]
   clusterIPs: [10.96.0.10]
   endpoints: [{{address: "{b}"}}, {{address: "{b2}"}}]
 ---
