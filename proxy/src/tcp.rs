@@ -67,8 +67,8 @@ pub async fn outbound<A>(
 }
 
 /// Carries one redirected app connection to `dst`, which the mesh does not know, as it is:
-/// plain TCP, no mTLS (the proxy's own connections to other pods are not redirected, so this cannot loop back
-/// into it).
+/// plain TCP, no mTLS (the proxy's own connections to other pods are not redirected, so this
+/// cannot loop back into it).
 pub async fn passthrough<A>(mut app: A, dst: SocketAddr, metrics: Arc<Metrics>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
