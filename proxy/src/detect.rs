@@ -133,7 +133,7 @@ const GUARD_TIMEOUT: Duration = DETECT_TIMEOUT;
 /// length), spaces or tabs, and a request target (`/…`, `*`, `scheme:…`; any target after
 /// `CONNECT`, and HTTP/2's `PRI`) — or `None` while it cannot be told yet. Commands of
 /// line-based protocols (`EHLO host`, `AUTH secret`, `PING`) are not requests. Past
-/// [`MAX_HELD`] bytes an opening still undecided counts as a request: refused, not guessed.
+/// `MAX_HELD` (64) bytes an opening still undecided counts as a request: refused, not guessed.
 pub fn looks_like_http(seen: &[u8]) -> Option<bool> {
     let undecided = || (seen.len() >= MAX_HELD).then_some(true);
     let mut i = seen
@@ -187,7 +187,7 @@ fn is_tchar(b: u8) -> bool {
 /// A client stream relayed as opaque TCP that is refused (a read error) if its first bytes
 /// [`looks_like_http`]; they are held back until that is decided.
 ///
-/// An opening that stays undecided for [`GUARD_TIMEOUT`] after its first byte is refused too: a
+/// An opening that stays undecided for `GUARD_TIMEOUT` (1 s) after its first byte is refused too: a
 /// request must not slip through by arriving a byte at a time.
 pub struct HttpGuard<T> {
     inner: T,

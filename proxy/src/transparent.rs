@@ -2,7 +2,7 @@
 //! where each was going, and what it speaks (docs/interception.md).
 //!
 //! For each connection: its original destination (`original_dst`), asked of the control plane
-//! as an address the first time ([`Discovery::resolve_address`]): a Service's cluster IP and
+//! as an address the first time (`Discovery::resolve_address`): a Service's cluster IP and
 //! port, one endpoint of a Service (a pod IP and port, direct addressing), or nothing the mesh
 //! knows, which is passed through as plain TCP — as is one that cannot be resolved (the control
 //! plane unreachable): a meshed destination refuses plaintext under `mtls: strict`, so this
