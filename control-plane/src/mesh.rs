@@ -317,10 +317,13 @@ impl Mesh {
     }
 }
 
-/// Every Service's cluster IPs with each of its ports, and every endpoint address. An address
-/// claimed twice goes to the Service first in (namespace, name) order — a pod behind two
-/// Services is the same pod, with the same identity, through either. An endpoint reaches the
-/// Service port of its own port number, or else the Service's first port.
+/// Every Service's cluster IPs with each of its ports (validation keeps a cluster IP to one
+/// Service), and every endpoint address. An endpoint reaches the Service port of its own
+/// number, or else the Service's first port. An endpoint of several Services goes to the first
+/// in (namespace, name) order when they all run as one service account — the same pod, with the
+/// same identity, through either — and to none when they do not: a Service must not take
+/// another's traffic by naming its pod, so a connection to that address is passed through (and
+/// a meshed pod refuses the plaintext under `strict`).
 fn index_addresses(services: &BTreeMap<Key, ServiceSpec>) -> HashMap<SocketAddr, Reaches> {
     let mut index = HashMap::new();
     for (k, spec) in services {
@@ -336,6 +339,9 @@ fn index_addresses(services: &BTreeMap<Key, ServiceSpec>) -> HashMap<SocketAddr,
             }
         }
     }
+    let account =
+        |k: &Key, spec: &ServiceSpec| spec.service_account.clone().unwrap_or_else(|| k.1.clone());
+    let mut ambiguous = Vec::new();
     for (k, spec) in services {
         let Some(first) = spec.ports.first() else {
             continue;
@@ -347,12 +353,27 @@ fn index_addresses(services: &BTreeMap<Key, ServiceSpec>) -> HashMap<SocketAddr,
                 .find(|p| p.port == e.address.port())
                 .unwrap_or(first)
                 .port;
-            index.entry(e.address).or_insert_with(|| Reaches {
-                service: k.clone(),
-                port,
-                endpoint: true,
-            });
+            match index.get(&e.address) {
+                None => {
+                    let reaches = Reaches {
+                        service: k.clone(),
+                        port,
+                        endpoint: true,
+                    };
+                    index.insert(e.address, reaches);
+                }
+                Some(r) if r.endpoint => {
+                    let other = services.get(&r.service).map(|s| account(&r.service, s));
+                    if other.as_deref() != Some(account(k, spec).as_str()) {
+                        ambiguous.push(e.address);
+                    }
+                }
+                Some(_) => {}
+            }
         }
+    }
+    for addr in ambiguous {
+        index.remove(&addr);
     }
     index
 }
@@ -624,14 +645,17 @@ spec:
         assert_eq!(
             got,
             [
-                ("10.251.0.3:6379", "b.shop", 6379, true),
                 ("10.251.0.4:8080", "b.shop", 80, true),
                 ("10.252.0.5:80", "b.shop", 80, false),
                 ("[fd00::5]:6379", "b.shop", 6379, false),
             ],
-            "an endpoint reaches the port of its number, else the first; shared ones the first Service"
+            "an endpoint reaches the port of its number, else the first"
         );
-        assert_eq!(view.unknown, ["10.252.0.5:81", "10.9.9.9:443"]);
+        assert_eq!(
+            view.unknown,
+            ["10.251.0.3:6379", "10.252.0.5:81", "10.9.9.9:443"],
+            "an endpoint of two Services of two service accounts is neither's"
+        );
         let names: Vec<_> = view.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["b"], "each Service once");
         assert_eq!(

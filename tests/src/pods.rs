@@ -4,10 +4,10 @@
 //! them, and every process and iptables rule in them, go when the [`Node`] and its [`Pod`]s are
 //! dropped, also when a test fails.
 //!
-//! In a pod, [`Pod::run`] and [`Pod::spawn`] run the test's own apps and clients (as root: the app's traffic,
-//! which the pod's iptables rules redirect), [`Pod::init`] runs `weft-proxy init`, and
-//! [`Pod::proxy`] runs `weft-proxy` as a process under the proxy's UID and GID (2102), whose own
-//! traffic the rules skip. The control plane runs in the node ([`Node::control_plane`]).
+//! In a pod, [`Pod::run`] and [`Pod::spawn`] run the test's own apps and clients (as root: the
+//! app's traffic, which the pod's iptables rules redirect), [`Pod::init`] runs `weft-proxy
+//! init`, and [`Pod::proxy`] runs `weft-proxy` as a process under the proxy's UID and GID
+//! (2102), whose own traffic the rules skip. The control plane runs in the node ([`Node::control_plane`]).
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -126,7 +126,7 @@ pub fn validate(items: &[Sourced]) -> Vec<Problem> {
             Resource::MeshConfig(o) => mesh_config(&mut c, &o.metadata.name, &o.spec),
             Resource::Service(o) => {
                 service(&mut c, &o.spec);
-                addresses.check(&mut c, &id, &o.metadata.name, &o.spec);
+                addresses.check(&mut c, &id, &o.spec);
             }
             Resource::HttpRoute(o) => http_route(&mut c, &o.spec),
             Resource::TrafficPolicy(o) => traffic_policy(&mut c, &o.spec),
@@ -136,17 +136,15 @@ pub fn validate(items: &[Sourced]) -> Vec<Problem> {
     problems
 }
 
-/// The addresses Services claim: a cluster IP is one Service's (as in Kubernetes), and an
-/// endpoint address may back several Services only of one service account — else a Service
-/// could take another's traffic to an address (transparent interception routes by address).
+/// The cluster IPs Services claim: each is one Service's, as in Kubernetes — else a Service
+/// could take another's traffic to it (transparent interception routes by address).
 #[derive(Default)]
 struct Addresses {
     cluster_ips: HashMap<std::net::IpAddr, String>,
-    endpoints: HashMap<std::net::SocketAddr, (String, String)>,
 }
 
 impl Addresses {
-    fn check(&mut self, c: &mut Checker<'_>, id: &str, name: &str, s: &ServiceSpec) {
+    fn check(&mut self, c: &mut Checker<'_>, id: &str, s: &ServiceSpec) {
         for (i, ip) in s.cluster_ips.iter().enumerate() {
             match self.cluster_ips.get(ip) {
                 Some(other) if other != id => c.fail(
@@ -155,25 +153,6 @@ impl Addresses {
                 ),
                 _ => {
                     self.cluster_ips.insert(*ip, id.to_string());
-                }
-            }
-        }
-        let sa = s
-            .service_account
-            .clone()
-            .unwrap_or_else(|| name.to_string());
-        for (i, e) in s.endpoints.iter().enumerate() {
-            match self.endpoints.get(&e.address) {
-                Some((other, other_sa)) if *other_sa != sa => c.fail(
-                    format!("spec.endpoints[{i}].address"),
-                    format!(
-                        "{} is already an endpoint of {other}, which runs as service account {other_sa:?}, not {sa:?}",
-                        e.address
-                    ),
-                ),
-                Some(_) => {}
-                None => {
-                    self.endpoints.insert(e.address, (id.to_string(), sa.clone()));
                 }
             }
         }
@@ -479,32 +458,21 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_ip_is_one_services_and_an_endpoint_one_service_accounts() {
-        let svc = |name: &str, sa: &str, ip: &str, ep: &str| {
-            format!("apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{ports: [{{port: 80}}], serviceAccount: {sa}, clusterIPs: [{ip}], endpoints: [{{address: \"{ep}\"}}]}}\n")
+    fn a_cluster_ip_is_one_services() {
+        let svc = |name: &str, ip: &str| {
+            format!("apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{ports: [{{port: 80}}], clusterIPs: [{ip}]}}\n")
         };
-        let ok = format!(
-            "{}---\n{}",
-            svc("a", "x", "10.0.0.1", "10.1.0.1:80"),
-            svc("b", "x", "10.0.0.2", "10.1.0.1:80")
-        );
-        assert_eq!(
-            problems(&ok),
-            Vec::<String>::new(),
-            "one pod behind two Services of one account"
-        );
+        let ok = format!("{}---\n{}", svc("a", "10.0.0.1"), svc("b", "10.0.0.2"));
+        assert_eq!(problems(&ok), Vec::<String>::new());
         let p = problems(&format!(
             "{}---\n{}",
-            svc("a", "x", "10.0.0.1", "10.1.0.1:80"),
-            svc("b", "y", "10.0.0.1", "10.1.0.1:80")
+            svc("a", "10.0.0.1"),
+            svc("b", "10.0.0.1")
         ));
-        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            p[0].starts_with("spec.clusterIPs[0]") && p[0].contains("already the cluster IP"),
-            "{p:?}"
-        );
-        assert!(
-            p[1].starts_with("spec.endpoints[0].address") && p[1].contains("\"x\", not \"y\""),
+            p[0].starts_with("spec.clusterIPs[0]")
+                && p[0].contains("already the cluster IP of Service/shop/a"),
             "{p:?}"
         );
     }
