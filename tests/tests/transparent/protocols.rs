@@ -33,6 +33,24 @@ async fn an_unchanged_app_reaches_services_by_cluster_ip_over_mtls_in_every_prot
             "the app sees what a sent"
         );
     }
+    // curl, an app that knows nothing of the mesh.
+    for (flags, version) in [(&[][..], "1.1"), (&["--http2-prior-knowledge"][..], "2")] {
+        let mut args = vec!["-sS", "--max-time", "10", "-o", "/dev/null", "-D", "-"];
+        args.extend(flags);
+        args.push("http://10.96.0.10/hello");
+        let out = w.a.exec("curl", &args);
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(head.starts_with(&format!("http/{version} 200")), "{head}");
+        assert!(
+            head.contains(&format!("x-seen-identity: {CALLER}")),
+            "{head}"
+        );
+    }
     let rsp = get_from(&w.a, false, "[fd96::10]:80", "b.shop").await;
     assert_eq!(
         (rsp.status, rsp.header("x-seen-identity")),
