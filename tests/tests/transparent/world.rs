@@ -10,9 +10,9 @@ use weft_tests::*;
 
 pub const CALLER: &str = "spiffe://weft.local/ns/shop/sa/a";
 
-/// The mesh of these tests: Services `b` (HTTP, its app in pod b), `c` (TCP echo, pod c), `d`
-/// (gRPC, pod d), each with cluster IPs; MeshConfig from `mesh_config`.
-fn config(mesh_config: &str, b: &Pod, c: &Pod, d: &Pod) -> String {
+/// MeshConfig (its spec `mesh_config`) and Service `a`, the caller's: the start of every
+/// config here.
+fn mesh_header(mesh_config: &str) -> String {
     format!(
         r#"apiVersion: weft.dev/v1alpha1
 kind: MeshConfig
@@ -23,7 +23,15 @@ apiVersion: weft.dev/v1alpha1
 kind: Service
 metadata: {{name: a, namespace: shop}}
 spec: {{ports: [{{port: 80}}]}}
----
+"#
+    )
+}
+
+/// The mesh of these tests: Services `b` (HTTP, its app in pod b), `c` (TCP echo, pod c), `d`
+/// (gRPC, pod d), each with cluster IPs; MeshConfig from `mesh_config`.
+fn config(mesh_config: &str, b: &Pod, c: &Pod, d: &Pod) -> String {
+    format!(
+        r#"{}---
 apiVersion: weft.dev/v1alpha1
 kind: Service
 metadata: {{name: b, namespace: shop}}
@@ -57,6 +65,7 @@ spec:
   clusterIPs: [10.96.0.12]
   endpoints: [{{address: "{d50051}"}}]
 "#,
+        mesh_header(mesh_config),
         b8080 = b.addr(8080),
         b6_8080 = b.addr6(8080),
         c9000 = c.addr(9000),
@@ -138,16 +147,7 @@ pub struct Pods {
 fn config2(mesh_config: &str, p: &[&Pod; 5]) -> String {
     let [b, b2, s1, s2, _] = p;
     format!(
-        r#"apiVersion: weft.dev/v1alpha1
-kind: MeshConfig
-metadata: {{name: default}}
-spec: {{{mesh_config}}}
----
-apiVersion: weft.dev/v1alpha1
-kind: Service
-metadata: {{name: a, namespace: shop}}
-spec: {{ports: [{{port: 80}}]}}
----
+        r#"{}---
 apiVersion: weft.dev/v1alpha1
 kind: Service
 metadata: {{name: b, namespace: shop}}
@@ -172,6 +172,7 @@ spec:
   clusterIPs: [10.96.0.22]
   endpoints: [{{address: "{s2}"}}]
 "#,
+        mesh_header(mesh_config),
         b = b.addr(8080),
         b2 = b2.addr(8080),
         s1 = s1.addr(3306),
