@@ -6,14 +6,15 @@ measurement:
 - a run's temp folder and processes (`run`, `Procs`): started with their logs in the folder,
   stopped (SIGTERM, then SIGKILL) and the folder removed however the run ends;
 - loopback ports (`free_port`), readiness (`wait_http`), a process's CPU and peak memory;
-- bench-upstream (`start_upstream`); load with oha (`oha`, `fixed_rate`, `constant_rate`) and
-  one row of results from its JSON (`summary`);
+- bench-upstream (`start_upstream`); load with oha (`oha`, `fixed_rate`, `constant_rate`), one
+  row of results from its JSON (`summary`), and the pair benchmarks' table (`pair_table`);
 - the weft mesh the benchmarks measure (`start_weft`: `weft serve`, server proxies, a client
   proxy; its parts `start_serve` and `weft_proxy_cmd`) and its config file (`service_yaml`,
   `rewrite_config`, `config_version`);
 - an Envoy proxy of the same shape (`envoy_config`, `start_envoy`), for comparison.
 
-Not a script: the benchmarks are mesh.py, mtls.py, resilience.py, observability.py and api.py.
+Not a script: the benchmarks are mesh.py, mtls.py, resilience.py, observability.py, api.py and
+interception.py.
 """
 import contextlib, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
