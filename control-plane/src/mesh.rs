@@ -317,31 +317,44 @@ impl Mesh {
     }
 }
 
-/// Every Service's cluster IPs with each of its ports (validation keeps a cluster IP to one
-/// Service), and every endpoint address. An endpoint reaches the Service port of its own
-/// number, or else the Service's first port. An endpoint of several Services goes to the first
-/// in (namespace, name) order when they all run as one service account — the same pod, with the
-/// same identity, through either — and to none when they do not: a Service must not take
-/// another's traffic by naming its pod, so a connection to that address is passed through (and
-/// a meshed pod refuses the plaintext under `strict`).
+/// Every Service's cluster IPs with each of its ports, and every endpoint address. An endpoint
+/// reaches the Service port of its own number, or else the Service's first port. An endpoint of
+/// several Services goes to the first in (namespace, name) order when they all have one identity
+/// (namespace and service account) — the same pod through either. A Service must not take
+/// another's traffic by naming its pod or its cluster IP, so an address claimed by two
+/// identities, as one Service's cluster IP and port and another's endpoint, or as two Services'
+/// cluster IP and port (validation refuses that within one source of config), is left out: a
+/// connection to it is passed through, and a meshed pod refuses the plaintext under `strict`.
 fn index_addresses(services: &BTreeMap<Key, ServiceSpec>) -> HashMap<SocketAddr, Reaches> {
-    let mut index = HashMap::new();
+    let identity = |k: &Key| {
+        let sa = services.get(k).and_then(|s| s.service_account.clone());
+        (k.0.clone(), sa.unwrap_or_else(|| k.1.clone()))
+    };
+    let mut index: HashMap<SocketAddr, Reaches> = HashMap::new();
+    let mut ambiguous = Vec::new();
+    let mut claim = |addr: SocketAddr, reaches: Reaches| match index.get(&addr) {
+        None => {
+            index.insert(addr, reaches);
+        }
+        Some(r)
+            if r.endpoint
+                && reaches.endpoint
+                && identity(&r.service) == identity(&reaches.service) => {}
+        Some(r) if r.service == reaches.service && !r.endpoint && !reaches.endpoint => {}
+        Some(_) => ambiguous.push(addr),
+    };
     for (k, spec) in services {
         for ip in &spec.cluster_ips {
             for p in &spec.ports {
-                index
-                    .entry(SocketAddr::new(*ip, p.port))
-                    .or_insert_with(|| Reaches {
-                        service: k.clone(),
-                        port: p.port,
-                        endpoint: false,
-                    });
+                let reaches = Reaches {
+                    service: k.clone(),
+                    port: p.port,
+                    endpoint: false,
+                };
+                claim(SocketAddr::new(*ip, p.port), reaches);
             }
         }
     }
-    let account =
-        |k: &Key, spec: &ServiceSpec| spec.service_account.clone().unwrap_or_else(|| k.1.clone());
-    let mut ambiguous = Vec::new();
     for (k, spec) in services {
         let Some(first) = spec.ports.first() else {
             continue;
@@ -353,23 +366,12 @@ fn index_addresses(services: &BTreeMap<Key, ServiceSpec>) -> HashMap<SocketAddr,
                 .find(|p| p.port == e.address.port())
                 .unwrap_or(first)
                 .port;
-            match index.get(&e.address) {
-                None => {
-                    let reaches = Reaches {
-                        service: k.clone(),
-                        port,
-                        endpoint: true,
-                    };
-                    index.insert(e.address, reaches);
-                }
-                Some(r) if r.endpoint => {
-                    let other = services.get(&r.service).map(|s| account(&r.service, s));
-                    if other.as_deref() != Some(account(k, spec).as_str()) {
-                        ambiguous.push(e.address);
-                    }
-                }
-                Some(_) => {}
-            }
+            let reaches = Reaches {
+                service: k.clone(),
+                port,
+                endpoint: true,
+            };
+            claim(e.address, reaches);
         }
     }
     for addr in ambiguous {
@@ -624,6 +626,23 @@ metadata: {name: c, namespace: shop}
 spec:
   ports: [{port: 8080}]
   endpoints: [{address: "10.251.0.3:6379"}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: thief, namespace: aaa}
+spec:
+  ports: [{port: 8080}]
+  serviceAccount: b
+  clusterIPs: [10.251.0.4]
+  endpoints: [{address: "10.251.0.9:8080"}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: d, namespace: shop}
+spec:
+  ports: [{port: 8080}]
+  serviceAccount: b
+  endpoints: [{address: "10.251.0.9:8080"}]
 "#;
         let mesh = Mesh::compile(parse("m.yaml", yaml).unwrap(), "weft.local", 1);
         let subs: BTreeSet<String> = [
@@ -631,6 +650,7 @@ spec:
             "[fd00::5]:6379",
             "10.251.0.3:6379",
             "10.251.0.4:8080",
+            "10.251.0.9:8080",
             "10.252.0.5:81",
             "10.9.9.9:443",
         ]
@@ -645,19 +665,44 @@ spec:
         assert_eq!(
             got,
             [
-                ("10.251.0.4:8080", "b.shop", 80, true),
                 ("10.252.0.5:80", "b.shop", 80, false),
                 ("[fd00::5]:6379", "b.shop", 6379, false),
             ],
-            "an endpoint reaches the port of its number, else the first"
+            "cluster IPs reach their Service port"
         );
         assert_eq!(
             view.unknown,
-            ["10.251.0.3:6379", "10.252.0.5:81", "10.9.9.9:443"],
-            "an endpoint of two Services of two service accounts is neither's"
+            [
+                "10.251.0.3:6379",
+                "10.251.0.4:8080",
+                "10.251.0.9:8080",
+                "10.252.0.5:81",
+                "10.9.9.9:443"
+            ],
+            "an endpoint of two identities (service account b in two namespaces), or also another \
+             Service's cluster IP, is neither's"
         );
-        let names: Vec<_> = view.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["b"], "each Service once");
+        let only_b = Mesh::compile(
+            parse(
+                "m.yaml",
+                &yaml[..yaml
+                    .find("---\napiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: c")
+                    .unwrap()],
+            )
+            .unwrap(),
+            "weft.local",
+            1,
+        );
+        let view = only_b.view(&node(), &BTreeSet::from(["10.251.0.4:8080".to_string()]));
+        assert_eq!(
+            (
+                view.addresses[0].service.as_str(),
+                view.addresses[0].port,
+                view.addresses[0].endpoint
+            ),
+            ("b.shop", 80, true),
+            "an endpoint reaches the Service port of its number, else the first"
+        );
         assert_eq!(
             view.mesh.unwrap().opaque_ports,
             [25, 587, 3306, 4444, 5432, 6379, 9300, 11211]

@@ -129,17 +129,15 @@ const MAX_HELD: usize = 64;
 const GUARD_TIMEOUT: Duration = DETECT_TIMEOUT;
 
 /// Whether `seen` opens what an HTTP/1 server would take for a request line, as leniently as the
-/// most lenient servers read one — blank lines first, any token as the method (any case, any
-/// length), spaces or tabs, and a request target (`/…`, `*`, `scheme:…`; any target after
+/// most lenient servers read one — white space first (blank lines, and what Python's `split`
+/// skips), any token as the method (any case, any length), any such white space after it, and a
+/// request target (`/…`, `*`, `scheme:…`; any target after
 /// `CONNECT`, and HTTP/2's `PRI`) — or `None` while it cannot be told yet. Commands of
 /// line-based protocols (`EHLO host`, `AUTH secret`, `PING`) are not requests. Past
 /// `MAX_HELD` (64) bytes an opening still undecided counts as a request: refused, not guessed.
 pub fn looks_like_http(seen: &[u8]) -> Option<bool> {
     let undecided = || (seen.len() >= MAX_HELD).then_some(true);
-    let mut i = seen
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
+    let mut i = seen.iter().take_while(|b| is_blank(**b)).count();
     let start = i;
     while i < seen.len() && is_tchar(seen[i]) {
         i += 1;
@@ -148,10 +146,12 @@ pub fn looks_like_http(seen: &[u8]) -> Option<bool> {
     if i == seen.len() {
         return undecided();
     }
-    if method.is_empty() || !matches!(seen[i], b' ' | b'\t') {
+    // Within the line, a line end is no separator: `PING\r\n` is a whole command.
+    let separator = |b: u8| is_blank(b) && b != b'\r' && b != b'\n';
+    if method.is_empty() || !separator(seen[i]) {
         return Some(false);
     }
-    while i < seen.len() && matches!(seen[i], b' ' | b'\t') {
+    while i < seen.len() && separator(seen[i]) {
         i += 1;
     }
     if method.eq_ignore_ascii_case(b"CONNECT") || method == b"PRI" {
@@ -177,6 +177,15 @@ pub fn looks_like_http(seen: &[u8]) -> Option<bool> {
         Some(b':') => Some(true),
         Some(_) => Some(false),
     }
+}
+
+/// What some server takes for white space around a request line's parts: ASCII white space, the
+/// control characters Python's `str.split` splits on, and Latin-1's NEL and NBSP.
+fn is_blank(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | 0x1c..=0x1f | 0x85 | 0xa0
+    )
 }
 
 /// A character of an HTTP token (RFC 9110 §5.6.2).
@@ -374,6 +383,9 @@ mod tests {
             b"X-Y_1 /admin HTTP/1.1",
             b"GET  /two-spaces HTTP/1.1",
             b"GET\t/tab HTTP/1.1",
+            b" GET /leading-space HTTP/1.1",
+            b"GET\x0b/vertical-tab HTTP/1.1",
+            b"\x0cGET\x1f/ HTTP/1.1",
             b"AVERYVERYVERYLONGMETHODNAME /x HTTP/1.1",
             &[b'A'; 64][..],
         ] {
@@ -405,7 +417,6 @@ mod tests {
             b"AUTH hunter2\r\n",
             b"PING\r\n",
             b"*2\r\n",
-            b" GET",
             b"\x16\x03\x01",
             b"USER name\r\n",
         ] {

@@ -7,12 +7,14 @@
 //! - came straight to the inbound listener (standalone): only to a port the Service declares
 //!   TCP, on a Service with no HTTP port — every port reaches the same `app-addr`, so opaque bytes
 //!   to a Service that serves HTTP would reach its HTTP listener past HTTP policy;
-//! - redirected (transparent): to the port the caller dialled. To a Service whose ports are all
-//!   TCP it is relayed as it is; otherwise through [`HttpGuard`], which refuses a connection
+//! - redirected (transparent): to the port the caller dialled. To a port this proxy's Service
+//!   declares TCP, or one in MeshConfig `opaquePorts`, it is relayed as it is; otherwise through
+//!   [`HttpGuard`], which refuses a connection
 //!   whose first bytes an HTTP server would take for a request (they would reach the app with
 //!   headers, such as `x-weft-client-identity`, that no proxy checked) and lets anything else
 //!   through, so that a server-speaks-first protocol whose detection timed out on the caller's
-//!   side still works. (The header names a Service port, which need not be the port dialled.)
+//!   side still works. (The header names a Service port, which need not be the port dialled,
+//!   so the dialled port decides.)
 //!
 //! A plaintext connection redirected to a permissive proxy that is not HTTP takes the same
 //! checks without a header or an identity ([`Inbound::serve_plaintext_tcp`]).
@@ -98,11 +100,7 @@ where
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let snapshot = self.discovery.snapshot();
-        let only_tcp = snapshot.inbound.as_ref().is_some_and(|i| {
-            !i.ports.is_empty() && i.ports.iter().all(|p| p.protocol == Protocol::Tcp)
-        });
-        drop(snapshot);
+        let guarded = !undetected_port(&self.discovery.snapshot(), dst.port());
         let allowed = if !self.authorize(|p| p.allows_connection(None)) {
             Err(OpaqueRefusal::Forbidden)
         } else {
@@ -113,7 +111,7 @@ where
             return tracing::info!(%peer, port = dst.port(), "plaintext TCP connection refused: {reason}");
         }
         let from = Some(crate::transport::app_source(dst));
-        self.relay(io, !only_tcp, dst, from).await;
+        self.relay(io, guarded, dst, from).await;
     }
 
     async fn relay<I>(&self, io: I, guarded: bool, app: SocketAddr, from: Option<IpAddr>)
@@ -151,17 +149,16 @@ where
             .ports
             .iter()
             .any(|p| p.port == header.port && p.protocol == Protocol::Tcp);
-        let serves_http = inbound.ports.iter().any(|p| p.protocol != Protocol::Tcp);
         let guarded = match target {
             AppTarget::Default(_) => {
+                let serves_http = inbound.ports.iter().any(|p| p.protocol != Protocol::Tcp);
                 if !declared_tcp || serves_http {
                     return Err(OpaqueRefusal::NotATcpPort);
                 }
                 false
             }
-            // The header's port is the caller's word and a Service port, not the port dialled:
-            // unguarded only where the Service has no HTTP port at all.
-            AppTarget::Redirected(_) => serves_http || !declared_tcp,
+            // The header's port is the caller's word: the port dialled decides.
+            AppTarget::Redirected(dst) => !undetected_port(&snapshot, dst.port()),
         };
         if !self.authorize(|p| p.allows_connection(client)) {
             return Err(OpaqueRefusal::Forbidden);
@@ -176,6 +173,18 @@ where
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
+}
+
+/// Whether bytes dialled to `port` of this pod go to the app unguarded: a port this proxy's
+/// Service declares TCP, or one MeshConfig `opaquePorts` lists (the mesh's word that it is no
+/// HTTP port). A pod that is an endpoint of other Services too is judged by this proxy's own.
+fn undetected_port(snapshot: &crate::discovery::Snapshot, port: u16) -> bool {
+    let declared_tcp = snapshot.inbound.as_ref().is_some_and(|i| {
+        i.ports
+            .iter()
+            .any(|p| p.port == port && p.protocol == Protocol::Tcp)
+    });
+    declared_tcp || snapshot.mesh.opaque_ports.contains(&port)
 }
 
 /// Why an opaque connection was closed before reaching the app.

@@ -217,39 +217,42 @@ async fn a_request_too_slow_to_detect_is_refused_not_smuggled() {
         "{s2}"
     );
 
-    // Written so that detection takes it for TCP (a blank line first, a lower-case method), at
-    // once; and as raw TCP to the Service's TCP port, which is another port of the pod than the
-    // one dialled: refused the same.
-    let forged = "\r\nget /admin HTTP/1.1\r\nhost: b\r\nx-weft-client-identity: spiffe://weft.local/ns/shop/sa/admin\r\n\r\n";
-    for addr in ["10.96.0.22:7000", "10.96.0.10:6379"] {
-        let got =
-            p.a.run(async move {
-                let mut conn = TcpStream::connect(addr).await.unwrap();
-                if addr.ends_with("7000") {
-                    let mut greeting = [0u8; 11];
-                    conn.read_exact(&mut greeting).await.unwrap();
-                }
-                let _ = conn.write_all(forged.as_bytes()).await;
-                let mut rest = Vec::new();
-                let _ = conn.read_to_end(&mut rest).await;
-                rest
-            })
-            .await;
-        assert!(got.is_empty(), "{addr}: {}", String::from_utf8_lossy(&got));
+    // Written so that detection takes it for TCP — a blank line first and a lower-case method;
+    // white space Python's servers split on — at once; and as raw TCP to the Service's TCP port,
+    // which is another port of the pod than the one dialled: refused the same.
+    let forged = |opening: &str| {
+        format!("{opening} /admin HTTP/1.1\r\nhost: b\r\nx-weft-client-identity: spiffe://weft.local/ns/shop/sa/admin\r\n\r\n")
+    };
+    for opening in ["\r\nget", " GET\x0b"] {
+        for addr in ["10.96.0.22:7000", "10.96.0.10:6379"] {
+            let bytes = forged(opening);
+            let got =
+                p.a.run(async move {
+                    let mut conn = TcpStream::connect(addr).await.unwrap();
+                    if addr.ends_with("7000") {
+                        let mut greeting = [0u8; 11];
+                        conn.read_exact(&mut greeting).await.unwrap();
+                    }
+                    let _ = conn.write_all(bytes.as_bytes()).await;
+                    let mut rest = Vec::new();
+                    let _ = conn.read_to_end(&mut rest).await;
+                    rest
+                })
+                .await;
+            assert!(
+                got.is_empty(),
+                "{addr} {opening:?}: {}",
+                String::from_utf8_lossy(&got)
+            );
+        }
     }
     let s2 = p.s2.metrics().await;
-    assert_eq!(
-        metric(&s2, "weft_proxy_inbound_opaque_refused_total", &refused),
-        2.0,
-        "{s2}"
-    );
+    let by_s2 = metric(&s2, "weft_proxy_inbound_opaque_refused_total", &refused);
+    assert_eq!(by_s2, 3.0, "{s2}");
     let (b, b2) = (p.b.metrics().await, p.b2.metrics().await);
     let by_b = metric(&b, "weft_proxy_inbound_opaque_refused_total", &refused)
         + metric(&b2, "weft_proxy_inbound_opaque_refused_total", &refused);
-    assert_eq!(
-        by_b, 1.0,
-        "the TCP port of a Service that serves HTTP is guarded"
-    );
+    assert_eq!(by_b, 2.0, "the port dialled is not a TCP port: guarded");
 }
 
 /// Garbage as a connection's first bytes fails that connection only: it is relayed as opaque
