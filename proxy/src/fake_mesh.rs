@@ -394,6 +394,7 @@ pub fn outbound(rsp: pb::DiscoveryResponse, peers: &FakePeers) -> Arc<Outbound> 
         tracer: tracer(&metrics),
         access_log: AccessLog::start(None, metrics),
         upgrades: Default::default(),
+        own_traffic: Default::default(),
     })
 }
 

@@ -135,7 +135,7 @@ pub struct RedirectLabels {
     pub direction: &'static str,
     /// Outbound: `service` (a cluster IP), `endpoint` (a pod IP), `passthrough`, `unresolved`
     /// (passed through: no control plane); inbound: `app`; or the failure: `refused` (not
-    /// resolved otherwise), `no-original-dst`, `not-local`.
+    /// resolved otherwise), `loop` (the proxy's own traffic), `no-original-dst`, `not-local`.
     pub destination: &'static str,
 }
 

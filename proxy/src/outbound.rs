@@ -74,6 +74,8 @@ pub struct Outbound {
     pub access_log: Arc<AccessLog>,
     /// The protocols the app's requests may upgrade to.
     pub upgrades: Upgrades,
+    /// Whether redirected connections are this proxy's own (`transparent::OwnTraffic`).
+    pub own_traffic: crate::transparent::OwnTraffic,
 }
 
 impl Outbound {

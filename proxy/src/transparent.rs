@@ -13,7 +13,11 @@
 //! client that sends nothing within [`DETECT_TIMEOUT`] — is opaque TCP.
 //!
 //! A connection that came straight to the listener (no original destination) is not this
-//! file's: the listener routes its requests by authority, as in explicit mode.
+//! file's: the listener routes its requests by authority, as in explicit mode. One that the
+//! proxy made itself, redirected back because it runs under another UID than `init` skips, is
+//! refused (`transparent/own_traffic.rs`).
+
+mod own_traffic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,6 +41,9 @@ pub async fn outbound(outbound: Arc<Outbound>, conn: Accepted, dst: SocketAddr) 
     } = conn;
     let metrics = outbound.metrics.clone();
     let counts = &metrics.interception;
+    if outbound.own_traffic.looping(peer, dst) {
+        return counts.redirected(OUTBOUND, "loop");
+    }
     let (service, port, endpoint) = match outbound.discovery.resolve_address(dst).await {
         Ok(Destination::Service {
             service,
@@ -140,3 +147,5 @@ async fn passthrough(
         outbound.access_log.log(&entry);
     }
 }
+
+pub use own_traffic::OwnTraffic;

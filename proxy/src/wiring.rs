@@ -346,6 +346,7 @@ fn spawn_listeners(
         tracer: shared.tracer.clone(),
         access_log: shared.access_log.clone(),
         upgrades: config.allowed_upgrades.clone(),
+        own_traffic: Default::default(),
     });
     tasks.spawn(serve_outbound(
         outbound.clone(),

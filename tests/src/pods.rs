@@ -219,8 +219,30 @@ impl Pod {
     }
 
     /// `weft-proxy run` in the pod as [`PROXY_UID`], serving `namespace/service` as
-    /// `service_account` with `token`; returns once its admin listener says it is ready.
+    /// `service_account`; returns once its admin listener says it is ready.
     pub async fn proxy(
+        &mut self,
+        cp: &ControlPlane,
+        namespace: &str,
+        service: &str,
+        service_account: &str,
+    ) {
+        self.start_proxy(cp, namespace, service, service_account)
+            .await;
+        let log = self.dir.0.join("proxy.log");
+        let what = format!(
+            "the proxy in {} to be ready (log: {})",
+            self.name,
+            log.display()
+        );
+        eventually(&what, Duration::from_secs(20), || async {
+            self.admin("/ready").await.filter(|(s, _)| *s == 200)
+        })
+        .await;
+    }
+
+    /// [`Pod::proxy`], without waiting for it to be ready.
+    pub async fn start_proxy(
         &mut self,
         cp: &ControlPlane,
         namespace: &str,
@@ -256,15 +278,6 @@ impl Pod {
             .spawn()
             .expect("start weft-proxy in the pod");
         self.children.push(child);
-        let what = format!(
-            "the proxy in {} to be ready (log: {})",
-            self.name,
-            log.display()
-        );
-        eventually(&what, Duration::from_secs(20), || async {
-            self.admin("/ready").await.filter(|(s, _)| *s == 200)
-        })
-        .await;
     }
 
     /// `GET PATH` on the pod's proxy's admin listener: status and body, or `None` when it does

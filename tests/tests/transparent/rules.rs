@@ -1,5 +1,7 @@
 //! `weft-proxy init` in a running mesh: twice, uninstalled, with skipped ports and CIDRs.
 
+use std::time::Duration;
+
 use weft_tests::*;
 
 use crate::world::*;
@@ -80,3 +82,49 @@ async fn skipped_ports_and_cidrs_are_not_redirected() {
     assert_eq!((rsp.status, rsp.header("x-app")), (200, "b"));
     drop((p.b2, p.s1, p.s2));
 }
+
+/// A proxy run under another UID than `init`'s `--proxy-uid` has its own connections redirected
+/// back into it: it says so and refuses them, instead of opening connections without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_under_the_wrong_uid_refuses_its_own_redirected_traffic() {
+    let mut node = Node::create();
+    let cp = node.control_plane(MESH_A).await;
+    let mut k = node.pod("k");
+    k.init(&["--proxy-uid", "2103", "--proxy-gid", "2103"]);
+    k.start_proxy(&cp, "shop", "a", "a").await;
+    eventually(
+        "the proxy to say its traffic loops",
+        Duration::from_secs(10),
+        || async {
+            k.proxy_log()
+                .contains("redirected back into it")
+                .then_some(())
+        },
+    )
+    .await;
+    let loops = |m: &str| {
+        let labels = ["destination=\"loop\""];
+        metric(m, "weft_proxy_redirected_connections_total", &labels)
+    };
+    // Refused, not multiplied: it retries its control plane with backoff, each try one refused
+    // connection, and holds no pile of connections to itself.
+    let m = eventually("a second try", Duration::from_secs(10), || async {
+        let m = k.metrics().await;
+        (loops(&m) >= 2.0).then_some(m)
+    })
+    .await;
+    let open = metric(
+        &m,
+        "weft_proxy_listener_connections_open",
+        &["listener=\"outbound\""],
+    );
+    assert!(
+        open < 5.0,
+        "{open} connections open on the outbound listener\n{m}"
+    );
+    let (status, body) = k.admin("/ready").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+}
+
+/// Service `a` alone.
+const MESH_A: &str = "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: a, namespace: shop}\nspec: {ports: [{port: 80}]}\n";
