@@ -372,6 +372,19 @@ fn index_addresses(services: &BTreeMap<Key, ServiceSpec>) -> HashMap<SocketAddr,
                 endpoint: true,
             };
             claim(e.address, reaches);
+            // And the endpoint's IP at each target port, for that Service port.
+            for p in spec.ports.iter().filter(|p| p.target_port.is_some()) {
+                let target = SocketAddr::new(e.address.ip(), p.target_port.unwrap_or(p.port));
+                if target == e.address {
+                    continue;
+                }
+                let reaches = Reaches {
+                    service: k.clone(),
+                    port: p.port,
+                    endpoint: true,
+                };
+                claim(target, reaches);
+            }
         }
     }
     for addr in ambiguous {
@@ -390,6 +403,7 @@ fn ports(s: &ServiceSpec) -> Vec<pb::Port> {
         .map(|p| pb::Port {
             name: p.name.clone().unwrap_or_default(),
             port: u32::from(p.port),
+            target_port: p.target_port.map_or(0, u32::from),
             protocol: match p.protocol {
                 resources::Protocol::Http => pb::Protocol::Http,
                 resources::Protocol::Http2 => pb::Protocol::Http2,

@@ -227,6 +227,10 @@ pub struct ServicePort {
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// The pod port it reaches under transparent interception (Kubernetes' `targetPort`): each
+    /// endpoint's IP and this port. Absent: the endpoint's own address.
+    #[serde(rename = "targetPort")]
+    pub target_port: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -351,6 +351,7 @@ pub fn service(name: &str, ns: &str, backends: Vec<pb::Backend>) -> pb::Service 
             name: "http".into(),
             port: 80,
             protocol: pb::Protocol::Http.into(),
+            ..Default::default()
         }],
         backends,
         ..Default::default()

@@ -287,9 +287,9 @@ where
         let snapshot = self.discovery.snapshot();
         let opaque_port = snapshot.mesh.opaque_ports.contains(&dst.port());
         let tcp_port = snapshot.inbound.as_ref().is_some_and(|i| {
-            i.ports
-                .iter()
-                .any(|p| p.port == dst.port() && p.protocol == Protocol::Tcp)
+            i.ports.iter().any(|p| {
+                p.target_port.unwrap_or(p.port) == dst.port() && p.protocol == Protocol::Tcp
+            })
         });
         drop(snapshot);
         let (protocol, prefix) = if tcp_port || opaque_port {

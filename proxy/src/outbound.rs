@@ -169,10 +169,14 @@ impl Outbound {
             ))
         })?;
         info.route.clone_from(&rule.name);
+        let aim = Aim {
+            port: port.port,
+            pin,
+        };
 
         if self.upgrades.check(&mut parts)? == Switch::Upgrade {
             let req = Request::from_parts(parts, body::boxed(body));
-            return self.upgrade(rule, req, client_upgrade, pin).await;
+            return self.upgrade(rule, req, client_upgrade, aim).await;
         }
 
         // HTTP/1.x travels as an HTTP/2 stream, marked so the peer restores it.
@@ -205,7 +209,7 @@ impl Outbound {
         let deadline = timeout.map(|t| start + t);
         let exchange = async {
             self.inject_faults(&service, rule).await?;
-            self.exchange(&service, rule, parts, body, pin, info).await
+            self.exchange(&service, rule, parts, body, aim, info).await
         };
         let (rsp, idle) = match deadline {
             None => exchange.await?,
@@ -266,7 +270,7 @@ impl Outbound {
         rule: &Rule,
         mut parts: Parts,
         body: Incoming,
-        pin: Option<SocketAddr>,
+        aim: Aim,
         info: &mut Info,
     ) -> Result<(Response<Body>, Option<std::time::Duration>), ProxyError> {
         use http_body::Body as _;
@@ -297,7 +301,7 @@ impl Outbound {
                 std::mem::replace(&mut parts, Request::new(()).into_parts().0)
             };
             let req = Request::from_parts(head, req_body);
-            let (result, outcome, guard) = self.try_once(backend, req, policy, &tried, pin).await?;
+            let (result, outcome, guard) = self.try_once(backend, req, policy, &tried, aim).await?;
             info.upstream = Some(guard.inflight.endpoint().addr);
             info.peer_identity.clone_from(&backend.identity);
             info.retries = retries;
@@ -348,14 +352,14 @@ impl Outbound {
         req: Request<Body>,
         policy: &crate::policy::RetryPolicy,
         tried: &[SocketAddr],
-        pin: Option<SocketAddr>,
+        aim: Aim,
     ) -> Result<(Result<Response<Incoming>, ProxyError>, Outcome, Guard), ProxyError> {
         let limits = &backend.policy.limits;
         let permit = backend
             .state
             .acquire(Limit::Requests, limits)
             .map_err(|l| self.overloaded(backend, l))?;
-        let pick = self.pick(backend, tried, pin)?;
+        let pick = self.pick(backend, tried, aim)?;
         let pending = if pick.endpoint.conn.is_connected() {
             None
         } else {
@@ -422,24 +426,21 @@ impl Outbound {
         ))
     }
 
-    /// The endpoint for a try: `circuit-open` when every endpoint is ejected; `pin`, when the
-    /// caller addressed one endpoint, or `no-endpoints` when it is no longer one.
-    fn pick(
-        &self,
-        backend: &Backend,
-        tried: &[SocketAddr],
-        pin: Option<SocketAddr>,
-    ) -> Result<Pick, ProxyError> {
-        if let Some(addr) = pin {
-            return backend.balancer.pick_pinned(addr).ok_or_else(|| {
+    /// The endpoint for a try, among those of the Service port aimed at: `circuit-open` when
+    /// every endpoint is ejected; the pinned one, when the caller addressed one endpoint, or
+    /// `no-endpoints` when it is no longer one.
+    fn pick(&self, backend: &Backend, tried: &[SocketAddr], aim: Aim) -> Result<Pick, ProxyError> {
+        let balancer = backend.balancer(aim.port);
+        if let Some(addr) = aim.pin {
+            return balancer.pick_pinned(addr).ok_or_else(|| {
                 ProxyError::NoEndpoints(format!(
                     "{addr} is no longer an endpoint of {}",
                     backend.key
                 ))
             });
         }
-        backend.balancer.pick(tried, &backend.state).ok_or_else(|| {
-            if backend.balancer.endpoints.is_empty() {
+        balancer.pick(tried, &backend.state).ok_or_else(|| {
+            if balancer.endpoints.is_empty() {
                 ProxyError::NoEndpoints(format!("{} has no endpoints", backend.key))
             } else {
                 ProxyError::CircuitOpen(format!(
@@ -473,7 +474,7 @@ impl Outbound {
         rule: &Rule,
         req: Request<Body>,
         client_upgrade: hyper::upgrade::OnUpgrade,
-        pin: Option<SocketAddr>,
+        aim: Aim,
     ) -> Result<Response<Body>, ProxyError> {
         let backend = rule
             .split
@@ -483,7 +484,7 @@ impl Outbound {
             .state
             .acquire(Limit::Connections, &backend.policy.limits)
             .map_err(|l| self.overloaded(backend, l))?;
-        let pick = self.pick(backend, &[], pin)?;
+        let pick = self.pick(backend, &[], aim)?;
         let tls = Some(pick.endpoint.conn.tls_config(&self.tls)?);
         let addr = pick.endpoint.addr;
         let mut inflight = pick.start();
@@ -501,6 +502,14 @@ impl Outbound {
         backend.record(&mut inflight, ok, &self.metrics);
         result
     }
+}
+
+/// Which endpoints a request may go to: those of Service port `port` (`Backend::balancer`), or
+/// the one the caller addressed (`pin`).
+#[derive(Clone, Copy, Debug)]
+struct Aim {
+    port: u16,
+    pin: Option<SocketAddr>,
 }
 
 /// What keeps a try's endpoint and limit slot counted until its response body is done.

@@ -90,6 +90,8 @@ pub struct Port {
     pub name: String,
     pub port: u16,
     pub protocol: Protocol,
+    /// The pod port it reaches (transparent interception): each endpoint's IP and this port.
+    pub target_port: Option<u16>,
 }
 
 /// A service as callers address it.
@@ -291,12 +293,23 @@ pub struct Backend {
     /// `peer` metric label of every request it answers.
     pub identity: Arc<str>,
     pub balancer: Balancer,
+    /// For each of its ports with a target port, the endpoints' IPs at that port.
+    pub targets: Vec<(u16, Balancer)>,
     pub policy: BackendPolicy,
     #[serde(skip)]
     pub state: Arc<BackendState>,
 }
 
 impl Backend {
+    /// The endpoints that take traffic for Service port `port`: at its target port when it has
+    /// one, else at their own addresses.
+    pub fn balancer(&self, port: u16) -> &Balancer {
+        self.targets
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(&self.balancer, |(_, b)| b)
+    }
+
     /// Records a try's outcome with its endpoint's breaker, and counts any change.
     pub fn record(
         &self,
@@ -404,6 +417,7 @@ mod tests {
                 key: ServiceKey::new(n, "ns"),
                 identity: "".into(),
                 balancer: Balancer::new(vec![], Default::default()),
+                targets: Vec::new(),
                 policy: Default::default(),
                 state: Default::default(),
             })

@@ -132,12 +132,13 @@ async fn connect(
     svc.state.budget.deposit(&retry.budget);
     let mut tried = Vec::new();
     loop {
+        let balancer = backend.balancer(port);
         let pick = match endpoint {
-            Some(addr) => backend.balancer.pick_pinned(*addr),
-            None => backend.balancer.pick(&tried, &backend.state),
+            Some(addr) => balancer.pick_pinned(*addr),
+            None => balancer.pick(&tried, &backend.state),
         }
         .ok_or_else(|| {
-            if backend.balancer.endpoints.is_empty() {
+            if balancer.endpoints.is_empty() {
                 ProxyError::NoEndpoints(format!("{backend_name} has no endpoints"))
             } else {
                 ProxyError::CircuitOpen(format!("every endpoint of {backend_name} is ejected"))

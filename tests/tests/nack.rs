@@ -83,6 +83,7 @@ fn orders(endpoint: &str) -> pb::ProxyConfig {
                 name: "http".into(),
                 port: 8080,
                 protocol: pb::Protocol::Http.into(),
+                ..Default::default()
             }],
             backends: vec![pb::Backend {
                 name: "orders".into(),

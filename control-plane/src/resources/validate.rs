@@ -219,6 +219,9 @@ fn service(c: &mut Checker<'_>, s: &ServiceSpec) {
         if p.port == 0 {
             c.fail(format!("spec.ports[{i}].port"), "must be 1 to 65535");
         }
+        if p.target_port == Some(0) {
+            c.fail(format!("spec.ports[{i}].targetPort"), "must be 1 to 65535");
+        }
         if !ports.insert(p.port) {
             c.fail(
                 format!("spec.ports[{i}].port"),

@@ -144,6 +144,7 @@ pub(crate) const VOCABULARY: &[&str] = &[
     "ports",
     "port",
     "protocol",
+    "targetPort",
     "serviceAccount",
     "clusterIPs",
     "endpoints",

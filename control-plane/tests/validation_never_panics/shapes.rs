@@ -232,6 +232,7 @@ pub(crate) fn service_spec() -> S {
             0.5,
             variant(&["HTTP", "HTTP2", "GRPC", "TCP"], &["http", "UDP"]),
         ),
+        ("targetPort", 0.3, port()),
     ]);
     let endpoint = object(vec![
         (

@@ -184,10 +184,18 @@ fn ports(ps: &[pb::Port]) -> Result<Vec<Port>> {
                 Ok(pb::Protocol::Tcp) => Protocol::Tcp,
                 Err(_) => return Err(format!("port {port}: unknown protocol {}", p.protocol)),
             };
+            let target_port = match p.target_port {
+                0 => None,
+                t => Some(
+                    u16::try_from(t)
+                        .map_err(|_| format!("port {port}: target port {t} is out of range"))?,
+                ),
+            };
             Ok(Port {
                 name: p.name.clone(),
                 port,
                 protocol,
+                target_port,
             })
         })
         .collect()
@@ -287,12 +295,32 @@ fn backend(b: &pb::Backend, registry: &EndpointRegistry) -> Result<Backend> {
     let key = ServiceKey::new(&b.name, &b.namespace);
     let policy = backend_policy(b.policy.as_ref())?;
     let state = registry.backend(&key);
+    let mut targets = Vec::new();
+    for p in ports(&b.ports)? {
+        let Some(target) = p.target_port else {
+            continue;
+        };
+        let at_target = endpoints
+            .iter()
+            .map(|e| {
+                let addr = SocketAddr::new(e.addr.ip(), target);
+                registry.endpoint(addr, &b.identity, e.labels.clone())
+            })
+            .collect();
+        targets.push((p.port, Balancer::new(at_target, kind)));
+    }
     let balancer = Balancer::new(endpoints, kind);
-    state.recount(balancer.open_endpoints());
+    let open = balancer.open_endpoints()
+        + targets
+            .iter()
+            .map(|(_, b)| b.open_endpoints())
+            .sum::<usize>();
+    state.recount(open);
     Ok(Backend {
         key,
         identity: b.identity.as_str().into(),
         balancer,
+        targets,
         policy,
         state,
     })
@@ -361,6 +389,7 @@ mod tests {
                 name: "http".into(),
                 port: 8080,
                 protocol: 0,
+                ..Default::default()
             }],
             backends: vec![pb::Backend {
                 name: "orders".into(),

@@ -179,10 +179,11 @@ where
 /// Service declares TCP, or one MeshConfig `opaquePorts` lists (the mesh's word that it is no
 /// HTTP port). A pod that is an endpoint of other Services too is judged by this proxy's own.
 fn undetected_port(snapshot: &crate::discovery::Snapshot, port: u16) -> bool {
+    // The pod port a Service port reaches: its target port, else its own number.
     let declared_tcp = snapshot.inbound.as_ref().is_some_and(|i| {
         i.ports
             .iter()
-            .any(|p| p.port == port && p.protocol == Protocol::Tcp)
+            .any(|p| p.target_port.unwrap_or(p.port) == port && p.protocol == Protocol::Tcp)
     });
     declared_tcp || snapshot.mesh.opaque_ports.contains(&port)
 }

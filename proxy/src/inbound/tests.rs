@@ -27,6 +27,7 @@ fn inbound(policy: pb::Inbound) -> (Arc<Inbound<FakeApp>>, Arc<Scripted>) {
                 name: "http".into(),
                 port: 80,
                 protocol: pb::Protocol::Http.into(),
+                ..Default::default()
             }],
             ..policy
         });

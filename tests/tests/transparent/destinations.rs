@@ -3,6 +3,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_tests::apps::{tcp_echo_on, HttpApp};
+
 use weft_tests::*;
 
 use crate::world::*;
@@ -177,4 +181,74 @@ async fn a_pod_calling_its_own_service_reaches_itself_through_its_proxy() {
         "{b}"
     );
     drop((w.a, w.c, w.d));
+}
+
+/// A Service with several ports reaches each at its target port of the pod: HTTP on 80 → 8080,
+/// TCP on 7777 → 9000, by cluster IP, and the pod IP at a target port reaches that endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_port_of_a_service_reaches_its_target_port() {
+    let mut node = Node::create();
+    let mut a = node.pod("a");
+    let mut m = node.pod("m");
+    m.spawn(async {
+        let l = TcpListener::bind("[::]:8080").await.unwrap();
+        let _app = HttpApp::serve("m", Duration::ZERO, l);
+        tcp_echo_on(TcpListener::bind("0.0.0.0:9000").await.unwrap());
+        std::future::pending::<()>().await;
+    });
+    let config = format!(
+        r#"{}---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {{name: m, namespace: shop}}
+spec:
+  ports:
+  - {{name: http, port: 80, targetPort: 8080}}
+  - {{name: echo, port: 7777, protocol: TCP, targetPort: 9000}}
+  clusterIPs: [10.96.0.30]
+  endpoints: [{{address: "{}"}}]
+"#,
+        mesh_header(""),
+        m.addr(8080)
+    );
+    let cp = node.control_plane(&config).await;
+    for pod in [&a, &m] {
+        pod.init(&[]);
+    }
+    a.proxy(&cp, "shop", "a", "a").await;
+    m.proxy(&cp, "shop", "m", "m").await;
+
+    let rsp = get_from(&a, false, "10.96.0.30:80", "m.shop").await;
+    assert_eq!((rsp.status, rsp.header("x-app")), (200, "m"), "{rsp:?}");
+    assert_eq!(rsp.header("x-seen-identity"), CALLER);
+    let echo_pod = m.addr(9000);
+    for addr in ["10.96.0.30:7777".parse::<SocketAddr>().unwrap(), echo_pod] {
+        let got = a
+            .run(async move {
+                let mut conn = TcpStream::connect(addr).await.unwrap();
+                conn.write_all(b"hello").await.unwrap();
+                conn.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).await.unwrap();
+                got
+            })
+            .await;
+        assert_eq!(got, b"hello<eof seen>", "{addr}");
+    }
+    let am = a.metrics().await;
+    let count = |destination: &str| {
+        let labels = [format!("destination=\"{destination}\"")];
+        metric(
+            &am,
+            "weft_proxy_redirected_connections_total",
+            &[labels[0].as_str()],
+        )
+    };
+    assert_eq!((count("service"), count("endpoint")), (2.0, 1.0), "{am}");
+    let mm = m.metrics().await;
+    let tcp_in = ["direction=\"inbound\""];
+    assert_eq!(
+        metric(&mm, "weft_proxy_tcp_connections_opened_total", &tcp_in),
+        2.0
+    );
 }

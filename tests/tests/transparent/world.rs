@@ -12,7 +12,7 @@ pub const CALLER: &str = "spiffe://weft.local/ns/shop/sa/a";
 
 /// MeshConfig (its spec `mesh_config`) and Service `a`, the caller's: the start of every
 /// config here.
-fn mesh_header(mesh_config: &str) -> String {
+pub fn mesh_header(mesh_config: &str) -> String {
     format!(
         r#"apiVersion: weft.dev/v1alpha1
 kind: MeshConfig
