@@ -69,7 +69,7 @@ pub async fn outbound<A>(
 /// Carries one redirected app connection to `dst`, which the mesh does not know, as it is:
 /// plain TCP, no mTLS (the proxy's own connections to other pods are not redirected, so this
 /// cannot loop back into it).
-pub async fn passthrough<A>(mut app: A, dst: SocketAddr, metrics: Arc<Metrics>)
+pub async fn passthrough<A>(app: A, dst: SocketAddr, metrics: Arc<Metrics>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
 {
@@ -77,18 +77,8 @@ where
         direction: OUTBOUND,
         service: PASSTHROUGH.to_string(),
     };
-    match transport::dial(dst, transport::DEFAULT_CONNECT_TIMEOUT).await {
-        Ok(server) => {
-            relay(
-                &mut app,
-                server,
-                &labels,
-                &metrics,
-                DEFAULT_TCP_IDLE_TIMEOUT,
-            )
-            .await
-        }
-        Err(e) => tracing::info!(%dst, error = %e, "passthrough connection failed"),
+    if let Err(e) = dial_and_relay(app, dst, None, &labels, &metrics).await {
+        tracing::info!(%dst, error = %e, "passthrough connection failed");
     }
 }
 
@@ -175,7 +165,7 @@ async fn connect(
 /// Carries one opaque connection from a peer proxy to the local app (already checked by the
 /// inbound listener), counted under this proxy's own `service`; connected from `from` when given.
 pub async fn inbound<I>(
-    mut peer: I,
+    peer: I,
     service: &str,
     app_addr: SocketAddr,
     from: Option<std::net::IpAddr>,
@@ -187,10 +177,33 @@ pub async fn inbound<I>(
         direction: INBOUND,
         service: service.to_string(),
     };
-    match transport::dial_from(app_addr, transport::DEFAULT_CONNECT_TIMEOUT, from).await {
-        Ok(app) => relay(&mut peer, app, &labels, &metrics, DEFAULT_TCP_IDLE_TIMEOUT).await,
-        Err(e) => tracing::info!(%service, error = %e, "inbound TCP: app unreachable"),
+    if let Err(e) = dial_and_relay(peer, app_addr, from, &labels, &metrics).await {
+        tracing::info!(%service, error = %e, "inbound TCP: app unreachable");
     }
+}
+
+/// Connects to `addr` (from `from` when given) and relays `client` to it, with the default TCP
+/// idle timeout; the error is the connect's.
+async fn dial_and_relay<C>(
+    mut client: C,
+    addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    labels: &TcpLabels,
+    metrics: &Metrics,
+) -> Result<(), ProxyError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let server = transport::dial_from(addr, transport::DEFAULT_CONNECT_TIMEOUT, from).await?;
+    relay(
+        &mut client,
+        server,
+        labels,
+        metrics,
+        DEFAULT_TCP_IDLE_TIMEOUT,
+    )
+    .await;
+    Ok(())
 }
 
 /// Copies both ways until both directions have closed, or nothing has moved for `idle`, and

@@ -172,3 +172,18 @@ pub async fn api_call_as(
     });
     (status, value)
 }
+
+/// Upgrades `tcp` to a WebSocket at `url` (the test apps' `/ws` echo), checks `rounds` messages
+/// come back as sent, and closes it.
+pub async fn websocket_echoes(tcp: tokio::net::TcpStream, url: &str, rounds: usize) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, rsp) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    assert_eq!(rsp.status(), 101);
+    for i in 0..rounds {
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let echoed = ws.next().await.unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), format!("ping {i}"));
+    }
+    ws.close(None).await.unwrap();
+}

@@ -49,7 +49,7 @@ pub mod grpc {
 
 pub use client::{
     api_call, api_call_as, create_token, get, http1_client, http2_client, metric, send, send_body,
-    HttpClient, Reply,
+    websocket_echoes, HttpClient, Reply,
 };
 pub use cluster::{Cluster, TestNamespace, TEST_APP_IMAGE, WEFT_IMAGE};
 pub use data_dirs::{admin_token, data_dir_of};

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 use weft_tests::apps::{self, HttpApp};
 use weft_tests::grpc::{echo_client::EchoClient, EchoRequest};
@@ -168,14 +166,5 @@ async fn websocket_upgrade_passes_through() {
     let (_mesh, client, _server) = pair("HTTP", app.addr).await;
     // Through the outbound listener by authority, as an app with HTTP_PROXY would.
     let tcp = TcpStream::connect(client.outbound).await.unwrap();
-    let (mut ws, rsp) = tokio_tungstenite::client_async("ws://orders.shop:8080/ws", tcp)
-        .await
-        .unwrap();
-    assert_eq!(rsp.status(), 101);
-    for i in 0..10 {
-        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
-        let echoed = ws.next().await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), format!("ping {i}"));
-    }
-    ws.close(None).await.unwrap();
+    websocket_echoes(tcp, "ws://orders.shop:8080/ws", 10).await;
 }

@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use weft_tests::grpc::{echo_client::EchoClient, EchoRequest};
 use weft_tests::*;
 
@@ -67,16 +65,7 @@ async fn an_unchanged_app_reaches_services_by_cluster_ip_over_mtls_in_every_prot
     // A WebSocket, upgraded through both proxies.
     w.a.run(async {
         let tcp = TcpStream::connect("10.96.0.10:80").await.unwrap();
-        let (mut ws, rsp) = tokio_tungstenite::client_async("ws://b.shop/ws", tcp)
-            .await
-            .unwrap();
-        assert_eq!(rsp.status(), 101);
-        for i in 0..3 {
-            ws.send(Message::text(format!("ping {i}"))).await.unwrap();
-            let echoed = ws.next().await.unwrap().unwrap();
-            assert_eq!(echoed.into_text().unwrap().as_str(), format!("ping {i}"));
-        }
-        ws.close(None).await.unwrap();
+        websocket_echoes(tcp, "ws://b.shop/ws", 3).await;
     })
     .await;
 
